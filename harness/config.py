@@ -1,0 +1,223 @@
+"""Suite files (suites/*.yaml) and `--set` overrides, parsed as data and validated against one schema.
+
+A suite names a model, its tasks, the training budget, the evaluation and per-method options. The
+schema is the dataclasses below; `harness.options.build` checks types, ranges and unknown keys, and
+every error names the file and field. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import ConfigError, UnknownNameError
+from harness.options import build, option, to_dict
+
+SUITE_SUFFIX = ".yaml"
+
+
+@dataclass
+class ModelSpec:
+    kind: str = option(
+        "tiny-llama",
+        "tiny-llama: a Llama-shaped model built from this config with a seeded random init (no download); "
+        "pretrained: `path` is a local directory or a Hugging Face id",
+        choices=("tiny-llama", "pretrained"),
+    )
+    path: str | None = option(None, "local directory or hub id when kind is pretrained")
+    hidden_size: int = option(64, "tiny-llama: width", min=8)
+    intermediate_size: int = option(128, "tiny-llama: MLP width", min=8)
+    num_hidden_layers: int = option(2, "tiny-llama: decoder layers", min=1)
+    num_attention_heads: int = option(4, "tiny-llama: attention heads", min=1)
+    num_key_value_heads: int = option(4, "tiny-llama: key/value heads (grouped-query attention)", min=1)
+    max_position_embeddings: int = option(256, "tiny-llama: longest sequence", min=16)
+    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+
+    def validate(self, where: str) -> None:
+        if self.kind == "pretrained" and not self.path:
+            raise ConfigError(f"{where}.path: required when kind is pretrained (a local directory or hub id)")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"{where}.num_attention_heads: must divide hidden_size ({self.hidden_size})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"{where}.num_key_value_heads: must divide num_attention_heads ({self.num_attention_heads})"
+            )
+
+    @property
+    def label(self) -> str:
+        """What the model really is, for the result row's `model` field."""
+        if self.kind == "pretrained":
+            return str(self.path)
+        return (
+            f"tiny-llama (random init, {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
+            f"mlp {self.intermediate_size}, {self.num_attention_heads} heads, {self.dtype})"
+        )
+
+
+@dataclass
+class TaskSpec:
+    name: str = option(help="task name, as it appears in result rows")
+    source: str = option("synthetic", "where records come from", choices=("synthetic",))
+    generator: str = option("", "synthetic: the generator's name (see harness/synthetic.py)")
+    train_size: int = option(2000, "synthetic: training records", min=1)
+    test_size: int = option(200, "synthetic: test records", min=1)
+
+    def validate(self, where: str) -> None:
+        from harness.synthetic import GENERATORS
+
+        if self.source == "synthetic" and self.generator not in GENERATORS:
+            raise ConfigError(
+                f"{where}.generator: must be one of {', '.join(sorted(GENERATORS))}; got {self.generator!r}"
+            )
+
+
+@dataclass
+class BudgetSpec:
+    steps: int = option(100, "optimisation steps per trial (the same for every method)", min=1)
+    micro_batch_size: int = option(8, "examples per forward pass", min=1)
+    grad_accum: int = option(1, "micro-batches accumulated into one step", min=1)
+    cutoff_len: int = option(256, "truncate tokenised examples to this many tokens", min=8)
+    lr_schedule: str = option(
+        "constant", "learning-rate schedule", choices=("constant", "linear", "cosine")
+    )
+    lr_warmup_steps: int = option(0, "linear warm-up steps of the schedule", min=0)
+    timing_warmup_steps: int = option(3, "steps left out of the step-time statistics", min=0)
+
+    @property
+    def batch_size(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+
+@dataclass
+class EvalSpec:
+    mode: str = option("loglik", "loglik: pick the answer option with the highest log-likelihood",
+                       choices=("loglik",))
+    batch_size: int = option(32, "sequences per scoring forward pass", min=1)
+
+
+@dataclass
+class SuiteSpec:
+    name: str = option(help="suite name")
+    description: str = option("", "one line for `bench list suites`")
+    model: ModelSpec = option(default_factory=ModelSpec, help="the model every method starts from")
+    tasks: list[TaskSpec] = option(default_factory=list, help="one trial per task, method and seed")
+    budget: BudgetSpec = option(default_factory=BudgetSpec, help="training budget")
+    evaluation: EvalSpec = option(default_factory=EvalSpec, help="how test items are scored")
+    seeds: list[int] = option(default_factory=lambda: [0], help="seeds: model init, data order, method RNG")
+    data_seed: int = option(1234, "seed of synthetic data generation (fixed across trial seeds)")
+    default_methods: list[str] = option(default_factory=list, help="methods run when --methods is not given")
+    methods: dict = option(default_factory=dict, help="per-method option values (method name -> options)")
+    trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
+
+    def validate(self, where: str) -> None:
+        if not self.tasks:
+            raise ConfigError(f"{where}.tasks: a suite needs at least one task")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.tasks: task names must be unique; got {names}")
+        if not self.seeds:
+            raise ConfigError(f"{where}.seeds: give at least one seed")
+        for method, values in self.methods.items():
+            if values is not None and not isinstance(values, dict):
+                raise ConfigError(f"{where}.methods.{method}: expected a mapping of options, got {values!r}")
+
+    def to_data(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise UnknownNameError(f"unknown task {name!r} in suite {self.name}")
+
+
+def suite_from_data(data: Any, where: str) -> SuiteSpec:
+    return build(SuiteSpec, data, where)
+
+
+def _builtin_suite_files() -> dict[str, Any]:
+    return {
+        entry.name[: -len(SUITE_SUFFIX)]: entry
+        for entry in resources.files("suites").iterdir()
+        if entry.name.endswith(SUITE_SUFFIX)
+    }
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+
+
+def load_suite(name_or_path: str) -> SuiteSpec:
+    """A built-in suite by name (`tiny`) or a suite file by path (`my/suite.yaml`)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{name_or_path}: suite file not found")
+        return suite_from_data(_read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
+    files = _builtin_suite_files()
+    if name_or_path not in files:
+        raise UnknownNameError(
+            f"unknown suite {name_or_path!r}; available suites: {', '.join(sorted(files))} "
+            "(or give the path of a .yaml file)"
+        )
+    where = f"suites/{name_or_path}{SUITE_SUFFIX}"
+    return suite_from_data(_read_yaml(files[name_or_path].read_text(encoding="utf-8"), where), where)
+
+
+def list_suites() -> dict[str, str]:
+    """name -> description of every built-in suite (reads the YAML files; imports no torch)."""
+    out = {}
+    for name, entry in sorted(_builtin_suite_files().items()):
+        try:
+            data = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+            out[name] = str(data.get("description", "")) if isinstance(data, dict) else ""
+        except yaml.YAMLError:
+            out[name] = "(unreadable suite file)"
+    return out
+
+
+# -- overrides -------------------------------------------------------------------------------------
+SUITE_SECTIONS = ("model", "budget", "evaluation")
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    """`lora.r=16` -> (["lora", "r"], "16"); `budget.steps=50` -> (["budget", "steps"], "50")."""
+    key, sep, value = text.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"--set {text!r}: expected METHOD.OPTION=VALUE (e.g. lora.r=16) or SECTION.FIELD=VALUE "
+            f"with SECTION one of {', '.join(SUITE_SECTIONS)}"
+        )
+    return parts, value.strip()
+
+
+def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
+    """A new, validated suite with `--set` overrides applied (method options or suite sections)."""
+    data = copy.deepcopy(suite.to_data())
+    for text in overrides:
+        (section, field), value = parse_override(text)
+        if section in SUITE_SECTIONS:
+            data[section][field] = value
+        else:
+            data["methods"].setdefault(section, {})
+            data["methods"][section] = dict(data["methods"][section] or {}, **{field: value})
+    return suite_from_data(data, f"{suite.name} (with --set)")
+
+
+def fingerprint(data: Any) -> str:
+    """A short stable hash of plain data: identifies a trial's full configuration for resuming."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]

@@ -1,0 +1,112 @@
+"""Task data: records, the instruction prompt, tokenisation with response-only loss, and batches.
+
+Records follow the LLM-Adapters format `{"instruction", "input", "output", "answer"}`. Training
+examples are the prompt followed by the output; the loss covers the response tokens only (prompt
+labels are -100) and padding never enters the loss. The data order is a seeded shuffle, so every
+method of a trial sees the same examples in the same order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.config import SuiteSpec, TaskSpec
+from harness.synthetic import GENERATORS, generate_split
+from methods.base import Batch
+
+IGNORE_INDEX = -100
+
+# The Alpaca instruction template (Taori et al. 2023), as LLM-Adapters uses it.
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+    "{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+
+
+def build_prompt(record: dict[str, str]) -> str:
+    """The prompt up to and including the response header; the output follows it directly."""
+    if record.get("input"):
+        return PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=record["input"])
+    return PROMPT_NO_INPUT.format(instruction=record["instruction"])
+
+
+@dataclass
+class TaskData:
+    """One task's training records and test records with the options loglik scoring ranks."""
+
+    name: str
+    train: list[dict[str, str]]
+    test: list[dict[str, str]]
+    options: tuple[str, ...]
+
+
+def load_task(task: TaskSpec, suite: SuiteSpec) -> TaskData:
+    if task.source == "synthetic":
+        train, test = generate_split(task.generator, task.train_size, task.test_size, suite.data_seed)
+        return TaskData(task.name, train, test, GENERATORS[task.generator].options)
+    raise ValueError(f"unsupported task source {task.source!r}")  # the schema allows no other
+
+
+def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int) -> dict[str, list[int]]:
+    """Token ids and labels of prompt + output (+ EOS), with the prompt's labels masked.
+
+    As LLM-Adapters does it: the full text is tokenised with truncation to `cutoff_len`, EOS is
+    appended when there is room, and the first len(tokenise(prompt)) labels become -100.
+    """
+    prompt = build_prompt(record)
+    full_ids = tokenizer(prompt + record["output"], truncation=True, max_length=cutoff_len)["input_ids"]
+    if tokenizer.eos_token_id is not None and len(full_ids) < cutoff_len and (
+        not full_ids or full_ids[-1] != tokenizer.eos_token_id
+    ):
+        full_ids = [*full_ids, tokenizer.eos_token_id]
+    n_prompt = len(tokenizer(prompt, truncation=True, max_length=cutoff_len)["input_ids"])
+    labels = [IGNORE_INDEX] * n_prompt + full_ids[n_prompt:]
+    return {"input_ids": full_ids, "labels": labels[: len(full_ids)]}
+
+
+def collate(examples: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Right-pad a list of encoded examples; pads get attention 0 and label -100."""
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        attention[i, :n] = 1
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention.to(device)}
+
+
+def training_batches(
+    examples: Sequence[dict[str, list[int]]],
+    micro_batch_size: int,
+    grad_accum: int,
+    seed: int,
+    pad_id: int,
+    device: torch.device | str,
+) -> Iterator[Batch]:
+    """Endless stream of steps: a seeded reshuffle each epoch, `grad_accum` micro-batches per step."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        micro_batches = []
+        for _ in range(grad_accum):
+            chunk = []
+            while len(chunk) < micro_batch_size:
+                if not order:
+                    order = list(range(len(examples)))
+                    rng.shuffle(order)
+                chunk.append(examples[order.pop()])
+            micro_batches.append(collate(chunk, pad_id, device))
+        yield Batch(micro_batches)

@@ -1,0 +1,102 @@
+"""Evaluation: log-likelihood multiple choice over a task's answer options.
+
+For each test record the prompt is the instruction prompt without the output; each answer option
+gives a candidate response (the record's output with its answer replaced by the option, e.g. "the
+correct answer is solution2"), and the option whose candidate has the highest summed log-probability
+after the prompt is the prediction. Candidates of one record share everything but the answer, so
+this ranks the answer tokens. Scoring is batched (sequences sorted by length, right-padded) and
+deterministic: the model runs in eval mode under `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.data import build_prompt
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    n_items: int
+    predictions: list[str]
+
+
+def candidate_response(record: dict[str, str], option: str) -> str:
+    output, answer = record.get("output", ""), record["answer"]
+    if answer and answer in output:
+        return output.replace(answer, option)
+    return option
+
+
+def _encode_pair(tokenizer: Any, prompt: str, response: str, max_len: int) -> tuple[list[int], int]:
+    """Token ids of prompt + response and how many trailing ids belong to the response."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + response)["input_ids"]
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        n_response = len(full_ids) - len(prompt_ids)
+    else:  # the tokenizer merged across the boundary: score the response tokenised on its own
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        full_ids, n_response = prompt_ids + response_ids, len(response_ids)
+    if len(full_ids) > max_len:  # keep the response, cut the prompt from the left
+        full_ids = full_ids[-max_len:]
+        n_response = min(n_response, max_len - 1)
+    return full_ids, n_response
+
+
+@torch.no_grad()
+def score_sequences(
+    model: torch.nn.Module, sequences: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int
+) -> list[float]:
+    """Summed log-probability of the last n tokens of each (ids, n) given the tokens before them."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    scores = [0.0] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(sequences[i][0]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = sequences[i][0]
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for row, i in enumerate(idx):
+            ids, n = sequences[i]
+            positions = torch.arange(len(ids) - n, len(ids), device=device)
+            targets = input_ids[row, positions.cpu()].to(device)
+            scores[i] = float(logprobs[row, positions - 1, targets].sum())
+    return scores
+
+
+def evaluate_loglik(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, str]],
+    options: Sequence[str],
+    batch_size: int,
+    max_len: int,
+) -> EvalResult:
+    """Accuracy of picking the highest-likelihood option, over `records`."""
+    was_training = model.training
+    model.eval()
+    sequences = []
+    for record in records:
+        prompt = build_prompt(record)
+        for option in options:
+            sequences.append(_encode_pair(tokenizer, prompt, candidate_response(record, option), max_len))
+    scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+    predictions, correct = [], 0
+    for r, record in enumerate(records):
+        row = scores[r * len(options) : (r + 1) * len(options)]
+        best = options[max(range(len(options)), key=row.__getitem__)]  # ties: the first option
+        predictions.append(best)
+        correct += best == record["answer"]
+    model.train(was_training)
+    return EvalResult(correct / len(records) if records else 0.0, len(records), predictions)

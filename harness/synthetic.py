@@ -1,0 +1,119 @@
+"""Synthetic tasks for the `tiny` suite, in the commonsense data's record format.
+
+Each generator returns records `{"instruction", "input", "output", "answer"}` exactly like the
+LLM-Adapters files (e.g. output "the correct answer is answer2", answer "answer2"), so the tiny suite
+runs the same prompting, loss masking and log-likelihood scoring as the real suite. The tasks need
+knowledge a randomly initialised model does not have (which word belongs to which category) and
+that a few hundred steps of fine-tuning can teach, so a method's accuracy above chance is a real
+signal. Generation is deterministic given the seed and never depends on torch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CATEGORIES: dict[str, list[str]] = {
+    "animal": ["cat", "dog", "horse", "cow", "sheep", "goat", "pig", "duck", "fox", "wolf", "bear", "lion"],
+    "color": ["red", "blue", "green", "yellow", "purple", "orange", "brown", "black", "white", "pink",
+              "gray", "gold"],
+    "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon",
+              "kiwi", "lime"],
+    "tool": ["hammer", "saw", "drill", "wrench", "knife", "axe", "shovel", "rake", "chisel", "pliers",
+             "ladder", "brush"],
+}
+
+Record = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SyntheticTask:
+    """A generator and the answer options its records choose between (what loglik scoring ranks)."""
+
+    options: tuple[str, ...]
+    generate_one: Callable[[random.Random], Record]
+    description: str
+
+
+def _category_choice(rng: random.Random) -> Record:
+    """ARC-style three-way choice: which word belongs to the named category."""
+    category = rng.choice(sorted(CATEGORIES))
+    others = [c for c in sorted(CATEGORIES) if c != category]
+    right = rng.choice(CATEGORIES[category])
+    wrong = [rng.choice(CATEGORIES[c]) for c in rng.sample(others, 2)]
+    words = [right, *wrong]
+    rng.shuffle(words)
+    k = words.index(right) + 1
+    listing = " ".join(f"Answer{i}: {w}" for i, w in enumerate(words, 1))
+    return {
+        "instruction": f"Please answer the following question: which of these is a {category}?\n\n"
+        f"{listing}\n\nAnswer format: answer1/answer2/answer3",
+        "input": "",
+        "output": f"the correct answer is answer{k}",
+        "answer": f"answer{k}",
+    }
+
+
+def _membership(rng: random.Random) -> Record:
+    """BoolQ-style true/false question: is this word a member of this category (balanced)."""
+    word_category = rng.choice(sorted(CATEGORIES))
+    word = rng.choice(CATEGORIES[word_category])
+    truth = rng.random() < 0.5
+    asked = word_category if truth else rng.choice([c for c in sorted(CATEGORIES) if c != word_category])
+    answer = "true" if truth else "false"
+    return {
+        "instruction": f"Please answer the following question with true or false, question: is {word} a "
+        f"{asked}?\n\nAnswer format: true/false",
+        "input": "",
+        "output": f"the correct answer is {answer}",
+        "answer": answer,
+    }
+
+
+def _odd_one_out(rng: random.Random) -> Record:
+    """WinoGrande-style two-way choice: which of two options differs in category from a given word."""
+    category = rng.choice(sorted(CATEGORIES))
+    anchor, same = rng.sample(CATEGORIES[category], 2)
+    other = rng.choice(CATEGORIES[rng.choice([c for c in sorted(CATEGORIES) if c != category])])
+    options = [same, other]
+    rng.shuffle(options)
+    k = options.index(other) + 1
+    return {
+        "instruction": f"Please choose the word that is not the same kind of thing as {anchor}.\n\n"
+        f"Option1: {options[0]} Option2: {options[1]}\n\nAnswer format: option1/option2",
+        "input": "",
+        "output": f"the correct answer is option{k}",
+        "answer": f"option{k}",
+    }
+
+
+GENERATORS: dict[str, SyntheticTask] = {
+    "category": SyntheticTask(("answer1", "answer2", "answer3"), _category_choice,
+                              "which of three words is in a named category (chance 1/3)"),
+    "membership": SyntheticTask(("true", "false"), _membership,
+                                "is a word in a named category, true/false (chance 1/2)"),
+    "odd_one_out": SyntheticTask(("option1", "option2"), _odd_one_out,
+                                 "which of two words is not the same kind as a third (chance 1/2)"),
+}
+
+
+def generate(generator: str, n: int, seed: int) -> list[Record]:
+    """`n` records of `generator`, deterministic in `seed`."""
+    rng = random.Random(f"{generator}:{seed}")
+    return [GENERATORS[generator].generate_one(rng) for _ in range(n)]
+
+
+def generate_split(generator: str, train_size: int, test_size: int, seed: int) -> tuple[list[Record], list[Record]]:
+    """Train and test records from independent streams of the same generator."""
+    return generate(generator, train_size, seed), generate(generator, test_size, seed + 1_000_003)
+
+
+def vocabulary_text() -> str:
+    """Every word the generators can emit, for building the tiny suite's word-level tokenizer."""
+    rng = random.Random(0)
+    samples = [task.generate_one(rng) for task in GENERATORS.values() for _ in range(50)]
+    words = " ".join(w for ws in CATEGORIES.values() for w in ws)
+    options = " ".join(o for task in GENERATORS.values() for o in task.options)
+    fields = " ".join(r["instruction"] + " " + r["output"] for r in samples)
+    return f"{words} {options} {' '.join(CATEGORIES)} {fields}"

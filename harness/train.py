@@ -1,0 +1,65 @@
+"""The one training loop: every method runs through it, with meters and progress as callbacks.
+
+Like transformers' `Trainer` callbacks, hooks observe the loop instead of forking it, so no method
+can get a different budget or schedule. The loop stops early when the loss is not finite
+(`Diverged`), which the trial records as status `diverged`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from harness.config import BudgetSpec
+from methods.base import Batch, Method, StepResult
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+class Callback:
+    """Hooks around each step. Subclasses override what they need."""
+
+    def on_step_start(self, step: int, batch: Batch) -> None: ...
+
+    def on_step_end(self, step: int, batch: Batch, result: StepResult) -> None: ...
+
+
+def lr_scale(step: int, budget: BudgetSpec) -> float:
+    """The schedule's factor on the methods' peak learning rates at `step` (0-based)."""
+    total, warmup = budget.steps, budget.lr_warmup_steps
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if budget.lr_schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if budget.lr_schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))  # cosine
+
+
+@dataclass
+class LossRecorder(Callback):
+    losses: list[float] = field(default_factory=list)
+
+    def on_step_end(self, step: int, batch: Batch, result: StepResult) -> None:
+        self.losses.append(result.loss)
+
+
+def train(method: Method, batches: Iterator[Batch], budget: BudgetSpec, callbacks: Sequence[Callback]) -> int:
+    """Run `budget.steps` steps of `method`; returns the number of steps completed."""
+    assert method.model is not None
+    method.model.train()
+    for step in range(budget.steps):
+        batch = next(batches)
+        method.set_lr_scale(lr_scale(step, budget))
+        for cb in callbacks:
+            cb.on_step_start(step, batch)
+        result = method.step(batch)
+        for cb in callbacks:
+            cb.on_step_end(step, batch, result)
+        if not math.isfinite(result.loss):
+            raise Diverged(f"loss became {result.loss} at step {step}")
+    return budget.steps

@@ -1,0 +1,176 @@
+"""One trial, (task, method, seed), run in its own process: `python -m harness.trial SPEC RESULT`.
+
+A fresh process per trial gives clean memory peaks (RSS, CUDA allocator, NVML), a fresh CUDA
+context, and crash isolation: whatever happens here, the runner records one row and goes on. The
+spec is plain JSON written by the runner; the row is written to RESULT atomically (temp + rename).
+Failures inside the trial become the row's `status` (oom, diverged, error) with a `reason`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from harness.errors import BenchError
+from harness.results import empty_row
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "defaultcpuallocator" in text
+    )
+
+
+def _short(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build, train, measure and evaluate one trial; always returns a row."""
+    import torch
+
+    from harness.config import suite_from_data
+    from harness.data import encode_example, load_task, training_batches
+    from harness.env import environment
+    from harness.evaluate import evaluate_loglik
+    from harness.memory import CudaPeaks, NvmlSampler, exact_breakdown, rss_peak_mb
+    from harness.models import build_model, build_tokenizer, causal_lm_loss
+    from harness.timing import StepTimer
+    from harness.train import Diverged, LossRecorder, train
+    from methods.base import create
+
+    device = torch.device(spec["device"])
+    row = empty_row(
+        run_id=spec["run_id"], trial_id=spec["trial_id"], suite=spec["suite"]["name"], task=spec["task"],
+        method=spec["method"], method_params=spec["method_params"], seed=spec["seed"], device=str(device),
+        forward_passes_per_step=None, started_at=now(), status="error",
+    )
+    losses = LossRecorder()
+    timer = StepTimer(device)
+    method = model = None
+    phase = "setup"
+    try:
+        suite = suite_from_data(spec["suite"], "trial spec")
+        budget = suite.budget
+        row.update(model=suite.model.label, dtype=suite.model.dtype, batch_size=budget.batch_size)
+        timer.warmup = budget.timing_warmup_steps
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        nvml = NvmlSampler(device_index=device.index or 0)
+        nvml_on = device.type == "cuda" and nvml.init()
+        cuda = CudaPeaks(device)
+
+        tokenizer = build_tokenizer(suite.model)
+        task = load_task(suite.task(spec["task"]), suite)
+        model = build_model(suite.model, tokenizer, spec["seed"], device)
+        method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"])
+        row["forward_passes_per_step"] = method.forward_passes_per_step
+        method.prepare(model)
+        examples = [encode_example(tokenizer, r, budget.cutoff_len) for r in task.train]
+        batches = training_batches(
+            examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, device
+        )
+
+        phase = "training"
+        cuda.reset()
+        if nvml_on:
+            nvml.start()
+        t0 = time.perf_counter()
+        try:
+            train(method, batches, budget, [timer, losses])
+            row["status"] = "ok"
+        except Diverged as exc:
+            row.update(status="diverged", reason=str(exc))
+        row["train_time_s"] = time.perf_counter() - t0
+        row["peak_mem_rss_mb"] = rss_peak_mb()
+        row["peak_mem_allocated_mb"], row["peak_mem_reserved_mb"] = cuda.read()
+        if nvml_on:
+            row["peak_mem_nvml_mb"], row["peak_mem_nvml_process_mb"] = nvml.stop()
+        row.update(exact_breakdown(method.model, method.state_elements(), method.state_bytes()))
+        if row["peak_mem_allocated_mb"] is not None:
+            accounted = row["mem_weights_mb"] + row["mem_grads_mb"] + row["mem_optimizer_mb"]
+            row["mem_other_mb"] = max(0.0, row["peak_mem_allocated_mb"] - accounted)
+
+        if row["status"] == "ok":
+            phase = "evaluation"
+            cuda.reset()
+            if nvml_on:
+                nvml.start()
+            t0 = time.perf_counter()
+            result = evaluate_loglik(
+                method.model, tokenizer, task.test, task.options, suite.evaluation.batch_size, budget.cutoff_len
+            )
+            row["eval_time_s"] = time.perf_counter() - t0
+            row.update(
+                accuracy=result.accuracy,
+                accuracy_per_task={task.name: result.accuracy},
+                eval_items={task.name: result.n_items},
+            )
+            row["peak_mem_rss_eval_mb"] = rss_peak_mb()
+            row["peak_mem_allocated_eval_mb"], _ = cuda.read()
+            if nvml_on:
+                row["peak_mem_nvml_eval_mb"], _ = nvml.stop()
+    except BenchError as exc:
+        row.update(status="error", reason=str(exc))
+    except Exception as exc:
+        traceback.print_exc()  # into the trial's log; the row gets one line
+        status = "oom" if is_out_of_memory(exc) else "error"
+        row.update(status=status, reason=f"during {phase}: {_short(exc)}")
+    finally:
+        row["steps"] = len(losses.losses)
+        row["tokens_seen"] = sum(timer.step_tokens)
+        row["target_tokens_seen"] = sum(timer.step_target_tokens)
+        if losses.losses:
+            row["loss_first"], row["loss_last"] = losses.losses[0], losses.losses[-1]
+            stride = max(1, len(losses.losses) // 200)
+            row["loss_curve"] = losses.losses[::stride]
+        row.update(timer.summary())
+        row.pop("timed_steps", None)
+        if method is not None and row["method_params"] is not None:
+            row["method_params"] = method.hyperparameters()
+        row["finished_at"] = now()
+        row["env"] = environment(str(device))
+    return row
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m harness.trial SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    if spec.get("method_module"):
+        importlib.import_module(spec["method_module"])  # a method registered outside the built-ins
+    row = run_trial(spec)
+    write_json_atomic(Path(argv[1]), row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Fine-tuning methods behind one interface (see `methods/base.py`).
+
+`BUILTIN_METHODS` maps each built-in method name to the module that registers it and a one-line summary,
+so `bench list methods` can answer without importing torch (lm-evaluation-harness keeps the same kind of
+name -> module table for its model backends). Third-party packages add methods through the entry-point
+group `bench.methods`; no edit here is needed for them.
+"""
+
+from __future__ import annotations
+
+BUILTIN_METHODS: dict[str, tuple[str, str]] = {
+    "full": ("methods.full", "AdamW on every weight: the baseline all ratios are taken against"),
+    "lora": ("methods.lora", "LoRA adapters through peft (Hu et al. 2021)"),
+    "dora": ("methods.lora", "DoRA, weight-decomposed LoRA, through peft (Liu et al. 2024)"),
+    "galore": ("methods.galore", "GaLore gradient low-rank projection through galore-torch (Zhao et al. 2024)"),
+    "mezo": ("methods.mezo", "MeZO zeroth-order SPSA with the seed trick (Malladi et al. 2023)"),
+}

@@ -1,0 +1,263 @@
+"""The method interface and the registry.
+
+A method owns everything that differs between fine-tuning methods (adapters, optimizer, masks, hooks);
+the harness owns the model, data, loss, budget, meters and evaluation, so no method gets a different
+deal. Methods are registered by name with `@register("name")`, or by third-party packages through the
+entry-point group `bench.methods` (`name = "package.module:MethodClass"`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from harness.errors import UnknownNameError
+from harness.options import build, option, to_dict
+from methods import BUILTIN_METHODS
+
+if TYPE_CHECKING:  # torch is imported only by the methods that run, never by `bench list`
+    import torch
+
+ENTRY_POINT_GROUP = "bench.methods"
+
+# (loss summed over target tokens, number of target tokens) for one micro-batch.
+LossFn = Callable[["torch.nn.Module", dict[str, "torch.Tensor"]], tuple["torch.Tensor", int]]
+
+
+@dataclass
+class MethodOptions:
+    """Options every method has. Subclasses add their own fields with `option(...)`."""
+
+    lr: float = option(1e-4, "peak learning rate", gt=0.0)
+    weight_decay: float = option(0.0, "decoupled weight decay", min=0.0)
+
+    def validate(self, where: str) -> None:
+        """Cross-field checks that a single field's bounds cannot express; raise ConfigError."""
+
+
+@dataclass
+class Batch:
+    """One optimisation step's data: micro-batches whose losses are accumulated into one update."""
+
+    micro_batches: Sequence[dict[str, Any]]
+
+    @property
+    def target_tokens(self) -> int:
+        return int(sum(int((mb["labels"] != -100).sum()) for mb in self.micro_batches))
+
+    @property
+    def input_tokens(self) -> int:
+        return int(sum(int(mb["attention_mask"].sum()) for mb in self.micro_batches))
+
+
+@dataclass
+class StepResult:
+    loss: float
+    extras: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Method(abc.ABC):
+    """Base class of every method. See DESIGN.md, "The method interface".
+
+    Lifecycle: `__init__(options, loss_fn, seed)` -> `prepare(model)` -> `step(batch)` x N; the harness then
+    evaluates `self.model` and reads `state_elements()` / `state_bytes()` / `hyperparameters()`.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: forward passes per step (1 forward + backward for first-order methods; 2 for SPSA).
+    forward_passes_per_step: ClassVar[int] = 1
+    #: whether the method runs backward (False for zeroth-order methods: no gradient memory).
+    uses_backward: ClassVar[bool] = True
+
+    def __init__(self, options: MethodOptions, loss_fn: LossFn, seed: int = 0) -> None:
+        self.options = options
+        self.loss_fn = loss_fn
+        self.seed = seed  # the trial's seed: methods draw their own randomness (MeZO's z) from it
+        self.model: torch.nn.Module | None = None
+        self.lr_scale = 1.0
+
+    # -- the interface -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Wrap or patch the model and build the optimizer; set `self.model` to what is evaluated."""
+
+    @abc.abstractmethod
+    def step(self, batch: Batch) -> StepResult:
+        """One optimisation step on `batch`; returns the (pre-update) mean loss over target tokens."""
+
+    @abc.abstractmethod
+    def state_elements(self) -> dict[str, int]:
+        """Exact element counts of what the method keeps.
+
+        Keys: `trainable_params`, `gradients` (elements of gradient held at the step's peak), and one key
+        per kind of optimizer/method state (`exp_avg`, `exp_avg_sq`, `projector`, ...). Everything except
+        the first two counts as optimizer state.
+        """
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of each entry of `state_elements()`. The default assumes fp32; override when not."""
+        return {k: v * 4 for k, v in self.state_elements().items()}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What goes into the result row's `method_params`."""
+        return to_dict(self.options)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Called by the training loop each step with the schedule's factor (1.0 for constant)."""
+        self.lr_scale = scale
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def forward_backward(self, batch: Batch) -> float:
+        """Run forward and backward over all micro-batches; gradients are of the batch's mean loss."""
+        assert self.model is not None, "prepare() must run before step()"
+        total = max(batch.target_tokens, 1)
+        loss_total = 0.0
+        for mb in batch.micro_batches:
+            loss_sum, _ = self.loss_fn(self.model, mb)
+            (loss_sum / total).backward()
+            loss_total += float(loss_sum.detach())
+        return loss_total / total
+
+    def trainable_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        assert self.model is not None
+        return ((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+
+    def apply_lr_scale(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * self.lr_scale
+
+
+def optimizer_state_inventory(optimizer: torch.optim.Optimizer) -> tuple[dict[str, int], dict[str, int]]:
+    """(elements, bytes) by state key over every tensor a torch optimizer keeps.
+
+    Scalar step counters are left out: they are one number per tensor, not state that scales with the
+    model, and the papers' "optimizer state" figures leave them out too. Tensors held by objects in the
+    state (GaLore's projector) are found through their attributes.
+    """
+    import torch
+
+    elements: dict[str, int] = {}
+    nbytes: dict[str, int] = {}
+
+    def add(key: str, t: torch.Tensor) -> None:
+        elements[key] = elements.get(key, 0) + t.numel()
+        nbytes[key] = nbytes.get(key, 0) + t.numel() * t.element_size()
+
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                if key != "step" and value.dim() > 0:
+                    add(key, value)
+            elif hasattr(value, "__dict__"):
+                for attr_value in vars(value).values():
+                    tensors = attr_value if isinstance(attr_value, (list, tuple)) else [attr_value]
+                    for t in tensors:
+                        if isinstance(t, torch.Tensor):
+                            add(key, t)
+    return elements, nbytes
+
+
+# -- registry ------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method available to the harness under `name`."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register({name!r}) must decorate a subclass of methods.base.Method")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_methods() -> dict[str, str]:
+    """name -> summary of every method the harness can run, without importing any method module."""
+    names = {name: summary for name, (_, summary) in BUILTIN_METHODS.items()}
+    for name, ep in _entry_points().items():
+        names.setdefault(name, f"plugin {ep.value}")
+    for name, cls in _REGISTRY.items():
+        names.setdefault(name, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+    return names
+
+
+def get_method_class(name: str) -> type[Method]:
+    """The class registered under `name`, importing its module on first use."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in BUILTIN_METHODS:
+        importlib.import_module(BUILTIN_METHODS[name][0])
+    else:
+        ep = _entry_points().get(name)
+        if ep is not None:
+            loaded = ep.load()
+            if isinstance(loaded, type) and issubclass(loaded, Method) and name not in _REGISTRY:
+                loaded.name = name
+                _REGISTRY[name] = loaded
+    if name not in _REGISTRY:
+        valid = ", ".join(sorted(available_methods()))
+        raise UnknownNameError(f"unknown method {name!r}; available methods: {valid}")
+    return _REGISTRY[name]
+
+
+def build_options(name: str, values: dict[str, Any] | None, where: str) -> MethodOptions:
+    """Validate `values` against the method's options dataclass (raises ConfigError)."""
+    return build(get_method_class(name).Options, values or {}, where)
+
+
+def create(
+    name: str, options: MethodOptions | dict[str, Any] | None, loss_fn: LossFn, seed: int = 0
+) -> Method:
+    cls = get_method_class(name)
+    if not isinstance(options, MethodOptions):
+        options = build(cls.Options, options or {}, f"methods.{name}")
+    return cls(options, loss_fn, seed)
+
+
+class OptimizerMethod(Method):
+    """A first-order method driven by one torch optimizer: backward, optimizer step, free gradients.
+
+    Subclasses choose which parameters train (`prepare`) and build the optimizer (`build_optimizer`).
+    Gradients are freed with `set_to_none` after every step, so between steps none are held.
+    """
+
+    optimizer: torch.optim.Optimizer
+
+    @abc.abstractmethod
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over `self.trainable_parameters()` (called at the end of `prepare`)."""
+
+    def step(self, batch: Batch) -> StepResult:
+        self.apply_lr_scale(self.optimizer)
+        loss = self.forward_backward(batch)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss)
+
+    def _trainable_inventory(self) -> tuple[int, int]:
+        params = [p for _, p in self.trainable_parameters()]
+        return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+
+    def state_elements(self) -> dict[str, int]:
+        n_trainable, _ = self._trainable_inventory()
+        elements, _ = optimizer_state_inventory(self.optimizer)
+        return {"trainable_params": n_trainable, "gradients": n_trainable, **elements}
+
+    def state_bytes(self) -> dict[str, int]:
+        n_trainable, trainable_bytes = self._trainable_inventory()
+        _, nbytes = optimizer_state_inventory(self.optimizer)
+        return {"trainable_params": trainable_bytes, "gradients": trainable_bytes, **nbytes}

@@ -1,0 +1,105 @@
+"""`galore` through galore-torch: Adam in a low-rank projection of each 2-D weight's gradient.
+
+GaLore (Zhao et al. 2024): every `update_proj_gap` (T) steps the projector P is refreshed from the
+SVD of the current gradient G; Adam runs on R = P^T G (the smaller side is projected with
+`proj_type="std"`) and the update is `scale * P Adam(R)`. Every weight of the model trains: the 2-D
+weights of attention and MLP through the projection, the rest (embeddings, norms, head) with plain
+Adam in the same `GaLoreAdamW`, as in the authors' training script. State per projected weight
+(m x n, m >= n): P (r x n) plus 2 m r moments. Defaults: the GaLore paper's fine-tuning settings
+(rank 8, T 200, scale 2); `GaLoreAdamW`'s own eps 1e-6 and no weight decay.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from harness.options import option
+from methods.base import MethodOptions, OptimizerMethod, register
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class GaloreOptions(MethodOptions):
+    lr: float = option(1e-5, "peak learning rate", gt=0.0)
+    rank: int = option(8, "rank r of the gradient projection", min=1)
+    update_proj_gap: int = option(200, "T: steps between SVD refreshes of the projector", min=1)
+    scale: float = option(2.0, "alpha: scale of the projected-back update", gt=0.0)
+    proj_type: str = option(
+        "std", "which side to project", choices=("std", "reverse_std", "left", "right")
+    )
+    target_modules: list[str] = option(
+        default_factory=lambda: list(DEFAULT_TARGETS), help="2-D weights (by module name) to project"
+    )
+    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
+    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
+    eps: float = option(1e-6, "Adam's epsilon (GaLoreAdamW's default)", gt=0.0)
+
+
+def _import_galore_adamw() -> type[torch.optim.Optimizer]:
+    # galore_torch imports bitsandbytes, whose CPU backend logs a warning about the optional `kernels`
+    # hub package; it is irrelevant here and would be printed into every trial's log.
+    bnb_logger = logging.getLogger("bitsandbytes")
+    level = bnb_logger.level
+    bnb_logger.setLevel(logging.ERROR)
+    try:
+        from galore_torch import GaLoreAdamW
+    finally:
+        bnb_logger.setLevel(level)
+    return GaLoreAdamW
+
+
+@register("galore")
+class Galore(OptimizerMethod):
+    """GaLore: `GaLoreAdamW` with the attention/MLP 2-D weights in a projected param group."""
+
+    Options = GaloreOptions
+    options: GaloreOptions
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        self.model = model
+        self.optimizer = self.build_optimizer()
+
+    def projected_parameter_names(self) -> list[str]:
+        assert self.model is not None
+        targets = tuple(self.options.target_modules)
+        names = []
+        for name, p in self.model.named_parameters():
+            module_name = name.rsplit(".", 1)[0]
+            if p.dim() == 2 and module_name.split(".")[-1] in targets:
+                names.append(name)
+        return names
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.options
+        projected = set(self.projected_parameter_names())
+        if not projected:
+            from harness.errors import ConfigError
+
+            raise ConfigError(f"methods.galore.target_modules: no 2-D weight matches {o.target_modules}")
+        galore_params = [p for n, p in self.trainable_parameters() if n in projected]
+        regular_params = [p for n, p in self.trainable_parameters() if n not in projected]
+        groups = [
+            {"params": regular_params},
+            {
+                "params": galore_params,
+                "rank": o.rank,
+                "update_proj_gap": o.update_proj_gap,
+                "scale": o.scale,
+                "proj_type": o.proj_type,
+            },
+        ]
+        GaLoreAdamW = _import_galore_adamw()
+        return GaLoreAdamW(
+            groups,
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            no_deprecation_warning=True,
+        )

@@ -1,0 +1,87 @@
+"""`lora` and `dora` through peft: frozen base weights, trainable low-rank adapters.
+
+LoRA (Hu et al. 2021) adds B (m x r) A (r x n) beside each targeted weight W (m x n), scaled by
+alpha / r; DoRA (Liu et al. 2024) also learns a magnitude vector per output feature and renormalises
+the direction W + (alpha / r) B A column-wise. Defaults are the LoRA/DoRA papers' commonsense setting
+for LLaMA-7B (r=32, alpha=64, dropout 0.05, q/k/v/up/down; lr 1e-4 for LoRA, 2e-4 for DoRA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import ConfigError
+from harness.options import option
+from methods.base import MethodOptions, OptimizerMethod, register
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraOptions(MethodOptions):
+    lr: float = option(1e-4, "peak learning rate", gt=0.0)
+    r: int = option(32, "adapter rank", min=1)
+    alpha: float = option(64.0, "LoRA scaling numerator: the update is scaled by alpha / r", gt=0.0)
+    dropout: float = option(0.05, "dropout on the adapter's input", min=0.0, max=0.999)
+    target_modules: list[str] = option(
+        default_factory=lambda: list(DEFAULT_TARGETS), help="names of the Linear modules to adapt"
+    )
+    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
+    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
+    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
+
+    def validate(self, where: str) -> None:
+        if not self.target_modules:
+            raise ConfigError(f"{where}.target_modules: name at least one module, e.g. q_proj,v_proj")
+
+
+@dataclass
+class DoraOptions(LoraOptions):
+    lr: float = option(2e-4, "peak learning rate", gt=0.0)
+
+
+@register("lora")
+class Lora(OptimizerMethod):
+    """LoRA adapters through peft (`LoraConfig`, `get_peft_model`); only adapter weights train."""
+
+    Options = LoraOptions
+    options: LoraOptions
+    use_dora = False
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        o = self.options
+        config = LoraConfig(
+            r=o.r,
+            lora_alpha=o.alpha,
+            lora_dropout=o.dropout,
+            target_modules=list(o.target_modules),
+            bias="none",
+            use_dora=self.use_dora,
+        )
+        try:
+            self.model = get_peft_model(model, config)
+        except ValueError as exc:  # peft's message for target modules that match nothing
+            raise ConfigError(f"methods.{self.name}.target_modules: {exc}".splitlines()[0]) from None
+        self.optimizer = self.build_optimizer()
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.options
+        return torch.optim.AdamW(
+            [p for _, p in self.trainable_parameters()],
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+        )
+
+
+@register("dora")
+class Dora(Lora):
+    """DoRA (weight-decomposed LoRA) through peft's `use_dora=True`."""
+
+    Options = DoraOptions
+    use_dora = True
