@@ -39,6 +39,11 @@ class ModelSpec:
     num_key_value_heads: int = option(4, "tiny-llama: key/value heads (grouped-query attention)", min=1)
     max_position_embeddings: int = option(256, "tiny-llama: longest sequence", min=16)
     dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    pretrain_steps: int = option(
+        0, "tiny-llama: steps of full AdamW pre-training on the synthetic corpus before fine-tuning "
+        "(cached; methods such as LoRA and MeZO assume a pretrained start)", min=0)
+    pretrain_lr: float = option(3e-3, "tiny-llama: pre-training learning rate", gt=0.0)
+    pretrain_batch_size: int = option(32, "tiny-llama: pre-training sequences per step", min=1)
 
     def validate(self, where: str) -> None:
         if self.kind == "pretrained" and not self.path:
@@ -55,8 +60,11 @@ class ModelSpec:
         """What the model really is, for the result row's `model` field."""
         if self.kind == "pretrained":
             return str(self.path)
+        start = "random init"
+        if self.pretrain_steps:
+            start = f"pre-trained {self.pretrain_steps} steps on the synthetic corpus"
         return (
-            f"tiny-llama (random init, {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
+            f"tiny-llama ({start}, {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
             f"mlp {self.intermediate_size}, {self.num_attention_heads} heads, {self.dtype})"
         )
 

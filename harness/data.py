@@ -16,29 +16,11 @@ from typing import Any
 import torch
 
 from harness.config import SuiteSpec, TaskSpec
+from harness.prompts import build_prompt
 from harness.synthetic import GENERATORS, generate_split
 from methods.base import Batch
 
 IGNORE_INDEX = -100
-
-# The Alpaca instruction template (Taori et al. 2023), as LLM-Adapters uses it.
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
-    "{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-
-
-def build_prompt(record: dict[str, str]) -> str:
-    """The prompt up to and including the response header; the output follows it directly."""
-    if record.get("input"):
-        return PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=record["input"])
-    return PROMPT_NO_INPUT.format(instruction=record["instruction"])
-
 
 @dataclass
 class TaskData:
@@ -74,7 +56,9 @@ def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int) -> d
     return {"input_ids": full_ids, "labels": labels[: len(full_ids)]}
 
 
-def collate(examples: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+def collate(
+    examples: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str
+) -> dict[str, torch.Tensor]:
     """Right-pad a list of encoded examples; pads get attention 0 and label -100."""
     width = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)

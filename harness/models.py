@@ -8,6 +8,8 @@ or hub id with `trust_remote_code=False` and safetensors only.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,7 +81,10 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
             eos_token_id=tokenizer.eos_token_id,
             tie_word_embeddings=False,
         )
-        model = LlamaForCausalLM(config).to(dtype=dtype)
+        model = LlamaForCausalLM(config)
+        if spec.pretrain_steps:
+            load_or_pretrain(model, spec, tokenizer, seed, device)
+        model = model.to(dtype=dtype)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -91,6 +96,63 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
             raise BenchError(f"model.path {spec.path!r}: cannot load it ({str(exc).splitlines()[0]})") from None
     model.config.use_cache = False
     return model.to(device)
+
+
+def cache_dir() -> Path:
+    """Where converted or pre-trained models are kept: $BENCH_CACHE_DIR, else the user's cache."""
+    root = os.environ.get("BENCH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memft-bench"
+    )
+    return Path(root)
+
+
+def pretrain(model: torch.nn.Module, spec: ModelSpec, tokenizer: Any, seed: int) -> None:
+    """Full AdamW language-model training of the tiny model on `synthetic.pretraining_text` (fp32, CPU).
+
+    Deterministic in (spec, seed), so the cached result is the same whoever computes it first.
+    """
+    from harness.synthetic import pretraining_text
+
+    generator = torch.Generator().manual_seed(seed)
+    corpus = pretraining_text(4096, seed)
+    encoded = [tokenizer(t, truncation=True, max_length=spec.max_position_embeddings)["input_ids"] for t in corpus]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.0)
+    model.train()
+    for _ in range(spec.pretrain_steps):
+        idx = torch.randint(len(encoded), (spec.pretrain_batch_size,), generator=generator).tolist()
+        width = max(len(encoded[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, i in enumerate(idx):
+            input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+            attention[row, : len(encoded[i])] = 1
+        labels = input_ids.masked_fill(attention == 0, -100)
+        loss_sum, n = causal_lm_loss(model, {"input_ids": input_ids, "attention_mask": attention, "labels": labels})
+        (loss_sum / max(n, 1)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def load_or_pretrain(model: torch.nn.Module, spec: ModelSpec, tokenizer: Any, seed: int, device: Any) -> None:
+    """Load the pre-trained tiny weights from the cache, or pre-train and cache them (safetensors, atomic)."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.config import fingerprint
+    from harness.options import to_dict
+
+    key = fingerprint({"spec": to_dict(spec), "seed": seed, "vocab": tokenizer.get_vocab(), "version": 1})
+    path = cache_dir() / "tiny-llama" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return
+        except Exception:  # a corrupt cache entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    pretrain(model, spec, tokenizer, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

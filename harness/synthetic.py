@@ -14,6 +14,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from harness.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
+
 CATEGORIES: dict[str, list[str]] = {
     "animal": ["cat", "dog", "horse", "cow", "sheep", "goat", "pig", "duck", "fox", "wolf", "bear", "lion"],
     "color": ["red", "blue", "green", "yellow", "purple", "orange", "brown", "black", "white", "pink",
@@ -34,6 +36,34 @@ class SyntheticTask:
     options: tuple[str, ...]
     generate_one: Callable[[random.Random], Record]
     description: str
+
+
+def _kind(rng: random.Random) -> Record:
+    """Four-way classification: what kind of thing a word is (chance 1/4); a lookup a tiny model learns fast."""
+    category = rng.choice(sorted(CATEGORIES))
+    word = rng.choice(CATEGORIES[category])
+    return {
+        "instruction": f"Please answer the following question: what kind of thing is {word}?\n\n"
+        f"Answer format: {'/'.join(sorted(CATEGORIES))}",
+        "input": "",
+        "output": f"the correct answer is {category}",
+        "answer": category,
+    }
+
+
+def _alive(rng: random.Random) -> Record:
+    """BoolQ-style true/false about one word (balanced): is it alive, i.e. an animal (chance 1/2)."""
+    truth = rng.random() < 0.5
+    pool = CATEGORIES["animal"] if truth else [w for c, ws in sorted(CATEGORIES.items()) if c != "animal" for w in ws]
+    word = rng.choice(pool)
+    answer = "true" if truth else "false"
+    return {
+        "instruction": f"Please answer the following question with true or false, question: is {word} alive?"
+        "\n\nAnswer format: true/false",
+        "input": "",
+        "output": f"the correct answer is {answer}",
+        "answer": answer,
+    }
 
 
 def _category_choice(rng: random.Random) -> Record:
@@ -89,8 +119,10 @@ def _odd_one_out(rng: random.Random) -> Record:
 
 
 GENERATORS: dict[str, SyntheticTask] = {
+    "kind": SyntheticTask(tuple(sorted(CATEGORIES)), _kind, "what kind of thing a word is (chance 1/4)"),
     "category": SyntheticTask(("answer1", "answer2", "answer3"), _category_choice,
                               "which of three words is in a named category (chance 1/3)"),
+    "alive": SyntheticTask(("true", "false"), _alive, "is a word an animal, true/false (chance 1/2)"),
     "membership": SyntheticTask(("true", "false"), _membership,
                                 "is a word in a named category, true/false (chance 1/2)"),
     "odd_one_out": SyntheticTask(("option1", "option2"), _odd_one_out,
@@ -109,6 +141,30 @@ def generate_split(generator: str, train_size: int, test_size: int, seed: int) -
     return generate(generator, train_size, seed), generate(generator, test_size, seed + 1_000_003)
 
 
+PRETRAINING_GENERATORS = ("category", "membership", "odd_one_out")
+
+
+def pretraining_text(n_records: int, seed: int) -> list[str]:
+    """The tiny model's "pre-training" corpus: plain facts ("apple is a fruit .") and instruction
+    records of the tasks that are *not* fine-tuned in the tiny suite, formatted with the same prompt.
+
+    Fine-tuning methods such as LoRA, DoRA and MeZO assume a pretrained model that already knows the
+    language and the facts; from a random init they cannot learn anything useful. Pre-training the
+    tiny model on this corpus (once, cached) gives them the same starting point the papers assume:
+    the fine-tuning tasks (`kind`, `alive`) then ask for the facts in a format it has not seen.
+    """
+    rng = random.Random(f"pretraining:{seed}")
+    facts = [f"{w} is a {c} ." for c, ws in sorted(CATEGORIES.items()) for w in ws]
+    out = []
+    for i in range(n_records):
+        if i % 2 == 0:
+            out.append(" ".join(rng.sample(facts, 6)))
+        else:
+            record = GENERATORS[rng.choice(PRETRAINING_GENERATORS)].generate_one(rng)
+            out.append(build_prompt(record) + record["output"])
+    return out
+
+
 def vocabulary_text() -> str:
     """Every word the generators can emit, for building the tiny suite's word-level tokenizer."""
     rng = random.Random(0)
@@ -116,4 +172,4 @@ def vocabulary_text() -> str:
     words = " ".join(w for ws in CATEGORIES.values() for w in ws)
     options = " ".join(o for task in GENERATORS.values() for o in task.options)
     fields = " ".join(r["instruction"] + " " + r["output"] for r in samples)
-    return f"{words} {options} {' '.join(CATEGORIES)} {fields}"
+    return f"{words} {options} {' '.join(CATEGORIES)} {fields} {PROMPT_NO_INPUT} {PROMPT_WITH_INPUT} is a ."

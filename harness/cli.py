@@ -1,0 +1,180 @@
+"""The `bench` command line.
+
+Answers fast: this module imports neither torch nor transformers; each command imports what it needs
+when it runs. Bad input ends in one line `bench: error: ...` on stderr and exit status 2, never a
+traceback; a run whose trials fail still exits 0 (the failures are results), unless `--strict`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.errors import BenchError
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"bench: error: {message}", err=True)
+    sys.exit(USAGE_ERROR)
+
+
+def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the harness's input errors into one line and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BenchError as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="memft-bench")
+def main() -> None:
+    """Compare memory-efficient fine-tuning methods on identical models, data and budgets."""
+
+
+@main.command()
+@click.option("--suite", default="tiny", show_default=True, help="Built-in suite name or path of a suite .yaml file.")
+@click.option("--methods", help="Comma-separated method names (default: the suite's default_methods).")
+@click.option("--model", help="Replace the suite's model: a local directory or Hugging Face id (pretrained).")
+@click.option("--steps", type=int, help="Override the budget's optimisation steps (same for every method).")
+@click.option("--seeds", help="Comma-separated seeds (default: the suite's seeds).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (default: runs/<suite>). Rerunning into it skips recorded trials.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override an option: METHOD.OPTION=VALUE (lora.r=16) or model/budget/evaluation.FIELD=VALUE.")
+@click.option("--retry-failed", is_flag=True, help="Run again the recorded trials that failed (oom, error, ...).")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
+@click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly_errors
+def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
+        out: Path | None, overrides: tuple[str, ...], retry_failed: bool, strict: bool, no_report: bool,
+        quiet: bool) -> None:
+    """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
+    from harness.config import apply_overrides, load_suite
+
+    spec = load_suite(suite)
+    extra = list(overrides)
+    if model:
+        extra = ["model.kind=pretrained", f"model.path={model}", *extra]
+    if steps is not None:
+        extra.append(f"budget.steps={steps}")
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in _csv(seeds) or []]
+        except ValueError:
+            raise BenchError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        if not seed_list:
+            raise BenchError("--seeds: give at least one seed")
+    if extra:
+        spec = apply_overrides(spec, extra)
+    if seeds is not None:
+        spec.seeds = seed_list
+
+    from harness import runner
+
+    out_dir = out or Path("runs") / spec.name
+    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device))
+    click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
+               f"{len(run_plan.methods)} methods x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
+    rows = runner.run(run_plan, retry_failed=retry_failed, echo=click.echo, progress=not quiet)
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if not no_report:
+        from harness.report import write_report
+
+        click.echo(f"report: {write_report([out_dir])}")
+    click.echo(f"results: {out_dir / 'results.jsonl'} ({len(rows) - len(failed)} ok, {len(failed)} failed)")
+    if strict and failed:
+        sys.exit(1)
+
+
+@main.group(name="list")
+def list_group() -> None:
+    """List what can be run."""
+
+
+@list_group.command(name="methods")
+@click.option("--verbose", "-v", is_flag=True, help="Also list each method's options, defaults and help.")
+@friendly_errors
+def list_methods(verbose: bool) -> None:
+    """Registered methods: built-ins and plugins (entry-point group bench.methods)."""
+    from methods.base import available_methods
+
+    methods = available_methods()
+    width = max(map(len, methods), default=0)
+    for name, summary in sorted(methods.items()):
+        click.echo(f"{name:<{width}}  {summary}")
+        if verbose:
+            from harness.options import describe
+            from methods.base import get_method_class
+
+            for field, type_name, default, help_text in describe(get_method_class(name).Options):
+                click.echo(f"    {field} ({type_name}, default {default!r}): {help_text}")
+
+
+@list_group.command(name="suites")
+@friendly_errors
+def list_suites_command() -> None:
+    """Built-in suites (suites/*.yaml)."""
+    from harness.config import list_suites
+
+    suites = list_suites()
+    width = max(map(len, suites), default=0)
+    for name, description in suites.items():
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@main.command()
+@friendly_errors
+def env() -> None:
+    """The environment results would record: versions, CPU/GPU, driver, commit."""
+    import json
+
+    from harness.env import environment
+
+    try:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        device = None
+    click.echo(json.dumps(environment(device), indent=2))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Markdown file (default: DIR/report.md).")
+@click.option("--title", help="Report title.")
+@click.option("--print", "print_", is_flag=True, help="Also print the report.")
+@friendly_errors
+def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, print_: bool) -> None:
+    """Write a Markdown comparison report (per task: accuracy, memory, throughput, ratios to full)."""
+    from harness.report import write_report
+
+    path = write_report(list(run_dirs), out, title)
+    click.echo(f"report: {path}")
+    if print_:
+        click.echo(path.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()

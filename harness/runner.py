@@ -1,0 +1,232 @@
+"""Plan the trials of a run and execute each one in its own process, resumably.
+
+A run is (suite, methods, seeds) -> one trial per task x method x seed. Each trial has an id made of
+its names and a fingerprint of everything that determines its result (model, task, budget,
+evaluation, method options, seed, device), so rerunning the same command skips what is recorded and
+changing any option makes a new trial instead of silently reusing an old one. Rows are appended to
+`DIR/results.jsonl` as each trial ends, so an interrupted run loses at most the trial in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import SuiteSpec, fingerprint
+from harness.errors import BenchError, ConfigError
+from harness.results import RESULTS_FILE, append_row, empty_row, read_rows
+from harness.trial import now
+
+LOCK_FILE = ".lock"
+FAILED_STATUSES = ("oom", "diverged", "error", "timeout")
+
+
+@dataclass
+class Trial:
+    task: str
+    method: str
+    seed: int
+    spec: dict[str, Any]
+
+    @property
+    def trial_id(self) -> str:
+        return self.spec["trial_id"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.method}/seed{self.seed}"
+
+
+@dataclass
+class RunPlan:
+    suite: SuiteSpec
+    methods: list[str]
+    out_dir: Path
+    device: str
+    trials: list[Trial] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a GPU is visible, else `cpu`; an explicit device is checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is visible to torch (use --device cpu or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _method_module(name: str) -> str | None:
+    """The module a child process must import to find `name` (None for built-ins and entry points)."""
+    from methods import BUILTIN_METHODS
+    from methods.base import _entry_points, get_method_class
+
+    cls = get_method_class(name)
+    if name in BUILTIN_METHODS or name in _entry_points():
+        return None
+    if cls.__module__ == "__main__":
+        raise ConfigError(
+            f"method {name!r} is registered in __main__; trials run in their own process, so define it in an "
+            "importable module or publish it through the `bench.methods` entry-point group"
+        )
+    return cls.__module__
+
+
+def plan(suite: SuiteSpec, methods: list[str], out_dir: Path, device: str) -> RunPlan:
+    """Validate every method and its options, then list the trials (task-major, as reports read)."""
+    from harness.options import to_dict
+    from methods.base import build_options
+
+    if not methods:
+        raise ConfigError(f"suite {suite.name} names no default_methods; pass --methods a,b,c")
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise ConfigError(f"--methods lists {', '.join(duplicates)} more than once")
+    params = {
+        m: to_dict(build_options(m, suite.methods.get(m), f"{suite.name}: methods.{m}")) for m in methods
+    }
+    modules = {m: _method_module(m) for m in methods}
+    suite_data = suite.to_data()
+    shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
+    run_plan = RunPlan(suite, methods, out_dir, device)
+    for task in suite.tasks:
+        for method in methods:
+            for seed in suite.seeds:
+                key = fingerprint({**shared, "task": to_dict(task), "method": method,
+                                   "params": params[method], "seed": seed, "device": device})
+                spec = {
+                    "suite": suite_data, "task": task.name, "method": method, "method_module": modules[method],
+                    "method_params": params[method], "seed": seed, "device": device,
+                    "run_id": out_dir.name, "trial_id": f"{task.name}/{method}/seed{seed}/{key}",
+                }
+                run_plan.trials.append(Trial(task.name, method, seed, spec))
+    return run_plan
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """One `bench run` per output directory at a time: two writers would run the same trials twice."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BenchError(f"another `bench run` is writing to {out_dir}; wait for it or use --out") from None
+        yield
+
+
+def _signal_reason(returncode: int) -> tuple[str, str]:
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+        if -returncode == signal.SIGKILL:
+            return "oom", f"trial process killed by {sig} (most likely the kernel's out-of-memory killer)"
+        return "error", f"trial process killed by {sig}"
+    return "error", f"trial process exited with code {returncode} without writing a result"
+
+
+def _log_name(trial: Trial) -> str:
+    return f"{trial.task}__{trial.method}__seed{trial.seed}.log".replace("/", "_")
+
+
+def execute(trial: Trial, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
+    """Run one trial in a child process and return its row (a failure row if the child died)."""
+    logs = out_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    log_path = logs / _log_name(trial)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = now()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trial-") as tmp:
+        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "row.json"
+        spec_path.write_text(json.dumps(trial.spec), encoding="utf-8")
+        with open(log_path, "w", encoding="utf-8") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "harness.trial", str(spec_path), str(result_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+            try:
+                returncode = child.wait(timeout=timeout_s)
+                status, reason = _signal_reason(returncode)
+            except subprocess.TimeoutExpired:
+                _kill(child)
+                status, reason = "timeout", f"trial exceeded trial_timeout_s={timeout_s:g} and was stopped"
+            except BaseException:  # Ctrl-C: take the child down with us; the row is not written
+                _kill(child)
+                raise
+        if result_path.is_file():
+            return json.loads(result_path.read_text(encoding="utf-8"))
+    row = empty_row(
+        run_id=trial.spec["run_id"], trial_id=trial.trial_id, suite=trial.spec["suite"]["name"], task=trial.task,
+        method=trial.method, method_params=trial.spec["method_params"], seed=trial.seed, device=trial.spec["device"],
+        status=status, reason=f"{reason}; log: {log_path}", started_at=started, finished_at=now(),
+    )
+    return row
+
+
+def _kill(child: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    """One line per finished trial for the console."""
+    label = f"{row['task']}/{row['method']}/seed{row['seed']}"
+    if row["status"] != "ok":
+        return f"{label}: {row['status'].upper()} {row.get('reason') or ''}"
+    parts = [f"{label}: ok accuracy={row['accuracy']:.3f}"]
+    if row.get("loss_first") is not None and row.get("loss_last") is not None:
+        parts.append(f"loss {row['loss_first']:.3f}->{row['loss_last']:.3f}")
+    peak = row.get("peak_mem_allocated_mb") or row.get("peak_mem_rss_mb")
+    if peak:
+        parts.append(f"peak={peak:.0f}MB")
+    if row.get("tokens_per_s"):
+        parts.append(f"tokens/s={row['tokens_per_s']:.0f}")
+    return " ".join(parts)
+
+
+def run(
+    run_plan: RunPlan,
+    retry_failed: bool = False,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Execute the plan's trials that have no recorded row yet; returns the rows of every planned trial."""
+    from tqdm import tqdm
+
+    out_dir = run_plan.out_dir
+    results = out_dir / RESULTS_FILE
+    with run_lock(out_dir):
+        recorded = {row["trial_id"]: row for row in read_rows(results)}
+        todo = [t for t in run_plan.trials if t.trial_id not in recorded
+                or (retry_failed and recorded[t.trial_id].get("status") in FAILED_STATUSES)]
+        skipped = len(run_plan.trials) - len(todo)
+        if skipped:
+            echo(f"{skipped} of {len(run_plan.trials)} trials already recorded in {results}; skipping them")
+        bar = tqdm(todo, desc="trials", unit="trial", disable=not progress or not todo, file=sys.stderr)
+        for trial in bar:
+            bar.set_postfix_str(trial.label)
+            t0 = time.perf_counter()
+            row = execute(trial, out_dir, run_plan.suite.trial_timeout_s)
+            append_row(results, row)
+            recorded[trial.trial_id] = row
+            line = f"{summary_line(row)} ({time.perf_counter() - t0:.0f}s)"
+            if progress:
+                bar.write(line, file=sys.stderr)
+            else:
+                echo(line)
+    return [recorded[t.trial_id] for t in run_plan.trials]
