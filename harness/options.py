@@ -43,7 +43,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(inner)}"
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(inner)
+        return f"a list of {plural or _type_name(inner)}"
     if origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(

@@ -140,11 +140,11 @@ def render(frame: pd.DataFrame, title: str | None = None) -> str:
 
 def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str | None = None) -> Path:
     from harness.errors import BenchError
-    from harness.results import load_frame, results_path
+    from harness.results import RESULTS_FILE, load_frame, results_path
 
     for d in run_dirs:
         if not results_path(d).is_file():
-            raise BenchError(f"{d}: no {results_path(d).name} here (give a run directory written by `bench run`)")
+            raise BenchError(f"{d}: no {RESULTS_FILE} here (give a run directory written by `bench run`)")
     frame = load_frame(list(run_dirs))
     target = out or (Path(run_dirs[0]) if Path(run_dirs[0]).is_dir() else Path(run_dirs[0]).parent) / "report.md"
     tmp = target.with_suffix(target.suffix + ".tmp")

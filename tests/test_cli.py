@@ -1,0 +1,99 @@
+"""The command line: fast listing, one-line errors, and an end-to-end run that resumes and records failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.conftest import small_suite_data
+
+
+def bench(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_help_and_list_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from harness.cli import main\n"
+        "for argv in (['--help'], ['list', 'methods'], ['list', 'suites']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'pandas') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    assert "lora" in out and "galore" in out and "tiny" in out
+
+
+def test_list_methods_verbose_shows_options():
+    out = bench("list", "methods", "-v")
+    assert out.returncode == 0
+    assert "r (an integer, default 32): adapter rank" in out.stdout
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    _one_line_error(bench("run", "--methods", "nope", "--out", str(tmp_path / "a")), "unknown method 'nope'", "lora")
+    _one_line_error(bench("run", "--suite", "nope", "--out", str(tmp_path / "b")), "unknown suite 'nope'", "tiny")
+    _one_line_error(bench("run", "--set", "lora.r=zero", "--out", str(tmp_path / "c")), "methods.lora.r")
+    _one_line_error(bench("run", "--seeds", "a,b", "--out", str(tmp_path / "d")), "--seeds")
+    _one_line_error(bench("report", str(tmp_path / "nothing")), "no results.jsonl")
+    assert not (tmp_path / "a" / "results.jsonl").exists()
+
+
+def test_end_to_end_run_resume_and_failed_trial(tmp_path):
+    suite = small_suite_data(steps=4)
+    suite["model"]["pretrain_steps"] = 3
+    suite["default_methods"] = ["full", "lora", "mezo"]
+    suite["methods"] = {"lora": {"r": 2}}
+    suite_file = tmp_path / "unit.yaml"
+    suite_file.write_text(yaml.safe_dump(suite), encoding="utf-8")
+    out = tmp_path / "run"
+
+    # lora with a target that matches nothing fails inside its trial; the others must still run
+    first = bench("run", "--suite", str(suite_file), "--out", str(out), "--set", "lora.target_modules=nothing_proj",
+                  "--quiet")
+    assert first.returncode == 0, first.stderr
+    rows = {r["method"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rows["full"]["status"] == rows["mezo"]["status"] == "ok"
+    assert rows["lora"]["status"] == "error" and "target_modules" in rows["lora"]["reason"]
+    assert rows["mezo"]["mem_grads_mb"] == 0 and rows["mezo"]["forward_passes_per_step"] == 2
+    full = rows["full"]
+    assert full["steps"] == 4 and full["accuracy"] is not None and full["eval_items"] == {"kind": 16}
+    assert full["optimizer_state_elements"] == 2 * full["trainable_params"]
+    assert full["tokens_per_s"] > 0 and full["peak_mem_rss_mb"] > 0
+    assert (out / "report.md").read_text().count("| full") >= 1
+
+    # the same command again: every trial is recorded, nothing runs
+    t0 = time.perf_counter()
+    again = bench("run", "--suite", str(suite_file), "--out", str(out), "--set", "lora.target_modules=nothing_proj",
+                  "--quiet")
+    assert again.returncode == 0 and "3 of 3 trials already recorded" in again.stdout
+    assert time.perf_counter() - t0 < 30
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+
+    # a fixed option is a different trial; --strict fails the command only if something failed
+    fixed = bench("run", "--suite", str(suite_file), "--out", str(out), "--methods", "lora", "--quiet", "--strict")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    lora_ok = [r for r in rows if r["method"] == "lora" and r["status"] == "ok"]
+    assert len(lora_ok) == 1 and lora_ok[0]["trainable_params"] < 0.2 * full["trainable_params"]
+    report = bench("report", str(out), "--print")
+    assert report.returncode == 0 and "× full: memory" in report.stdout and "Failed trials" in report.stdout

@@ -1,0 +1,77 @@
+"""Prompting, response-only labels, padding and the seeded data order."""
+
+from __future__ import annotations
+
+from harness.data import IGNORE_INDEX, collate, encode_example, training_batches
+from harness.models import build_tokenizer
+from harness.prompts import build_prompt
+from harness.synthetic import GENERATORS, generate, generate_split
+
+
+def test_alpaca_prompt_with_and_without_input():
+    assert build_prompt({"instruction": "Do X"}).endswith("### Instruction:\nDo X\n\n### Response:\n")
+    with_input = build_prompt({"instruction": "Do X", "input": "ctx"})
+    assert "### Input:\nctx\n\n### Response:\n" in with_input
+
+
+def test_labels_cover_only_the_response_and_eos(small_suite):
+    tok = build_tokenizer(small_suite.model)
+    record = {"instruction": "what kind of thing is apple?", "input": "", "output": "the correct answer is fruit",
+              "answer": "fruit"}
+    ex = encode_example(tok, record, cutoff_len=96)
+    n_prompt = len(tok(build_prompt(record))["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert ex["input_ids"][-1] == tok.eos_token_id
+    assert tok.decode(ex["labels"][n_prompt:-1]) == "the correct answer is fruit"
+
+
+def test_truncation_to_cutoff_len(small_suite):
+    tok = build_tokenizer(small_suite.model)
+    record = generate("kind", 1, 0)[0]
+    ex = encode_example(tok, record, cutoff_len=10)
+    assert len(ex["input_ids"]) == len(ex["labels"]) == 10
+    assert all(label == IGNORE_INDEX for label in ex["labels"])  # the response was cut: nothing to learn
+
+
+def test_padding_never_enters_the_loss():
+    a = {"input_ids": [1, 5, 6], "labels": [-100, 5, 6]}
+    b = {"input_ids": [1, 7], "labels": [-100, 7]}
+    batch = collate([a, b], pad_id=0, device="cpu")
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 0]]
+    assert batch["labels"].tolist() == [[-100, 5, 6], [-100, 7, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_batches_are_seeded_and_accumulate():
+    examples = [{"input_ids": [1, i], "labels": [-100, i]} for i in range(10)]
+    def order(seed: int) -> list[list[int]]:
+        batches = _take(training_batches(examples, 3, 2, seed, 0, "cpu"), 4)
+        return [b.micro_batches[0]["input_ids"][:, 1].tolist() for b in batches]
+
+    first, again, other = order(0), order(0), order(1)
+    assert first == again and first != other
+    batch = next(training_batches(examples, 3, 2, 0, 0, "cpu"))
+    assert len(batch.micro_batches) == 2 and batch.target_tokens == 6
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def test_synthetic_tasks_are_deterministic_and_answer_is_an_option():
+    for name, task in GENERATORS.items():
+        train, test = generate_split(name, 50, 20, seed=3)
+        assert train == generate_split(name, 50, 20, seed=3)[0]
+        assert train != test
+        for record in train + test:
+            assert record["answer"] in task.options
+            assert record["output"].endswith(record["answer"])
+
+
+def test_tokenizer_knows_every_word_the_tasks_use(small_suite):
+    tok = build_tokenizer(small_suite.model)
+    for name in GENERATORS:
+        for record in generate(name, 30, 0):
+            ids = tok(build_prompt(record) + record["output"])["input_ids"]
+            assert tok.unk_token_id not in ids, (name, record)

@@ -1,0 +1,104 @@
+"""The registry: built-ins, the decorator, and third-party plugins through entry points."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+
+from harness.errors import UnknownNameError
+from harness.options import option
+from methods.base import MethodOptions, OptimizerMethod, available_methods, create, get_method_class, register
+
+BUILTINS = {"full", "lora", "dora", "galore", "mezo"}
+
+
+def test_builtins_are_listed_without_importing_their_modules():
+    code = "import sys; from methods.base import available_methods; n = available_methods(); " \
+           "print(sorted(n)); print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    names, imported = out.strip().splitlines()
+    assert set(ast.literal_eval(names)) >= BUILTINS
+    assert imported == "False False"
+
+
+def test_every_builtin_resolves_to_a_method_class():
+    for name in BUILTINS:
+        assert get_method_class(name).name == name
+
+
+def test_unknown_method_lists_the_valid_names():
+    with pytest.raises(UnknownNameError, match="unknown method 'sgd'.*full.*lora"):
+        get_method_class("sgd")
+
+
+def test_decorator_registers_a_new_method():
+    import torch
+
+    @dataclass
+    class SgdOptions(MethodOptions):
+        momentum: float = option(0.0, "momentum", min=0.0)
+
+    @register("test-sgd")
+    class Sgd(OptimizerMethod):
+        """Plain SGD, registered by a test."""
+
+        Options = SgdOptions
+
+        def prepare(self, model):
+            self.model = model
+            self.optimizer = self.build_optimizer()
+
+        def build_optimizer(self):
+            return torch.optim.SGD(self.model.parameters(), lr=self.options.lr, momentum=self.options.momentum)
+
+    assert "test-sgd" in available_methods()
+    method = create("test-sgd", {"lr": "0.5"}, loss_fn=None)
+    assert isinstance(method, Sgd) and method.options.lr == 0.5
+
+
+def test_entry_point_plugin_is_found_without_editing_the_registry(tmp_path):
+    """A package installed elsewhere declares `[project.entry-points."bench.methods"]`; bench finds it."""
+    pkg = tmp_path / "bench_plugin_demo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent('''
+        import torch
+        from methods.base import OptimizerMethod
+
+        class PluginSgd(OptimizerMethod):
+            """SGD from a plugin package."""
+
+            def prepare(self, model):
+                self.model = model
+                self.optimizer = self.build_optimizer()
+
+            def build_optimizer(self):
+                return torch.optim.SGD(self.model.parameters(), lr=self.options.lr)
+    '''))
+    dist = tmp_path / "bench_plugin_demo-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-plugin-demo\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[bench.methods]\nplugin-sgd = bench_plugin_demo:PluginSgd\n")
+    code = textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from methods.base import available_methods, get_method_class
+        assert "plugin-sgd" in available_methods(), available_methods()
+        assert "torch" not in sys.modules  # listing does not load the plugin
+        cls = get_method_class("plugin-sgd")
+        print(cls.__name__, cls.name)
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["PluginSgd", "plugin-sgd"]
+
+
+def test_our_kernels_package_is_not_mistaken_for_the_hub_kernels_package():
+    """transformers probes for a `kernels` distribution; our top-level `kernels/` must not trigger it."""
+    from transformers.utils import import_utils
+
+    assert not import_utils.is_kernels_available()
