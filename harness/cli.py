@@ -164,16 +164,16 @@ def env() -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Markdown file (default: DIR/report.md).")
 @click.option("--title", help="Report title.")
-@click.option("--print", "print_", is_flag=True, help="Also print the report.")
+@click.option("--quiet", "-q", is_flag=True, help="Only write the file; do not print the report.")
 @friendly_errors
-def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, print_: bool) -> None:
-    """Write a Markdown comparison report (per task: accuracy, memory, throughput, ratios to full)."""
+def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, quiet: bool) -> None:
+    """Print and write a Markdown comparison report (per task: accuracy, memory, throughput, ratios to full)."""
     from harness.report import write_report
 
     path = write_report(list(run_dirs), out, title)
-    click.echo(f"report: {path}")
-    if print_:
+    if not quiet:
         click.echo(path.read_text(encoding="utf-8"))
+    click.echo(f"report written to {path}")
 
 
 if __name__ == "__main__":

@@ -95,5 +95,5 @@ def test_end_to_end_run_resume_and_failed_trial(tmp_path):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     lora_ok = [r for r in rows if r["method"] == "lora" and r["status"] == "ok"]
     assert len(lora_ok) == 1 and lora_ok[0]["trainable_params"] < 0.2 * full["trainable_params"]
-    report = bench("report", str(out), "--print")
+    report = bench("report", str(out))
     assert report.returncode == 0 and "× full: memory" in report.stdout and "Failed trials" in report.stdout

@@ -1,0 +1,78 @@
+"""Meters: the exact breakdown from state_elements, peak RSS, and (on a GPU) the allocator and NVML."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.memory import MB, CudaPeaks, NvmlSampler, exact_breakdown, model_bytes, rss_peak_mb
+from methods.base import create
+from tests.toy import Toy, quadratic_loss, toy_batch
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_exact_breakdown_of_full_and_lora():
+    full = create("full", {}, quadratic_loss)
+    full.prepare(Toy())
+    full.step(toy_batch())
+    row = exact_breakdown(full.model, full.state_elements(), full.state_bytes())
+    n = 6 * 8 + 8
+    assert row["trainable_params"] == n and row["optimizer_state_elements"] == 2 * n
+    assert row["mem_weights_mb"] == pytest.approx(4 * n / MB)
+    assert row["mem_grads_mb"] == pytest.approx(4 * n / MB)
+    assert row["mem_optimizer_mb"] == pytest.approx(8 * n / MB)
+
+    lora = create("lora", {"r": 2, "target_modules": ["q_proj"]}, quadratic_loss)
+    lora.prepare(Toy())
+    lora.step(toy_batch())
+    row = exact_breakdown(lora.model, lora.state_elements(), lora.state_bytes())
+    assert row["mem_weights_mb"] == pytest.approx(model_bytes(lora.model) / MB)  # base + adapters
+    assert row["mem_optimizer_mb"] == pytest.approx(8 * 2 * (6 + 8) / MB)
+
+
+def test_rss_peak_is_a_real_measurement():
+    before = rss_peak_mb()
+    block = bytearray(64 * 1024 * 1024)  # touch 64 MiB
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    assert rss_peak_mb() >= before
+    assert rss_peak_mb() > 64
+
+
+def test_gpu_meters_are_inert_on_a_cpu():
+    peaks = CudaPeaks(torch.device("cpu"))
+    peaks.reset()
+    assert peaks.read() == (None, None)
+    sampler = NvmlSampler()
+    if not torch.cuda.is_available():
+        assert sampler.start() is False and sampler.stop() == (None, None)
+
+
+@gpu
+@needs_cuda
+def test_cuda_allocator_peak_sees_an_allocation():
+    device = torch.device("cuda")
+    peaks = CudaPeaks(device)
+    peaks.reset()
+    x = torch.empty(256 * 1024 * 1024 // 4, device=device)  # 256 MiB
+    allocated, reserved = peaks.read()
+    del x
+    assert allocated >= 256 and reserved >= allocated
+
+
+@gpu
+@needs_cuda
+def test_nvml_sampler_sees_device_memory_grow():
+    sampler = NvmlSampler(device_index=torch.cuda.current_device())
+    assert sampler.init()
+    assert sampler.start()
+    x = torch.ones(512 * 1024 * 1024 // 4, device="cuda")  # 512 MiB
+    torch.cuda.synchronize()
+    import time
+
+    time.sleep(0.05)
+    device_peak, _process_peak = sampler.stop()
+    del x
+    assert device_peak >= 400
