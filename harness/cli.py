@@ -62,13 +62,17 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override an option: METHOD.OPTION=VALUE (lora.r=16) or model/budget/evaluation.FIELD=VALUE.")
 @click.option("--retry-failed", is_flag=True, help="Run again the recorded trials that failed (oom, error, ...).")
+@click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop a trial that runs longer (default: the suite's trial_timeout_s).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a --model directory's own Python code to run (off by default: it is arbitrary code).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
-        out: Path | None, overrides: tuple[str, ...], retry_failed: bool, strict: bool, no_report: bool,
-        quiet: bool) -> None:
+        out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
+        trust_remote_code: bool, strict: bool, no_report: bool, quiet: bool) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     from harness.config import apply_overrides, load_suite
 
@@ -78,6 +82,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         extra = ["model.kind=pretrained", f"model.path={model}", *extra]
     if steps is not None:
         extra.append(f"budget.steps={steps}")
+    if trust_remote_code:
+        extra.append("model.trust_remote_code=true")
     if seeds is not None:
         try:
             seed_list = [int(s) for s in _csv(seeds) or []]
@@ -96,7 +102,13 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device))
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
                f"{len(run_plan.methods)} methods x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
-    rows = runner.run(run_plan, retry_failed=retry_failed, echo=click.echo, progress=not quiet)
+    try:
+        rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
+                          progress=not quiet)
+    except (KeyboardInterrupt, runner.Terminated) as exc:
+        click.echo(f"bench: interrupted ({exc or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
+                   "run the same command again to resume", err=True)
+        sys.exit(130)
     failed = [r for r in rows if r.get("status") != "ok"]
     if not no_report:
         from harness.report import write_report

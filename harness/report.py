@@ -90,6 +90,17 @@ def average_table(summary: pd.DataFrame) -> str:
     return pivot.to_markdown(floatfmt=".3f")
 
 
+def method_metrics_table(frame: pd.DataFrame) -> str | None:
+    """What methods measure about themselves (SGC: OMP time and share of the step, recovery error, density)."""
+    rows = []
+    for _, r in frame[frame["status"] == "ok"].iterrows():
+        metrics = r.get("method_metrics")
+        if isinstance(metrics, dict) and metrics:
+            rows.append({"task": r["task"], "method": r["method"], "seed": r["seed"],
+                         **{k: round(v, 6) if isinstance(v, float) else v for k, v in sorted(metrics.items())}})
+    return pd.DataFrame(rows).to_markdown(index=False) if rows else None
+
+
 def failures_table(frame: pd.DataFrame) -> str | None:
     failed = frame[frame["status"] != "ok"]
     if failed.empty:
@@ -126,6 +137,9 @@ def render(frame: pd.DataFrame, title: str | None = None) -> str:
             lines += ["## Accuracy by task", "", average_table(summary), ""]
         for task, table in summary.groupby("task", sort=False):
             lines += [f"## {task}", "", task_table(table, peak_col, peak_label), ""]
+    metrics = method_metrics_table(frame)
+    if metrics:
+        lines += ["## Method measurements (means over steps)", "", metrics, ""]
     failures = failures_table(frame)
     if failures:
         lines += ["## Failed trials", "", failures, ""]

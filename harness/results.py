@@ -32,6 +32,7 @@ COLUMNS = [
     "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",
     "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb",
     "step_time_ms_median", "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s",
+    "method_metrics",
     "started_at", "finished_at", "env",
 ]
 

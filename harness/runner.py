@@ -130,12 +130,37 @@ def run_lock(out_dir: Path) -> Iterator[None]:
 
 
 def _signal_reason(returncode: int) -> tuple[str, str]:
+    """Status and reason of a trial process that ended without writing its row."""
     if returncode < 0:
-        sig = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
-        if -returncode == signal.SIGKILL:
-            return "oom", f"trial process killed by {sig} (most likely the kernel's out-of-memory killer)"
-        return "error", f"trial process killed by {sig}"
+        number = -returncode
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+        if number == signal.SIGKILL:
+            # The kernel's OOM killer sends SIGKILL, but so can a user or a scheduler: say both.
+            return "error", f"trial process killed by {name} (if nobody sent it, the kernel's out-of-memory killer)"
+        return "error", f"trial process killed by {name}"
     return "error", f"trial process exited with code {returncode} without writing a result"
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop like Ctrl-C, after killing the trial in flight."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into an exception so children are killed and results stay valid, as on Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"received {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _log_name(trial: Trial) -> str:
@@ -202,6 +227,7 @@ def summary_line(row: dict[str, Any]) -> str:
 def run(
     run_plan: RunPlan,
     retry_failed: bool = False,
+    timeout_s: float | None = None,
     echo: Callable[[str], None] = print,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -210,7 +236,7 @@ def run(
 
     out_dir = run_plan.out_dir
     results = out_dir / RESULTS_FILE
-    with run_lock(out_dir):
+    with run_lock(out_dir), terminate_as_interrupt():
         recorded = {row["trial_id"]: row for row in read_rows(results)}
         todo = [t for t in run_plan.trials if t.trial_id not in recorded
                 or (retry_failed and recorded[t.trial_id].get("status") in FAILED_STATUSES)]
@@ -221,7 +247,7 @@ def run(
         for trial in bar:
             bar.set_postfix_str(trial.label)
             t0 = time.perf_counter()
-            row = execute(trial, out_dir, run_plan.suite.trial_timeout_s)
+            row = execute(trial, out_dir, timeout_s or run_plan.suite.trial_timeout_s)
             append_row(results, row)
             recorded[trial.trial_id] = row
             line = f"{summary_line(row)} ({time.perf_counter() - t0:.0f}s)"

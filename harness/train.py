@@ -48,6 +48,23 @@ class LossRecorder(Callback):
         self.losses.append(result.loss)
 
 
+@dataclass
+class ExtrasRecorder(Callback):
+    """Means over steps of what a method reports in `StepResult.extras` (SGC's OMP time, errors...)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def on_step_end(self, step: int, batch: Batch, result: StepResult) -> None:
+        for key, value in result.extras.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
 def train(method: Method, batches: Iterator[Batch], budget: BudgetSpec, callbacks: Sequence[Callback]) -> int:
     """Run `budget.steps` steps of `method`; returns the number of steps completed."""
     assert method.model is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -53,7 +54,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from harness.memory import CudaPeaks, NvmlSampler, exact_breakdown, rss_peak_mb
     from harness.models import build_model, build_tokenizer, causal_lm_loss
     from harness.timing import StepTimer
-    from harness.train import Diverged, LossRecorder, train
+    from harness.train import Diverged, ExtrasRecorder, LossRecorder, train
     from methods.base import create
 
     device = torch.device(spec["device"])
@@ -63,6 +64,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         forward_passes_per_step=None, started_at=now(), status="error",
     )
     losses = LossRecorder()
+    extras = ExtrasRecorder()
     timer = StepTimer(device)
     method = model = None
     phase = "setup"
@@ -94,7 +96,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             nvml.start()
         t0 = time.perf_counter()
         try:
-            train(method, batches, budget, [timer, losses])
+            train(method, batches, budget, [timer, losses, extras])
             row["status"] = "ok"
         except Diverged as exc:
             row.update(status="diverged", reason=str(exc))
@@ -143,6 +145,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             row["loss_curve"] = losses.losses[::stride]
         row.update(timer.summary())
         row.pop("timed_steps", None)
+        metrics = extras.means()
+        if "omp_time_ms" in metrics and row["step_time_ms_median"]:
+            metrics["omp_share_of_step"] = metrics["omp_time_ms"] / row["step_time_ms_median"]
+        row["method_metrics"] = metrics or None
         if method is not None and row["method_params"] is not None:
             row["method_params"] = method.hyperparameters()
         row["finished_at"] = now()
@@ -161,6 +167,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # bitsandbytes (imported by peft and galore-torch) probes for the hub's `kernels` package, finds our
+    # `kernels/` first and logs a harmless failure into every trial log; keep the logs to what matters.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if len(argv) != 2:
         print("usage: python -m harness.trial SPEC.json RESULT.json", file=sys.stderr)
         return 2

@@ -14,4 +14,7 @@ BUILTIN_METHODS: dict[str, tuple[str, str]] = {
     "dora": ("methods.lora", "DoRA, weight-decomposed LoRA, through peft (Liu et al. 2024)"),
     "galore": ("methods.galore", "GaLore gradient low-rank projection through galore-torch (Zhao et al. 2024)"),
     "mezo": ("methods.mezo", "MeZO zeroth-order SPSA with the seed trick (Malladi et al. 2023)"),
+    "sgc": ("methods.sgc", "SGC: AdamW moments compressed to k dims, OMP-recovered sparse updates (Yang et al. 2025)"),
+    "mesgc": ("methods.sgc", "MESGC: memory-efficient SGC with gradient chunking and one shared A (Yang et al. 2025)"),
+    "cesgc": ("methods.sgc", "CESGC: compute-efficient SGC after an SVD projection (Yang et al. 2025)"),
 }

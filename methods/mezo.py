@@ -91,7 +91,7 @@ class Mezo(Method):
             else:
                 p.sub_(z, alpha=lr * projected_grad)
         # (L+ + L-) / 2 estimates L(theta) to second order in eps: the loss curve's figure.
-        return StepResult((loss_plus + loss_minus) / 2, {"projected_grad": projected_grad})
+        return StepResult((loss_plus + loss_minus) / 2)
 
     def state_elements(self) -> dict[str, int]:
         n = sum(p.numel() for _, p in self.parameters)

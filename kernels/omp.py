@@ -1,0 +1,119 @@
+"""Batched Orthogonal Matching Pursuit (OMP) in torch: many independent sparse-recovery problems at once.
+
+Problem i: given A_i (m x d) and y_i (m), find x_i with at most `n_nonzero` non-zeros that minimises
+||A_i x_i - y_i||. OMP (Pati et al. 1993; Tropp & Gilbert 2007) grows the support greedily: pick the
+column most correlated with the residual, re-fit the coefficients on the support by least squares,
+update the residual. This is what SGC (`methods/sgc.py`) runs every step to turn compressed optimizer
+moments back into a sparse full-dimension update, with one problem per weight (or per chunk).
+
+The least-squares re-fit is not solved from scratch: the inverse of the Cholesky factor of the Gram
+matrix A_S^T A_S grows by one row per iteration (the new row follows from the previous inverse in one
+matrix-vector product), so every operation is a batched matmul on (b, s, s) or (b, m, s) tensors and
+the whole batch advances in lock-step on a CPU or a GPU. Selection matches scikit-learn's
+`orthogonal_mp` (argmax |A^T r|, columns not normalised); a problem whose residual vanishes, or whose
+next column is linearly dependent on its support, stops growing (its remaining slots get zero
+coefficients), as scikit-learn stops early.
+
+`batched_omp(A, Y, n_nonzero, backend="auto")` is the entry point; `backend="cupy"` runs
+`kernels.omp_cupy` on the GPU (zero-copy through DLPack).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BACKENDS = ("auto", "torch", "cupy")
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).eps) * 10
+
+
+def batched_omp_torch(
+    A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """OMP for every row of Y. A: (m, d) shared or (b, m, d) per problem; Y: (b, m).
+
+    Returns X (b, d) with at most `n_nonzero` non-zeros per row, and with `return_support` also the
+    support indices (b, n_nonzero) in selection order (-1 where a problem stopped early).
+    """
+    if Y.dim() != 2:
+        raise ValueError(f"Y must be (b, m); got shape {tuple(Y.shape)}")
+    b, m = Y.shape
+    shared = A.dim() == 2
+    if (shared and A.shape[0] != m) or (not shared and (A.dim() != 3 or A.shape[:2] != (b, m))):
+        raise ValueError(f"A must be (m, d) or (b, m, d) with m={m}, b={b}; got shape {tuple(A.shape)}")
+    d = A.shape[-1]
+    n = int(min(n_nonzero, m, d))
+    if n < 1:
+        raise ValueError(f"n_nonzero must be >= 1; got {n_nonzero}")
+    dtype, device = Y.dtype, Y.device
+    A = A.to(dtype)
+    At = A.transpose(-1, -2)  # (d, m) or (b, d, m)
+    rows = torch.arange(b, device=device)
+    support = torch.full((b, n), -1, dtype=torch.long, device=device)
+    atoms = torch.zeros((b, m, n), dtype=dtype, device=device)  # the selected columns A_S
+    l_inv = torch.zeros((b, n, n), dtype=dtype, device=device)  # inverse Cholesky factor of A_S^T A_S
+    taken = torch.zeros((b, d), dtype=torch.bool, device=device)
+    active = torch.ones(b, dtype=torch.bool, device=device)
+    residual = Y.clone()
+    y_norm = Y.norm(dim=1)
+    coef = torch.zeros((b, n), dtype=dtype, device=device)
+    eps = _tiny(dtype)
+    for t in range(n):
+        corr = (At @ residual.unsqueeze(-1)).squeeze(-1) if not shared else residual @ A
+        corr = corr.abs().masked_fill(taken, -1.0)
+        j = corr.argmax(dim=1)
+        col = A[:, j].T if shared else A[rows, :, j]  # (b, m)
+        # New Cholesky row: w = L^-1 A_S^T a_j, delta = sqrt(||a_j||^2 - ||w||^2).
+        w = (l_inv[:, :t, :t] @ (atoms[:, :, :t].transpose(1, 2) @ col.unsqueeze(-1))).squeeze(-1)
+        delta_sq = (col * col).sum(dim=1) - (w * w).sum(dim=1)
+        col_norm_sq = (col * col).sum(dim=1)
+        ok = active & (delta_sq > eps * col_norm_sq.clamp_min(eps)) & (residual.norm(dim=1) > eps * y_norm)
+        active = ok
+        delta = torch.where(ok, delta_sq.clamp_min(eps).sqrt(), torch.ones_like(delta_sq))
+        col = col * ok.unsqueeze(1)
+        w = w * ok.unsqueeze(1)
+        atoms[:, :, t] = col
+        # Row t of L^-1: [-(w^T L^-1) / delta, 1 / delta] (zero row and unit diagonal when stopped).
+        l_inv[:, t, :t] = -(w.unsqueeze(1) @ l_inv[:, :t, :t]).squeeze(1) / delta.unsqueeze(1)
+        l_inv[:, t, t] = 1.0 / delta
+        support[:, t] = torch.where(ok, j, torch.full_like(j, -1))
+        taken[rows[ok], j[ok]] = True
+        # Least squares on the support: x_S = L^-T L^-1 A_S^T y; residual r = y - A_S x_S.
+        rhs = atoms[:, :, : t + 1].transpose(1, 2) @ Y.unsqueeze(-1)
+        li = l_inv[:, : t + 1, : t + 1]
+        coef = (li.transpose(1, 2) @ (li @ rhs)).squeeze(-1)
+        residual = Y - (atoms[:, :, : t + 1] @ coef.unsqueeze(-1)).squeeze(-1)
+        if not bool(active.any()):
+            break
+    X = torch.zeros((b, d), dtype=dtype, device=device)
+    used = support[:, : coef.shape[1]]
+    valid = used >= 0
+    X[rows.unsqueeze(1).expand_as(used)[valid], used[valid]] = coef[valid]
+    return (X, support) if return_support else X
+
+
+def cupy_available() -> bool:
+    try:
+        import cupy  # noqa: F401
+
+        return torch.cuda.is_available()
+    except Exception:  # ImportError, or a CuPy built for another CUDA
+        return False
+
+
+def batched_omp(
+    A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool = False, backend: str = "auto"
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Batched OMP; `backend` auto (CuPy for CUDA tensors when it imports, else torch), torch or cupy."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    use_cupy = backend == "cupy" or (backend == "auto" and Y.is_cuda and cupy_available())
+    if use_cupy:
+        if not Y.is_cuda:
+            raise ValueError("the cupy backend needs CUDA tensors")
+        from kernels.omp_cupy import batched_omp_cupy
+
+        return batched_omp_cupy(A, Y, n_nonzero, return_support)
+    return batched_omp_torch(A, Y, n_nonzero, return_support)
