@@ -66,14 +66,17 @@ def main() -> None:
               help="Stop a trial that runs longer (default: the suite's trial_timeout_s).")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a --model directory's own Python code to run (off by default: it is arbitrary code).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE first: methods it registers with @register become available (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
-        trust_remote_code: bool, strict: bool, no_report: bool, quiet: bool) -> None:
+        trust_remote_code: bool, plugins: tuple[str, ...], strict: bool, no_report: bool, quiet: bool) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
+    import_plugins(plugins)
     from harness.config import apply_overrides, load_suite
 
     spec = load_suite(suite)
@@ -119,6 +122,18 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         sys.exit(1)
 
 
+def import_plugins(modules: tuple[str, ...]) -> None:
+    import importlib
+
+    if modules and "" not in sys.path:
+        sys.path.insert(0, "")  # a module in the working directory, as `python -m` would find it
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise BenchError(f"--plugin {module}: cannot import it ({exc})") from None
+
+
 @main.group(name="list")
 def list_group() -> None:
     """List what can be run."""
@@ -126,9 +141,11 @@ def list_group() -> None:
 
 @list_group.command(name="methods")
 @click.option("--verbose", "-v", is_flag=True, help="Also list each method's options, defaults and help.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import MODULE first (repeatable).")
 @friendly_errors
-def list_methods(verbose: bool) -> None:
+def list_methods(verbose: bool, plugins: tuple[str, ...]) -> None:
     """Registered methods: built-ins and plugins (entry-point group bench.methods)."""
+    import_plugins(plugins)
     from methods.base import available_methods
 
     methods = available_methods()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,13 @@ from harness.options import build, option, to_dict
 SUITE_SUFFIX = ".yaml"
 
 
+def looks_like_model_reference(path: str) -> bool:
+    """An existing directory, or something shaped like a hub id (`name` or `owner/name`, no path tricks)."""
+    if Path(path).expanduser().is_dir():
+        return True
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", path)) and ".." not in path
+
+
 @dataclass
 class ModelSpec:
     kind: str = option(
@@ -32,6 +40,9 @@ class ModelSpec:
         choices=("tiny-llama", "pretrained"),
     )
     path: str | None = option(None, "local directory or hub id when kind is pretrained")
+    trust_remote_code: bool = option(
+        False, "pretrained: let the model directory's own Python code run (arbitrary code: off unless asked)"
+    )
     hidden_size: int = option(64, "tiny-llama: width", min=8)
     intermediate_size: int = option(128, "tiny-llama: MLP width", min=8)
     num_hidden_layers: int = option(2, "tiny-llama: decoder layers", min=1)
@@ -48,6 +59,10 @@ class ModelSpec:
     def validate(self, where: str) -> None:
         if self.kind == "pretrained" and not self.path:
             raise ConfigError(f"{where}.path: required when kind is pretrained (a local directory or hub id)")
+        if self.kind == "pretrained" and not looks_like_model_reference(str(self.path)):
+            raise ConfigError(
+                f"{where}.path: {self.path!r} is neither a directory nor a hub id of the form owner/name"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"{where}.num_attention_heads: must divide hidden_size ({self.hidden_size})")
         if self.num_attention_heads % self.num_key_value_heads:

@@ -3,7 +3,8 @@
 The harness builds the model, never a method: the same seed gives every method the same initial
 weights. `tiny-llama` builds a small `LlamaForCausalLM` from the suite's config with a word-level
 tokenizer over the synthetic tasks' vocabulary (no download). `pretrained` loads a local directory
-or hub id with `trust_remote_code=False` and safetensors only.
+or hub id with safetensors only, and `trust_remote_code=False` unless the user passed
+`--trust-remote-code`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def build_tokenizer(spec: ModelSpec) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise BenchError(f"model.path {spec.path!r}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
     if tokenizer.pad_token_id is None:
@@ -90,7 +91,7 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
 
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                spec.path, trust_remote_code=False, use_safetensors=True, dtype=dtype
+                spec.path, trust_remote_code=spec.trust_remote_code, use_safetensors=True, dtype=dtype
             )
         except (OSError, ValueError) as exc:
             raise BenchError(f"model.path {spec.path!r}: cannot load it ({str(exc).splitlines()[0]})") from None

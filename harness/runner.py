@@ -174,6 +174,7 @@ def execute(trial: Trial, out_dir: Path, timeout_s: float | None) -> dict[str, A
     log_path = logs / _log_name(trial)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["BENCH_RUNNER_PID"] = str(os.getpid())
     started = now()
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trial-") as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "row.json"

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -165,8 +166,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def die_with_runner() -> None:
+    """Get SIGKILL when the runner dies (Linux), so a killed sweep leaves no orphan trial running."""
+    runner_pid = os.environ.get("BENCH_RUNNER_PID")
+    if not runner_pid or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != int(runner_pid):  # the runner died before the line above took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    die_with_runner()
     # bitsandbytes (imported by peft and galore-torch) probes for the hub's `kernels` package, finds our
     # `kernels/` first and logs a harmless failure into every trial log; keep the logs to what matters.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
