@@ -17,4 +17,9 @@ BUILTIN_METHODS: dict[str, tuple[str, str]] = {
     "sgc": ("methods.sgc", "SGC: AdamW moments compressed to k dims, OMP-recovered sparse updates (Yang et al. 2025)"),
     "mesgc": ("methods.sgc", "MESGC: memory-efficient SGC with gradient chunking and one shared A (Yang et al. 2025)"),
     "cesgc": ("methods.sgc", "CESGC: compute-efficient SGC after an SVD projection (Yang et al. 2025)"),
+    "subzero": (
+        "methods.subzero", "SubZero: zeroth-order SPSA with low-rank random-subspace perturbations (Yu et al. 2024)"
+    ),
+    "rso": ("methods.rso", "RSO: Adam on small factors in random subspaces, merged and redrawn (Chen et al. 2025)"),
+    "smt": ("methods.smt", "SMT: warm-up, then Adam on the top-scored weight blocks only (He et al. 2024)"),
 }

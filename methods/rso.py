@@ -1,0 +1,147 @@
+"""RSO: randomized subspace optimization (Chen et al. 2025, arXiv 2502.07222).
+
+Each adapted Linear weight W0 (out x in) is trained in a random subspace: for `inner_steps` steps the
+layer computes y = x W0^T + (x P) B^T with a random P (in x r) and a small trainable B (out x r) that
+starts at zero, and Adam updates B only (approximately solving min_B f(W0 + B P^T) + ||B||^2 / (2 eta)).
+Then B P^T is merged into W0, a new P is drawn, B returns to zero and Adam's moments are reset (a new
+subspace is a new subproblem). Only B carries a gradient and Adam state (out * r each), and a custom
+autograd function saves the projected activations x P (r per token) instead of x for the backward pass:
+
+    dB = G^T (x P) = (dL/dW) P,     dx = G W0 + (G B) P^T.
+
+Choices the harness makes where our notes could not check the paper (no public code was found): P has
+orthonormal columns (QR of a Gaussian matrix, scaled by sqrt(in / r) so that x P keeps the scale of x),
+drawn from a seed and kept (in * r per layer, counted as state); the proximal term is an option
+(`proximal` = 1 / eta, off by default); Adam's moments are reset at every new subspace.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.options import option
+from methods.base import Batch, Method, MethodOptions, StepResult, register
+from methods.lora import DEFAULT_TARGETS
+
+
+@dataclass
+class RsoOptions(MethodOptions):
+    lr: float = option(1e-3, "Adam's learning rate for the subspace factors B", gt=0.0)
+    rank: int = option(8, "rank r of each random subspace", min=1)
+    inner_steps: int = option(50, "Adam steps on B before merging into W0 and drawing a new subspace", min=1)
+    proximal: float = option(0.0, "1 / eta: weight of ||B||^2 / 2 in each subproblem (0: off)", min=0.0)
+    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
+    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
+    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
+    target_modules: list[str] = option(
+        default_factory=lambda: list(DEFAULT_TARGETS), help="names of the Linear modules trained in subspaces"
+    )
+
+
+class _SubspaceLinearFunction(torch.autograd.Function):
+    """y = x W0^T + (x P) B^T, saving x P (not x) for backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, projection: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        xp = x @ projection
+        ctx.save_for_backward(xp, weight, projection, b)
+        return x @ weight.T + xp @ b.T
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        xp, weight, projection, b = ctx.saved_tensors
+        grad_x = grad_out @ weight + (grad_out @ b) @ projection.T
+        grad_b = grad_out.reshape(-1, grad_out.shape[-1]).T @ xp.reshape(-1, xp.shape[-1])
+        return grad_x, None, None, grad_b
+
+
+class SubspaceLinear(nn.Module):
+    """A Linear layer whose frozen weight W0 is trained through B in the subspace spanned by P."""
+
+    def __init__(self, base: nn.Linear, rank: int) -> None:
+        super().__init__()
+        self.base = base
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+        self.rank = min(rank, base.in_features)
+        self.b = nn.Parameter(torch.zeros(base.out_features, self.rank, device=base.weight.device,
+                                          dtype=base.weight.dtype))
+        # A plain tensor, not a buffer: it is method state (counted under `subspace`), not model weights.
+        self.projection = torch.zeros(base.in_features, self.rank, device=base.weight.device, dtype=base.weight.dtype)
+
+    def draw(self, generator: torch.Generator) -> None:
+        gaussian = torch.randn(self.base.in_features, self.rank, generator=generator, device=self.b.device)
+        q, _ = torch.linalg.qr(gaussian)
+        self.projection.copy_(q * math.sqrt(self.base.in_features / self.rank))
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 <- W0 + B P^T; B <- 0 (the function is unchanged)."""
+        self.base.weight.add_((self.b @ self.projection.T).to(self.base.weight.dtype))
+        self.b.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _SubspaceLinearFunction.apply(x, self.base.weight, self.projection, self.b)
+        return y + self.base.bias if self.base.bias is not None else y
+
+
+@register("rso")
+class Rso(Method):
+    """RSO: Adam on small factors B in random subspaces W0 + B P^T, merged and redrawn (Chen et al. 2025)."""
+
+    Options = RsoOptions
+    options: RsoOptions
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        model.requires_grad_(False)
+        targets = tuple(self.options.target_modules)
+        self.layers: list[SubspaceLinear] = []
+        for _, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if child_name in targets and isinstance(child, nn.Linear):
+                    wrapped = SubspaceLinear(child, self.options.rank)
+                    setattr(module, child_name, wrapped)
+                    self.layers.append(wrapped)
+        if not self.layers:
+            raise ConfigError(f"methods.rso.target_modules: no Linear module matches {list(targets)}")
+        self.model = model
+        self.generator = torch.Generator(device=self.layers[0].b.device).manual_seed(self.seed + 7919)
+        self.inner = 0
+        self.new_subspace()
+
+    def new_subspace(self) -> None:
+        for layer in self.layers:
+            layer.draw(self.generator)
+        o = self.options
+        self.optimizer = torch.optim.Adam([layer.b for layer in self.layers], lr=o.lr, betas=(o.beta1, o.beta2),
+                                          eps=o.eps)
+
+    def step(self, batch: Batch) -> StepResult:
+        self.apply_lr_scale(self.optimizer)
+        loss = self.forward_backward(batch)
+        if self.options.proximal:
+            for layer in self.layers:
+                layer.b.grad.add_(layer.b.detach(), alpha=self.options.proximal)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.inner += 1
+        if self.inner % self.options.inner_steps == 0:
+            for layer in self.layers:
+                layer.merge()
+            self.new_subspace()
+        return StepResult(loss)
+
+    def state_elements(self) -> dict[str, int]:
+        b = sum(layer.b.numel() for layer in self.layers)
+        return {"trainable_params": b, "gradients": b, "exp_avg": b, "exp_avg_sq": b,
+                "subspace": sum(layer.projection.numel() for layer in self.layers)}
+
+    def state_bytes(self) -> dict[str, int]:
+        size = self.layers[0].b.element_size()
+        return {k: v * size for k, v in self.state_elements().items()}

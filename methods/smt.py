@@ -1,0 +1,208 @@
+"""SMT: sparse matrix tuning (He et al. 2024, arXiv 2405.15525; authors' code HectorHHZ/Sparse_Matrix_Tuning).
+
+Three phases, as our notes in ALGORITHMS.md describe the authors' code:
+
+1. Warm-up: `warmup_steps` steps of real full fine-tuning (AdamW on every weight), summing the gradients of
+   the target projections in fp32 (signed, and their absolute values).
+2. Selection: split each summed gradient into `block_size` x `block_size` blocks and score each block:
+   `score: signed_mean` is |mean(block)| of the summed signed gradient (the authors' code), `abs_mean` the
+   mean of the summed absolute gradient (the paper's wording). Keep the global top blocks under the budget
+   (`budget_ratio` x the number of blocks of the target weights, or `num_blocks`); some matrices get none.
+3. Training: freeze everything; every selected block is one trainable parameter; a custom autograd function
+   computes the dense output and, in backward, the dense input gradient plus only the selected blocks'
+   gradients (output-gradient rows x input column slice, the slice copied so it does not keep the whole
+   input alive). Adam (betas 0.9, 0.95 by default) keeps state for those blocks alone.
+
+The warm-up steps count towards the trial's step budget (the same budget as every method) and use full
+fine-tuning memory; the peak meters show it, and `state_elements()` reports the sparse phase's state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.options import option
+from methods.base import Batch, Method, MethodOptions, StepResult, register
+
+
+@dataclass
+class SmtOptions(MethodOptions):
+    lr: float = option(1e-4, "learning rate of the selected blocks (and of the warm-up)", gt=0.0)
+    block_size: int = option(256, "side of the square sub-matrix blocks", min=1)
+    budget_ratio: float = option(0.0084, "share of all target blocks to train (authors' attention default)",
+                                 gt=0.0, max=1.0)
+    num_blocks: int = option(0, "train exactly this many blocks instead of budget_ratio (0: use the ratio)", min=0)
+    warmup_steps: int = option(100, "full fine-tuning steps that accumulate gradients for the selection", min=1)
+    score: str = option("signed_mean", "block score: |mean of summed signed gradient| or mean |gradient|",
+                        choices=("signed_mean", "abs_mean"))
+    target_modules: list[str] = option(default_factory=lambda: ["q_proj", "k_proj", "v_proj"],
+                                       help="2-D weights scored for blocks (add up_proj, gate_proj, down_proj for MLP)")
+    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
+    beta2: float = option(0.95, "Adam's second-moment decay (authors' default 0.95)", min=0.0, max=0.999999)
+    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
+
+
+class _BlockSparseLinearFunction(torch.autograd.Function):
+    """y = x W^T with W dense; backward computes dx densely and dW only on the selected blocks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, blocks: torch.Tensor, rows: torch.Tensor,
+                cols: torch.Tensor, block_size: int) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        # Save only the input columns the selected blocks need, copied (a view would keep x alive).
+        col_ids = sorted(set(cols.tolist()))
+        slices = torch.stack([flat[:, c * block_size:(c + 1) * block_size].clone() for c in col_ids])
+        ctx.save_for_backward(weight, slices, rows, cols)
+        ctx.col_index = {c: i for i, c in enumerate(col_ids)}
+        ctx.block_size = block_size
+        return x @ weight.T
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        weight, slices, rows, cols = ctx.saved_tensors
+        bs = ctx.block_size
+        grad_x = grad_out @ weight
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        grads = [g[:, r * bs:(r + 1) * bs].T @ slices[ctx.col_index[c]] for r, c in zip(rows.tolist(), cols.tolist())]
+        return grad_x, None, torch.stack(grads), None, None, None
+
+
+class BlockSparseLinear(nn.Module):
+    """A frozen Linear whose selected (row, col) blocks are one trainable parameter, written back into W."""
+
+    def __init__(self, base: nn.Linear, blocks: list[tuple[int, int]], block_size: int) -> None:
+        super().__init__()
+        self.base = base
+        base.weight.requires_grad_(False)
+        self.block_size = block_size
+        self.register_buffer("rows", torch.tensor([r for r, _ in blocks], device=base.weight.device), persistent=False)
+        self.register_buffer("cols", torch.tensor([c for _, c in blocks], device=base.weight.device), persistent=False)
+        bs = block_size
+        self.blocks = nn.Parameter(torch.stack([base.weight.detach()[r * bs:(r + 1) * bs, c * bs:(c + 1) * bs].clone()
+                                                for r, c in blocks]))
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        bs = self.block_size
+        for i, (r, c) in enumerate(zip(self.rows.tolist(), self.cols.tolist())):
+            self.base.weight[r * bs:(r + 1) * bs, c * bs:(c + 1) * bs] = self.blocks[i]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _BlockSparseLinearFunction.apply(x, self.base.weight, self.blocks, self.rows, self.cols, self.block_size)
+        return y + self.base.bias if self.base.bias is not None else y
+
+
+@register("smt")
+class Smt(Method):
+    """SMT: full fine-tuning warm-up, then Adam on the top-scored 256x256 weight blocks only (He et al. 2024)."""
+
+    Options = SmtOptions
+    options: SmtOptions
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        o = self.options
+        self.targets: dict[str, tuple[nn.Module, str, nn.Linear]] = {}
+        for module_name, module in model.named_modules():
+            for child_name, child in module.named_children():
+                if child_name in o.target_modules and isinstance(child, nn.Linear):
+                    m, n = child.weight.shape
+                    if m % o.block_size or n % o.block_size:
+                        raise ConfigError(
+                            f"methods.smt.block_size: {o.block_size} must divide both sides of "
+                            f"{module_name}.{child_name} ({m} x {n})"
+                        )
+                    self.targets[f"{module_name}.{child_name}".lstrip(".")] = (module, child_name, child)
+        if not self.targets:
+            raise ConfigError(f"methods.smt.target_modules: no Linear module matches {o.target_modules}")
+        model.requires_grad_(True)
+        self.model = model
+        self.signed = {name: torch.zeros_like(lin.weight, dtype=torch.float32)
+                       for name, (_, _, lin) in self.targets.items()}
+        self.absolute = {name: torch.zeros_like(t) for name, t in self.signed.items()}
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.steps_done = 0
+        self.sparse_layers: list[BlockSparseLinear] = []
+        self.selected: dict[str, list[tuple[int, int]]] = {}
+
+    # -- phase 1: warm-up ---------------------------------------------------------------------
+    def warmup_step(self, batch: Batch) -> float:
+        loss = self.forward_backward(batch)
+        for name, (_, _, lin) in self.targets.items():
+            grad = lin.weight.grad.float()
+            self.signed[name].add_(grad)
+            self.absolute[name].add_(grad.abs())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    # -- phase 2: selection -------------------------------------------------------------------
+    def block_scores(self) -> list[tuple[float, str, int, int]]:
+        bs = self.options.block_size
+        scores = []
+        for name, summed in (self.signed if self.options.score == "signed_mean" else self.absolute).items():
+            m, n = summed.shape
+            means = summed.reshape(m // bs, bs, n // bs, bs).mean(dim=(1, 3))
+            if self.options.score == "signed_mean":
+                means = means.abs()
+            for r in range(m // bs):
+                for c in range(n // bs):
+                    scores.append((float(means[r, c]), name, r, c))
+        return scores
+
+    def select(self) -> dict[str, list[tuple[int, int]]]:
+        scores = self.block_scores()
+        budget = self.options.num_blocks or max(1, math.floor(self.options.budget_ratio * len(scores)))
+        chosen: dict[str, list[tuple[int, int]]] = {}
+        for _, name, r, c in sorted(scores, key=lambda s: (-s[0], s[1], s[2], s[3]))[: min(budget, len(scores))]:
+            chosen.setdefault(name, []).append((r, c))
+        return chosen
+
+    def start_sparse_phase(self) -> None:
+        assert self.model is not None
+        self.selected = self.select()
+        self.model.requires_grad_(False)
+        self.optimizer = None  # the warm-up's full Adam state is freed here
+        for name, blocks in self.selected.items():
+            parent, child_name, linear = self.targets[name]
+            layer = BlockSparseLinear(linear, sorted(blocks), self.options.block_size)
+            setattr(parent, child_name, layer)
+            self.sparse_layers.append(layer)
+        o = self.options
+        self.optimizer = torch.optim.AdamW([layer.blocks for layer in self.sparse_layers], lr=o.lr,
+                                           betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+        self.signed = self.absolute = {}
+
+    # -- phase 3: sparse training ---------------------------------------------------------------
+    def step(self, batch: Batch) -> StepResult:
+        self.apply_lr_scale(self.optimizer)
+        if self.steps_done < self.options.warmup_steps:
+            loss = self.warmup_step(batch)
+            self.steps_done += 1
+            if self.steps_done == self.options.warmup_steps:
+                self.start_sparse_phase()
+            return StepResult(loss)
+        loss = self.forward_backward(batch)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for layer in self.sparse_layers:
+            layer.write_back()
+        self.steps_done += 1
+        return StepResult(loss)
+
+    def state_elements(self) -> dict[str, int]:
+        if not self.sparse_layers:  # still warming up: full fine-tuning's state
+            n = sum(p.numel() for p in self.model.parameters())
+            return {"trainable_params": n, "gradients": n, "exp_avg": n, "exp_avg_sq": n}
+        n = sum(layer.blocks.numel() for layer in self.sparse_layers)
+        return {"trainable_params": n, "gradients": n, "exp_avg": n, "exp_avg_sq": n}
+
+    def hyperparameters(self) -> dict:
+        params = super().hyperparameters()
+        params["selected_blocks"] = {name: len(blocks) for name, blocks in self.selected.items()}
+        return params
