@@ -8,6 +8,7 @@ traceback; a run whose trials fail still exits 0 (the failures are results), unl
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -78,9 +79,11 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     import_plugins(plugins)
     from harness.config import apply_overrides, load_suite
+    from harness.sweeps import split_overrides
 
     spec = load_suite(suite)
-    extra = list(overrides)
+    plain, sweeps = split_overrides(list(overrides))
+    extra = plain
     if model:
         extra = ["model.kind=pretrained", f"model.path={model}", *extra]
     if steps is not None:
@@ -102,9 +105,12 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     from harness import runner
 
     out_dir = out or Path("runs") / spec.name
-    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device))
+    command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
+    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device),
+                           sweeps=sweeps, command=command)
+    n_instances = len(run_plan.trials) // max(1, len(spec.tasks) * len(spec.seeds))
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
-               f"{len(run_plan.methods)} methods x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
+               f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
     try:
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
                           progress=not quiet)
@@ -191,18 +197,37 @@ def env() -> None:
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Markdown file (default: DIR/report.md).")
+@click.option("--out", "-o", type=click.Path(path_type=Path),
+              help="A directory (REPORT.md + PNG figures) or a .md file; default DIR/report.md.")
 @click.option("--title", help="Report title.")
+@click.option("--no-figures", is_flag=True, help="Tables only.")
 @click.option("--quiet", "-q", is_flag=True, help="Only write the file; do not print the report.")
 @friendly_errors
-def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, quiet: bool) -> None:
-    """Print and write a Markdown comparison report (per task: accuracy, memory, throughput, ratios to full)."""
+def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_figures: bool, quiet: bool) -> None:
+    """Print and write a Markdown comparison report of one or more runs, with figures."""
     from harness.report import write_report
 
-    path = write_report(list(run_dirs), out, title)
+    path = write_report(list(run_dirs), out, title, with_figures=not no_figures)
     if not quiet:
         click.echo(path.read_text(encoding="utf-8"))
     click.echo(f"report written to {path}")
+
+
+@main.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("current", type=click.Path(path_type=Path))
+@click.option("--tolerance", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML with accuracy_abs, peak_rel, time_ratio_rel, exact_rel (see harness/compare.py).")
+@click.option("--all", "show_all", is_flag=True, help="Also list the checks that did not change.")
+@friendly_errors
+def compare(baseline: Path, current: Path, tolerance: Path | None, show_all: bool) -> None:
+    """Compare CURRENT against BASELINE (run directories or results files); exit 1 on a regression."""
+    from harness.compare import render, run_compare
+
+    comparison = run_compare(baseline, current, tolerance)
+    click.echo(render(comparison, show_all))
+    if comparison.regressions:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,8 @@ class SuiteSpec:
     data_seed: int = option(1234, "seed of synthetic data generation (fixed across trial seeds)")
     default_methods: list[str] = option(default_factory=list, help="methods run when --methods is not given")
     methods: dict = option(default_factory=dict, help="per-method option values (method name -> options)")
+    sweeps: dict = option(default_factory=dict,
+                          help="method -> option -> list of values: one variant per combination (a size knob)")
     trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
 
     def validate(self, where: str) -> None:
@@ -150,6 +152,9 @@ class SuiteSpec:
         for method, values in self.methods.items():
             if values is not None and not isinstance(values, dict):
                 raise ConfigError(f"{where}.methods.{method}: expected a mapping of options, got {values!r}")
+        for method, values in self.sweeps.items():
+            if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
+                raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")
 
     def to_data(self) -> dict[str, Any]:
         return to_dict(self)

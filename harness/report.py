@@ -1,9 +1,9 @@
-"""Markdown comparison reports from result rows (pandas in, Markdown tables out).
+"""Markdown comparison reports (and their PNG figures) from result rows: one DataFrame, one source.
 
-One table per task: each method's accuracy, peak memory, the exact memory of what it keeps (weights,
-gradients, optimizer state), throughput, and ratios to the `full` fine-tuning baseline measured in the
-same run. Seeds are averaged; accuracy shows mean ± std over seeds. Failed trials are listed with their
-reasons instead of being dropped silently.
+Tables: accuracy (method x task, with the average; mean ± std over seeds), memory (each meter that
+applied, the exact breakdown, ratios to `full`), speed (step time, tokens/s, ratios to `full` measured
+in the same run), a per-task detail table, what methods measured about themselves, and the failed
+trials with their reasons. Figures (`harness/figures.py`) are drawn from the same summary.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 import pandas as pd
 
 BASELINE = "full"
-
-
-def _peak_column(frame: pd.DataFrame) -> tuple[str, str]:
-    """The peak-memory meter that applies: CUDA allocator on a GPU, process RSS on a CPU."""
-    if frame["peak_mem_allocated_mb"].notna().any():
-        return "peak_mem_allocated_mb", "peak allocated (MB)"
-    return "peak_mem_rss_mb", "peak RSS (MB)"
+NUMERIC = ["accuracy", "peak_mem_rss_mb", "peak_mem_rss_eval_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb",
+           "peak_mem_allocated_eval_mb", "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb",
+           "method_mem_mb", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb", "trainable_params",
+           "optimizer_state_elements", "tokens_per_s", "step_time_ms_median", "step_time_ms_p90", "loss_last"]
+PEAK_METERS = [("peak_mem_nvml_mb", "NVML device (MB)"), ("peak_mem_nvml_process_mb", "NVML process (MB)"),
+               ("peak_mem_allocated_mb", "allocated (MB)"), ("peak_mem_reserved_mb", "reserved (MB)"),
+               ("peak_mem_rss_mb", "RSS train (MB)"), ("peak_mem_rss_eval_mb", "RSS eval (MB)")]
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -30,129 +30,179 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    if "variant" not in frame.columns:
+        frame["variant"] = None
+    frame["variant"] = frame["variant"].fillna("").astype(str)
+    frame["name"] = [m + (f" ({v})" if v else "") for m, v in zip(frame["method"], frame["variant"])]
+    return frame
+
+
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per (task, method) of the successful rows, plus accuracy std and seed count."""
-    ok = frame[frame["status"] == "ok"].copy()
+    """Mean over seeds per (task, method, variant) of the successful rows, plus accuracy std and seed count."""
+    ok = prepare(frame)
+    ok = ok[ok["status"] == "ok"].copy()
     if ok.empty:
         return pd.DataFrame()
+    for col in NUMERIC:
+        if col != "method_mem_mb":
+            ok[col] = pd.to_numeric(ok[col], errors="coerce")
     ok["method_mem_mb"] = ok[["mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb"]].sum(axis=1, min_count=3)
-    numeric = ["accuracy", "peak_mem_rss_mb", "peak_mem_allocated_mb", "peak_mem_nvml_mb", "method_mem_mb",
-               "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "trainable_params",
-               "tokens_per_s", "step_time_ms_median", "loss_last"]
-    for col in numeric:
-        ok[col] = pd.to_numeric(ok[col], errors="coerce")
-    grouped = ok.groupby(["task", "method"], sort=False)
-    out = grouped[numeric].mean()
+    grouped = ok.groupby(["task", "method", "variant", "name"], sort=False)
+    out = grouped[NUMERIC].mean()
     out["accuracy_std"] = grouped["accuracy"].std(ddof=1)
     out["seeds"] = grouped["seed"].nunique()
     return out.reset_index()
 
 
-def _with_ratios(table: pd.DataFrame, peak_col: str) -> pd.DataFrame:
-    """Ratios to the baseline method of the same task; NaN when the baseline did not run."""
-    table = table.copy()
-    for col, ratio in ((peak_col, "peak_ratio"), ("method_mem_mb", "mem_ratio"), ("mem_optimizer_mb", "opt_ratio"),
-                       ("tokens_per_s", "speed_ratio")):
-        base = table.loc[table["method"] == BASELINE, col]
-        table[ratio] = table[col] / base.iloc[0] if len(base) and base.iloc[0] else float("nan")
-    return table
+def _ratio(table: pd.DataFrame, col: str) -> pd.Series:
+    base = table.loc[(table["method"] == BASELINE) & (table["variant"] == ""), col]
+    if not len(base) or not base.iloc[0] or pd.isna(base.iloc[0]):
+        return pd.Series(float("nan"), index=table.index)
+    return table[col] / base.iloc[0]
 
 
-def task_table(table: pd.DataFrame, peak_col: str, peak_label: str) -> str:
-    table = _with_ratios(table, peak_col)
+def accuracy_table(summary: pd.DataFrame) -> str:
+    tasks = list(summary["task"].unique())
     rows = []
-    for _, r in table.iterrows():
-        acc = _fmt(r["accuracy"], ".3f")
-        if r["seeds"] > 1:
-            acc += f" ± {_fmt(r['accuracy_std'], '.3f')}"
-        rows.append({
-            "method": r["method"],
-            "accuracy": acc,
-            peak_label: _fmt(r[peak_col], ".1f"),
-            "weights+grads+opt (MB)": _fmt(r["method_mem_mb"], ".2f"),
-            "optimizer state (MB)": _fmt(r["mem_optimizer_mb"], ".3f"),
-            "trainable params": _fmt(r["trainable_params"], ",.0f"),
-            "tokens/s": _fmt(r["tokens_per_s"], ",.0f"),
-            "step (ms)": _fmt(r["step_time_ms_median"], ".1f"),
-            f"× {BASELINE}: memory": _fmt(r["mem_ratio"], ".3f"),
-            f"× {BASELINE}: opt state": _fmt(r["opt_ratio"], ".3f"),
-            f"× {BASELINE}: tokens/s": _fmt(r["speed_ratio"], ".2f"),
-        })
+    for name, group in summary.groupby("name", sort=False):
+        row = {"method": name}
+        by_task = group.set_index("task")
+        for task in tasks:
+            if task not in by_task.index:
+                row[task] = "–"
+                continue
+            r = by_task.loc[task]
+            cell = _fmt(r["accuracy"], ".3f")
+            if r["seeds"] > 1:
+                cell += f" ± {_fmt(r['accuracy_std'], '.3f')}"
+            row[task] = cell
+        complete = all(t in by_task.index for t in tasks)
+        row["average"] = _fmt(by_task["accuracy"].mean(), ".3f") if complete else "–"
+        row["seeds"] = int(group["seeds"].max())
+        rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
-def average_table(summary: pd.DataFrame) -> str:
-    """Accuracy per task as columns and their mean, one row per method (methods that ran every task)."""
-    pivot = summary.pivot(index="method", columns="task", values="accuracy")
-    pivot = pivot[[t for t in summary["task"].unique()]]
-    pivot["average"] = pivot.mean(axis=1, skipna=False)
-    pivot = pivot.reindex(summary["method"].unique())
-    return pivot.to_markdown(floatfmt=".3f")
+def _per_method(summary: pd.DataFrame) -> pd.DataFrame:
+    """Means over tasks (memory and speed do not depend on the task much)."""
+    keep = ["method", "variant", "name"]
+    return summary.groupby(keep, sort=False)[NUMERIC].mean().reset_index()
+
+
+def memory_table(summary: pd.DataFrame) -> str:
+    table = _per_method(summary)
+    meters = [(c, label) for c, label in PEAK_METERS if table[c].notna().any()]
+    main_peak = meters[0][0] if meters else None
+    rows = []
+    mem_ratio, peak_ratio, opt_ratio = _ratio(table, "method_mem_mb"), _ratio(table, main_peak), \
+        _ratio(table, "mem_optimizer_mb")
+    for i, r in table.iterrows():
+        row = {"method": r["name"]}
+        for col, label in meters:
+            row[label] = _fmt(r[col], ".1f")
+        row.update({
+            "weights (MB)": _fmt(r["mem_weights_mb"], ".3f"),
+            "gradients (MB)": _fmt(r["mem_grads_mb"], ".3f"),
+            "optimizer state (MB)": _fmt(r["mem_optimizer_mb"], ".4f"),
+            "other (MB)": _fmt(r["mem_other_mb"], ".1f"),
+            "trainable params": _fmt(r["trainable_params"], ",.0f"),
+            f"× {BASELINE}: w+g+opt": _fmt(mem_ratio[i], ".3f"),
+            f"× {BASELINE}: opt state": _fmt(opt_ratio[i], ".3f"),
+        })
+        if main_peak:
+            row[f"× {BASELINE}: {dict(meters)[main_peak].split(' (')[0]}"] = _fmt(peak_ratio[i], ".3f")
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def speed_table(summary: pd.DataFrame) -> str:
+    table = _per_method(summary)
+    step_ratio, tps_ratio = _ratio(table, "step_time_ms_median"), _ratio(table, "tokens_per_s")
+    rows = [{
+        "method": r["name"],
+        "step median (ms)": _fmt(r["step_time_ms_median"], ".1f"),
+        "step p90 (ms)": _fmt(r["step_time_ms_p90"], ".1f"),
+        "tokens/s": _fmt(r["tokens_per_s"], ",.0f"),
+        f"step time × {BASELINE}": _fmt(step_ratio[i], ".2f"),
+        f"tokens/s × {BASELINE}": _fmt(tps_ratio[i], ".2f"),
+    } for i, r in table.iterrows()]
+    return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def method_metrics_table(frame: pd.DataFrame) -> str | None:
     """What methods measure about themselves (SGC: OMP time and share of the step, recovery error, density)."""
     rows = []
-    for _, r in frame[frame["status"] == "ok"].iterrows():
+    for _, r in prepare(frame)[lambda f: f["status"] == "ok"].iterrows():
         metrics = r.get("method_metrics")
         if isinstance(metrics, dict) and metrics:
-            rows.append({"task": r["task"], "method": r["method"], "seed": r["seed"],
+            rows.append({"task": r["task"], "method": r["name"], "seed": r["seed"],
                          **{k: round(v, 6) if isinstance(v, float) else v for k, v in sorted(metrics.items())}})
     return pd.DataFrame(rows).to_markdown(index=False) if rows else None
 
 
 def failures_table(frame: pd.DataFrame) -> str | None:
-    failed = frame[frame["status"] != "ok"]
+    failed = prepare(frame)[lambda f: f["status"] != "ok"]
     if failed.empty:
         return None
-    return failed[["task", "method", "seed", "status", "reason"]].to_markdown(index=False)
+    return failed[["task", "name", "seed", "status", "reason"]].rename(columns={"name": "method"}).to_markdown(
+        index=False)
 
 
-def render(frame: pd.DataFrame, title: str | None = None) -> str:
-    """The Markdown report of a frame of result rows."""
-    if frame.empty:
-        return "# Benchmark report\n\nNo results.\n"
-    suites = ", ".join(sorted(frame["suite"].dropna().astype(str).unique()))
+def environment_lines(frame: pd.DataFrame) -> list[str]:
     models = sorted(frame["model"].dropna().astype(str).unique())
     devices = ", ".join(sorted(frame["device"].dropna().astype(str).unique()))
     env = next((e for e in frame["env"] if isinstance(e, dict)), {}) or {}
-    lines = [f"# {title or f'Benchmark report: {suites}'}", ""]
-    lines += [f"- model: {', '.join(models) or '–'}", f"- device: {devices}"]
+    lines = [f"- model: {', '.join(models) or '–'}", f"- device: {devices}"]
     if env:
         hw = env.get("gpu_name") or f"{env.get('cpu', '')} ({env.get('torch_threads', '?')} torch threads)"
-        pk = env.get("packages", {})
-        versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
-        lines += [f"- hardware: {hw}", f"- software: {versions}", f"- commit: {env.get('git_commit', '–')}"]
+        driver = f", driver {env['driver']}, CUDA {env.get('cuda')}" if env.get("driver") else ""
+        versions = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
+        lines += [f"- hardware: {hw}{driver}", f"- software: Python {env.get('python', '?')}, {versions}",
+                  f"- commit: {env.get('git_commit', '–')}"]
+    commands = sorted({str(c) for c in frame.get("command", pd.Series(dtype=object)).dropna()})
+    for command in commands:
+        lines.append(f"- command: `{command}`")
     budget = frame[frame["status"] == "ok"][["steps", "batch_size"]].dropna()
     if not budget.empty:
         lines.append(f"- budget: {int(budget['steps'].max())} steps × batch {int(budget['batch_size'].max())} "
                      "for every method")
-    lines.append(f"- trials: {len(frame)} ({int((frame['status'] == 'ok').sum())} ok); generated "
+    lines.append(f"- trials: {len(frame)} ({int((frame['status'] == 'ok').sum())} ok); report generated "
                  f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    lines.append("")
+    return lines
+
+
+def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str] | None = None) -> str:
+    """The Markdown report of a frame of result rows; `figures` maps captions to PNG file names."""
+    if frame.empty:
+        return "# Benchmark report\n\nNo results.\n"
+    suites = ", ".join(sorted(frame["suite"].dropna().astype(str).unique()))
+    lines = [f"# {title or f'Benchmark report: {suites}'}", "", *environment_lines(frame), ""]
     summary = summarise(frame)
-    peak_col, peak_label = _peak_column(frame)
     if not summary.empty:
-        if summary["task"].nunique() > 1:
-            lines += ["## Accuracy by task", "", average_table(summary), ""]
-        for task, table in summary.groupby("task", sort=False):
-            lines += [f"## {task}", "", task_table(table, peak_col, peak_label), ""]
+        lines += ["## Accuracy", "", accuracy_table(summary), ""]
+        lines += ["## Memory", "",
+                  "Peaks are measured (each meter that applied; RSS includes the Python runtime itself); "
+                  "*weights, gradients, optimizer state* are the exact accounting from each method's "
+                  "`state_elements()`; *other* is the allocator peak minus those (GPU only). Means over tasks.", "",
+                  memory_table(summary), ""]
+        lines += ["## Speed", "", f"Ratios are to `{BASELINE}` measured in the same run. Means over tasks.", "",
+                  speed_table(summary), ""]
+        for caption, file in (figures or {}).items():
+            lines += [f"![{caption}]({file})", ""]
     metrics = method_metrics_table(frame)
     if metrics:
         lines += ["## Method measurements (means over steps)", "", metrics, ""]
     failures = failures_table(frame)
     if failures:
         lines += ["## Failed trials", "", failures, ""]
-    lines += [
-        "Columns: *weights+grads+opt* is the exact size of the trained model's weights, the gradients held at the "
-        "step's peak and the optimizer state, counted tensor by tensor; *peak* is the measured process peak "
-        f"(it includes the runtime itself). Ratios are to `{BASELINE}` on the same task in the same run.",
-        "",
-    ]
     return "\n".join(lines)
 
 
-def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str | None = None) -> Path:
+def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str | None = None,
+                 with_figures: bool = True) -> Path:
+    """Write the report; `out` is a directory (REPORT.md + PNGs) or a .md file (figures beside it)."""
     from harness.errors import BenchError
     from harness.results import RESULTS_FILE, load_frame, results_path
 
@@ -160,8 +210,41 @@ def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str
         if not results_path(d).is_file():
             raise BenchError(f"{d}: no {RESULTS_FILE} here (give a run directory written by `bench run`)")
     frame = load_frame(list(run_dirs))
-    target = out or (Path(run_dirs[0]) if Path(run_dirs[0]).is_dir() else Path(run_dirs[0]).parent) / "report.md"
+    if out is None:
+        first = Path(run_dirs[0])
+        target = (first if first.is_dir() else first.parent) / "report.md"
+    elif out.suffix == ".md":
+        target = out
+    else:
+        target = out / "REPORT.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figures = draw_figures(frame, target.parent) if with_figures else {}
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(render(frame, title), encoding="utf-8")
+    tmp.write_text(render(frame, title, figures), encoding="utf-8")
     tmp.replace(target)
     return target
+
+
+def draw_figures(frame: pd.DataFrame, directory: Path) -> dict[str, str]:
+    """The report's PNGs; an empty dict when matplotlib is missing or nothing finished."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return {}
+    from harness import figures
+
+    summary = summarise(frame)
+    if summary.empty:
+        return {}
+    made: dict[str, str] = {}
+    peak = next((c for c, _ in PEAK_METERS if summary[c].notna().any()), None)
+    if peak:
+        figures.frontier(summary, peak, f"peak memory, {dict(PEAK_METERS)[peak]}", directory / "accuracy_vs_peak.png")
+        made["accuracy against peak memory"] = "accuracy_vs_peak.png"
+    figures.frontier(summary, "mem_optimizer_mb", "optimizer state (MB, exact)", directory / "accuracy_vs_state.png")
+    made["accuracy against optimizer-state size"] = "accuracy_vs_state.png"
+    figures.loss_curves(prepare(frame), directory / "loss_curves.png")
+    made["training loss"] = "loss_curves.png"
+    figures.memory_breakdown(summary, directory / "memory_breakdown.png")
+    made["memory breakdown"] = "memory_breakdown.png"
+    return made

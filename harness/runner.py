@@ -38,6 +38,7 @@ class Trial:
     method: str
     seed: int
     spec: dict[str, Any]
+    variant: str = ""
 
     @property
     def trial_id(self) -> str:
@@ -45,7 +46,8 @@ class Trial:
 
     @property
     def label(self) -> str:
-        return f"{self.task}/{self.method}/seed{self.seed}"
+        method = f"{self.method}[{self.variant}]" if self.variant else self.method
+        return f"{self.task}/{method}/seed{self.seed}"
 
 
 @dataclass
@@ -86,9 +88,17 @@ def _method_module(name: str) -> str | None:
     return cls.__module__
 
 
-def plan(suite: SuiteSpec, methods: list[str], out_dir: Path, device: str) -> RunPlan:
-    """Validate every method and its options, then list the trials (task-major, as reports read)."""
+def plan(
+    suite: SuiteSpec,
+    methods: list[str],
+    out_dir: Path,
+    device: str,
+    sweeps: dict[str, dict[str, list[Any]]] | None = None,
+    command: str | None = None,
+) -> RunPlan:
+    """Validate every method, variant and option, then list the trials (task-major, as reports read)."""
     from harness.options import to_dict
+    from harness.sweeps import merge, variant_label, variants
     from methods.base import build_options
 
     if not methods:
@@ -96,24 +106,33 @@ def plan(suite: SuiteSpec, methods: list[str], out_dir: Path, device: str) -> Ru
     duplicates = sorted({m for m in methods if methods.count(m) > 1})
     if duplicates:
         raise ConfigError(f"--methods lists {', '.join(duplicates)} more than once")
-    params = {
-        m: to_dict(build_options(m, suite.methods.get(m), f"{suite.name}: methods.{m}")) for m in methods
-    }
     modules = {m: _method_module(m) for m in methods}
+    all_sweeps = merge(suite.sweeps, sweeps or {})
+    for swept in sweeps or {}:
+        if swept not in methods:
+            raise ConfigError(f"--set {swept}.…: {swept} is swept but not run (add it to --methods)")
+    instances: list[tuple[str, str, dict[str, Any]]] = []  # (method, variant label, validated params)
+    for m in methods:
+        for values in variants(all_sweeps, m):
+            label = variant_label(values)
+            where = f"{suite.name}: methods.{m}" + (f" [{label}]" if label else "")
+            params = to_dict(build_options(m, {**(suite.methods.get(m) or {}), **values}, where))
+            instances.append((m, label, params))
     suite_data = suite.to_data()
     shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
     run_plan = RunPlan(suite, methods, out_dir, device)
     for task in suite.tasks:
-        for method in methods:
+        for method, label, params in instances:
             for seed in suite.seeds:
                 key = fingerprint({**shared, "task": to_dict(task), "method": method,
-                                   "params": params[method], "seed": seed, "device": device})
+                                   "params": params, "seed": seed, "device": device})
+                name = f"{method}[{label}]" if label else method
                 spec = {
-                    "suite": suite_data, "task": task.name, "method": method, "method_module": modules[method],
-                    "method_params": params[method], "seed": seed, "device": device,
-                    "run_id": out_dir.name, "trial_id": f"{task.name}/{method}/seed{seed}/{key}",
+                    "suite": suite_data, "task": task.name, "method": method, "variant": label,
+                    "method_module": modules[method], "method_params": params, "seed": seed, "device": device,
+                    "run_id": out_dir.name, "trial_id": f"{task.name}/{name}/seed{seed}/{key}", "command": command,
                 }
-                run_plan.trials.append(Trial(task.name, method, seed, spec))
+                run_plan.trials.append(Trial(task.name, method, seed, spec, label))
     return run_plan
 
 
@@ -164,7 +183,9 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def _log_name(trial: Trial) -> str:
-    return f"{trial.task}__{trial.method}__seed{trial.seed}.log".replace("/", "_")
+    method = f"{trial.method}[{trial.variant}]" if trial.variant else trial.method
+    name = f"{trial.task}__{method}__seed{trial.seed}.log"
+    return "".join(c if c.isalnum() or c in "._-[]=," else "_" for c in name)
 
 
 def execute(trial: Trial, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
@@ -197,7 +218,8 @@ def execute(trial: Trial, out_dir: Path, timeout_s: float | None) -> dict[str, A
             return json.loads(result_path.read_text(encoding="utf-8"))
     row = empty_row(
         run_id=trial.spec["run_id"], trial_id=trial.trial_id, suite=trial.spec["suite"]["name"], task=trial.task,
-        method=trial.method, method_params=trial.spec["method_params"], seed=trial.seed, device=trial.spec["device"],
+        method=trial.method, variant=trial.variant or None, method_params=trial.spec["method_params"],
+        seed=trial.seed, device=trial.spec["device"], command=trial.spec.get("command"),
         status=status, reason=f"{reason}; log: {log_path}", started_at=started, finished_at=now(),
     )
     return row
@@ -211,7 +233,8 @@ def _kill(child: subprocess.Popen) -> None:
 
 def summary_line(row: dict[str, Any]) -> str:
     """One line per finished trial for the console."""
-    label = f"{row['task']}/{row['method']}/seed{row['seed']}"
+    method = f"{row['method']}[{row['variant']}]" if row.get("variant") else row["method"]
+    label = f"{row['task']}/{method}/seed{row['seed']}"
     if row["status"] != "ok":
         return f"{label}: {row['status'].upper()} {row.get('reason') or ''}"
     parts = [f"{label}: ok accuracy={row['accuracy']:.3f}"]

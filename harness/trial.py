@@ -61,7 +61,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     row = empty_row(
         run_id=spec["run_id"], trial_id=spec["trial_id"], suite=spec["suite"]["name"], task=spec["task"],
-        method=spec["method"], method_params=spec["method_params"], seed=spec["seed"], device=str(device),
+        method=spec["method"], variant=spec.get("variant") or None, method_params=spec["method_params"],
+        seed=spec["seed"], device=str(device), command=spec.get("command"),
         forward_passes_per_step=None, started_at=now(), status="error",
     )
     losses = LossRecorder()

@@ -89,11 +89,37 @@ def test_end_to_end_run_resume_and_failed_trial(tmp_path):
     assert time.perf_counter() - t0 < 30
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
 
-    # a fixed option is a different trial; --strict fails the command only if something failed
-    fixed = bench("run", "--suite", str(suite_file), "--out", str(out), "--methods", "lora", "--quiet", "--strict")
+    # a fixed option is a different trial; a comma-separated value sweeps; --strict fails only on failures
+    fixed = bench("run", "--suite", str(suite_file), "--out", str(out), "--methods", "lora", "--set", "lora.r=2,4",
+                  "--quiet", "--strict")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    lora_ok = [r for r in rows if r["method"] == "lora" and r["status"] == "ok"]
-    assert len(lora_ok) == 1 and lora_ok[0]["trainable_params"] < 0.2 * full["trainable_params"]
-    report = bench("report", str(out))
-    assert report.returncode == 0 and "× full: memory" in report.stdout and "Failed trials" in report.stdout
+    lora_ok = {r["variant"]: r for r in rows if r["method"] == "lora" and r["status"] == "ok"}
+    assert set(lora_ok) == {"r=2", "r=4"}
+    assert lora_ok["r=4"]["trainable_params"] == 2 * lora_ok["r=2"]["trainable_params"] < 0.2 * full["trainable_params"]
+    assert lora_ok["r=2"]["method_params"]["r"] == 2 and lora_ok["r=2"]["command"].startswith("bench run")
+
+    report_dir = tmp_path / "report"
+    report = bench("report", str(out), "-o", str(report_dir))
+    assert report.returncode == 0, report.stderr
+    text = (report_dir / "REPORT.md").read_text()
+    for heading in ("## Accuracy", "## Memory", "## Speed", "## Failed trials", "lora (r=2)", "× full: w+g+opt"):
+        assert heading in text
+    for png in ("accuracy_vs_peak.png", "accuracy_vs_state.png", "loss_curves.png", "memory_breakdown.png"):
+        assert (report_dir / png).stat().st_size > 1000 and f"]({png})" in text
+
+    # compare: a run against itself passes; a worsened copy fails and names the metric
+    same = bench("compare", str(out), str(out))
+    assert same.returncode == 0 and "0 regression(s)" in same.stdout
+    worse = tmp_path / "worse.jsonl"
+    with open(worse, "w") as f:
+        for row in rows:
+            if row["method"] == "full":
+                row = dict(row, accuracy=row["accuracy"] - 0.5,
+                           optimizer_state_elements=row["optimizer_state_elements"] + 1)
+            f.write(json.dumps(row) + "\n")
+    regressed = bench("compare", str(out), str(worse))
+    assert regressed.returncode == 1
+    assert "accuracy" in regressed.stdout and "optimizer_state_elements" in regressed.stdout
+    assert "REGRESSION" in regressed.stdout
+    assert bench("compare", str(out), str(tmp_path / "nothing")).returncode == 2

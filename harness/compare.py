@@ -1,0 +1,161 @@
+"""`bench compare BASELINE CURRENT`: regressions of accuracy, memory and speed, for CI.
+
+Trials are matched by (task, method, variant, seed). Each metric has a rule:
+- accuracy: a regression when it drops by more than `accuracy_abs` (absolute);
+- exact memory accounting (state elements, weights, gradients, optimizer state): any increase, since
+  these figures are deterministic;
+- measured peaks (RSS, CUDA allocator, NVML): an increase by more than `peak_rel` (relative);
+- speed: the step time *as a ratio to `full` in the same run* growing by more than `time_ratio_rel`
+  (absolute times differ between machines; ratios measured in one run do not, much).
+A trial missing or failed in CURRENT that was ok in BASELINE is a regression too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from harness.errors import BenchError, ConfigError
+from harness.options import build, option
+
+KEY = ["task", "method", "variant", "seed"]
+EXACT = ["trainable_params", "optimizer_state_elements", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb"]
+PEAKS = ["peak_mem_rss_mb", "peak_mem_allocated_mb", "peak_mem_nvml_mb"]
+
+
+@dataclass
+class Tolerance:
+    accuracy_abs: float = option(0.0, "allowed drop in accuracy (absolute)", min=0.0)
+    peak_rel: float = option(0.25, "allowed relative increase of a measured memory peak", min=0.0)
+    time_ratio_rel: float = option(0.5, "allowed relative increase of step time / full's step time", min=0.0)
+    exact_rel: float = option(0.0, "allowed relative increase of the exact memory accounting", min=0.0)
+
+
+@dataclass
+class Finding:
+    trial: str
+    metric: str
+    baseline: Any
+    current: Any
+    verdict: str  # "regression", "better", "same"
+
+
+@dataclass
+class Comparison:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for f in self.findings if f.verdict == "regression"]
+
+
+def load_tolerance(path: Path | None) -> Tolerance:
+    if path is None:
+        return Tolerance()
+    if not path.is_file():
+        raise ConfigError(f"--tolerance {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return build(Tolerance, data, str(path))
+
+
+def _frame(path: Path) -> pd.DataFrame:
+    from harness.results import load_frame, results_path
+
+    if not results_path(path).is_file():
+        raise BenchError(f"{path}: no results here (give a run directory or a results.jsonl file)")
+    frame = load_frame([path])
+    if frame.empty:
+        raise BenchError(f"{path}: the results file has no rows")
+    if "variant" not in frame.columns:
+        frame["variant"] = None
+    frame["variant"] = frame["variant"].fillna("")
+    return frame
+
+
+def _time_ratio(frame: pd.DataFrame) -> pd.Series:
+    """Step time over `full`'s step time on the same task and seed, in the same run."""
+    full = frame[(frame["method"] == "full") & (frame["status"] == "ok")].set_index(["task", "seed"])
+    ratios = []
+    for _, row in frame.iterrows():
+        key = (row["task"], row["seed"])
+        base = full["step_time_ms_median"].get(key) if key in full.index else None
+        value = row["step_time_ms_median"]
+        ratios.append(value / base if base and value else None)
+    return pd.Series(ratios, index=frame.index, dtype="float64")
+
+
+def compare(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> Comparison:
+    baseline = baseline.assign(time_ratio=_time_ratio(baseline))
+    current = current.assign(time_ratio=_time_ratio(current))
+    cur = {tuple(r[k] for k in KEY): r for _, r in current.iterrows()}
+    result = Comparison()
+    for _, base in baseline.iterrows():
+        key = tuple(base[k] for k in KEY)
+        name = "/".join(str(k) for k in key if k != "")
+        if base["status"] != "ok":
+            continue  # nothing to hold the current run to
+        now = cur.get(key)
+        if now is None:
+            result.findings.append(Finding(name, "trial", "ok", "missing", "regression"))
+            continue
+        if now["status"] != "ok":
+            result.findings.append(Finding(name, "status", "ok", f"{now['status']}: {now['reason']}", "regression"))
+            continue
+        result.findings.append(_check(name, "accuracy", base["accuracy"], now["accuracy"],
+                                      lambda b, c: c < b - tol.accuracy_abs - 1e-12, higher_is_better=True))
+        for metric in EXACT:
+            result.findings.append(_check(name, metric, base[metric], now[metric],
+                                          lambda b, c: c > b * (1 + tol.exact_rel) + 1e-9))
+        for metric in PEAKS:
+            result.findings.append(_check(name, metric, base[metric], now[metric],
+                                          lambda b, c: c > b * (1 + tol.peak_rel)))
+        result.findings.append(_check(name, "step_time / full", base["time_ratio"], now["time_ratio"],
+                                      lambda b, c: c > b * (1 + tol.time_ratio_rel)))
+    return Comparison([f for f in result.findings if f is not None])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _check(name: str, metric: str, base: Any, now: Any, worse, higher_is_better: bool = False) -> Finding | None:
+    if _missing(base):
+        return None  # the meter did not apply in the baseline
+    if _missing(now):
+        return Finding(name, metric, base, None, "regression")
+    if worse(float(base), float(now)):
+        verdict = "regression"
+    elif float(now) == float(base):
+        verdict = "same"
+    else:
+        verdict = "better" if (float(now) > float(base)) == higher_is_better else "same"
+    return Finding(name, metric, base, now, verdict)
+
+
+def render(comparison: Comparison, show_all: bool = False) -> str:
+    rows = [f for f in comparison.findings if show_all or f.verdict != "same"]
+    lines = [f"{len(comparison.regressions)} regression(s) in {len(comparison.findings)} checks", ""]
+    if rows:
+        table = pd.DataFrame([{"trial": f.trial, "metric": f.metric, "baseline": _fmt(f.baseline),
+                               "current": _fmt(f.current), "verdict": f.verdict.upper() if f.verdict == "regression"
+                               else f.verdict} for f in rows])
+        lines.append(table.to_markdown(index=False))
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"
+    return "–" if value is None else str(value)
+
+
+def run_compare(baseline: Path, current: Path, tolerance: Path | None) -> Comparison:
+    return compare(_frame(baseline), _frame(current), load_tolerance(tolerance))

@@ -1,0 +1,97 @@
+"""PNG figures of a report, drawn with matplotlib's Agg backend (no display) from the report's DataFrame.
+
+- accuracy against measured peak memory, and against optimizer-state size (the memory/accuracy
+  frontier; the variants of one swept method are joined by a line, in order of size);
+- loss curves per method (one panel per task);
+- a stacked bar per method of the exact memory breakdown (weights, gradients, optimizer state, other).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+BREAKDOWN = [("mem_weights_mb", "weights"), ("mem_grads_mb", "gradients"), ("mem_optimizer_mb", "optimizer state"),
+             ("mem_other_mb", "other (activations, workspace)")]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path) -> Path:
+    """Accuracy (mean over tasks) against `x`; variants of a method joined by a line."""
+    plt = _pyplot()
+    per_method = summary.groupby(["method", "variant"], sort=False).agg(
+        accuracy=("accuracy", "mean"), x=(x, "mean")).reset_index()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, points in per_method.groupby("method", sort=False):
+        points = points.sort_values("x")
+        ax.plot(points["x"], points["accuracy"], marker="o", label=method)
+        for _, p in points.iterrows():
+            if p["variant"]:
+                ax.annotate(p["variant"], (p["x"], p["accuracy"]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
+    if (per_method["x"] > 0).all() and per_method["x"].max() / max(per_method["x"].min(), 1e-12) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (mean over tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def loss_curves(frame: pd.DataFrame, path: Path) -> Path:
+    plt = _pyplot()
+    ok = frame[(frame["status"] == "ok") & frame["loss_curve"].notna()]
+    tasks = list(ok["task"].unique())
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.5 * max(1, len(tasks)), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for _, row in ok[ok["task"] == task].iterrows():
+            curve = list(row["loss_curve"])
+            stride = max(1, int(row["steps"] or len(curve)) // max(1, len(curve)))
+            label = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
+            if len(ok[(ok["task"] == task) & (ok["method"] == row["method"])]) > 1 and not row.get("variant"):
+                label += f" s{row['seed']}"
+            ax.plot([i * stride for i in range(len(curve))], curve, label=label, linewidth=1)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def memory_breakdown(summary: pd.DataFrame, path: Path) -> Path:
+    plt = _pyplot()
+    per_method = summary.groupby(["method", "variant"], sort=False)[[c for c, _ in BREAKDOWN]].mean().reset_index()
+    labels = [m + (f"\n({v})" if v else "") for m, v in zip(per_method["method"], per_method["variant"])]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(labels) + 2), 4.5))
+    bottom = [0.0] * len(labels)
+    for column, name in BREAKDOWN:
+        values = per_method[column].fillna(0.0).tolist()
+        if not any(values):
+            continue
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("MB (exact accounting)")
+    ax.set_title("memory held by each method")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
