@@ -38,8 +38,12 @@ def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path) -> Path:
             if p["variant"]:
                 ax.annotate(p["variant"], (p["x"], p["accuracy"]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7)
-    if (per_method["x"] > 0).all() and per_method["x"].max() / max(per_method["x"].min(), 1e-12) > 20:
-        ax.set_xscale("log")
+    positive = per_method["x"][per_method["x"] > 0]
+    if len(positive) and positive.max() / positive.min() > 20:
+        if (per_method["x"] > 0).all():
+            ax.set_xscale("log")
+        else:  # zero-state methods (MeZO) stay on the axis
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (mean over tasks)")
     ax.grid(alpha=0.3)
