@@ -69,13 +69,19 @@ def main() -> None:
               help="Allow a --model directory's own Python code to run (off by default: it is arbitrary code).")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="Import MODULE first: methods it registers with @register become available (repeatable).")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Commonsense data: DIR/<task>/{train,test}.json (default: $BENCH_DATA_DIR).")
+@click.option("--limit-train", type=click.IntRange(min=1), help="Train on a seeded subset of N records of the mix.")
+@click.option("--limit-eval", type=click.IntRange(min=1), help="Score a seeded subset of N items per test set.")
+@click.option("--eval-mode", type=click.Choice(["loglik", "generate"]), help="Override the suite's evaluation mode.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
-        trust_remote_code: bool, plugins: tuple[str, ...], strict: bool, no_report: bool, quiet: bool) -> None:
+        trust_remote_code: bool, plugins: tuple[str, ...], data_dir: Path | None, limit_train: int | None,
+        limit_eval: int | None, eval_mode: str | None, strict: bool, no_report: bool, quiet: bool) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     import_plugins(plugins)
     from harness.config import apply_overrides, load_suite
@@ -90,6 +96,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         extra.append(f"budget.steps={steps}")
     if trust_remote_code:
         extra.append("model.trust_remote_code=true")
+    if eval_mode:
+        extra.append(f"evaluation.mode={eval_mode}")
     if seeds is not None:
         try:
             seed_list = [int(s) for s in _csv(seeds) or []]
@@ -101,6 +109,11 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         spec = apply_overrides(spec, extra)
     if seeds is not None:
         spec.seeds = seed_list
+    for task in spec.tasks:
+        if task.source == "commonsense":
+            task.data_dir = str(data_dir) if data_dir else task.data_dir
+            task.limit_train = limit_train or task.limit_train
+            task.limit_eval = limit_eval or task.limit_eval
 
     from harness import runner
 

@@ -74,7 +74,9 @@ class ModelSpec:
     def label(self) -> str:
         """What the model really is, for the result row's `model` field."""
         if self.kind == "pretrained":
-            return str(self.path)
+            from harness.pretrained import label
+
+            return label(str(self.path))
         start = "random init"
         if self.pretrain_steps:
             start = f"pre-trained {self.pretrain_steps} steps on the synthetic corpus"
@@ -87,18 +89,32 @@ class ModelSpec:
 @dataclass
 class TaskSpec:
     name: str = option(help="task name, as it appears in result rows")
-    source: str = option("synthetic", "where records come from", choices=("synthetic",))
+    source: str = option("synthetic", "synthetic: generated records; commonsense: LLM-Adapters files",
+                         choices=("synthetic", "commonsense"))
     generator: str = option("", "synthetic: the generator's name (see harness/synthetic.py)")
     train_size: int = option(2000, "synthetic: training records", min=1)
     test_size: int = option(200, "synthetic: test records", min=1)
+    data_dir: str | None = option(
+        None, "commonsense: <dir>/<task>/{train,test}.json (else --data-dir or $BENCH_DATA_DIR)")
+    eval_tasks: list[str] = option(
+        default_factory=lambda: ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Challenge",
+                                 "ARC-Easy", "openbookqa"],
+        help="commonsense: the test sets scored after training on the mix")
+    limit_train: int = option(0, "commonsense: train on this many records of the shuffled mix (0: all)", min=0)
+    limit_eval: int = option(0, "commonsense: score a seeded subset of this many items per test set (0: all)", min=0)
 
     def validate(self, where: str) -> None:
+        from harness.commonsense import TASKS
         from harness.synthetic import GENERATORS
 
         if self.source == "synthetic" and self.generator not in GENERATORS:
             raise ConfigError(
                 f"{where}.generator: must be one of {', '.join(sorted(GENERATORS))}; got {self.generator!r}"
             )
+        if self.source == "commonsense":
+            unknown = [t for t in self.eval_tasks if t not in TASKS]
+            if unknown or not self.eval_tasks:
+                raise ConfigError(f"{where}.eval_tasks: each must be one of {', '.join(TASKS)}; got {unknown}")
 
 
 @dataclass
@@ -120,9 +136,12 @@ class BudgetSpec:
 
 @dataclass
 class EvalSpec:
-    mode: str = option("loglik", "loglik: pick the answer option with the highest log-likelihood",
-                       choices=("loglik",))
-    batch_size: int = option(32, "sequences per scoring forward pass", min=1)
+    mode: str = option(
+        "loglik", "loglik: pick the answer option with the highest log-likelihood (batched, fast); generate: "
+        "greedy decoding, then LLM-Adapters' answer extraction", choices=("loglik", "generate"))
+    batch_size: int = option(32, "sequences per scoring or generation batch", min=1)
+    max_new_tokens: int = option(32, "generate: tokens decoded per answer", min=1)
+    before_training: bool = option(False, "also score the untrained model (accuracy_before columns)")
 
 
 @dataclass

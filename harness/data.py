@@ -9,7 +9,7 @@ method of a trial sees the same examples in the same order.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,19 +24,29 @@ IGNORE_INDEX = -100
 
 @dataclass
 class TaskData:
-    """One task's training records and test records with the options loglik scoring ranks."""
+    """A trial's training records and its test sets (name -> records), with each record's answer options."""
 
     name: str
     train: list[dict[str, str]]
-    test: list[dict[str, str]]
-    options: tuple[str, ...]
+    tests: dict[str, list[dict[str, str]]]
+    options: Callable[[str, dict[str, str]], tuple[str, ...]]
+    source: str = ""
 
 
-def load_task(task: TaskSpec, suite: SuiteSpec) -> TaskData:
+def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
+    """Synthetic records, or the commonsense mix and test sets (`seed` shuffles the mix and picks subsets)."""
     if task.source == "synthetic":
         train, test = generate_split(task.generator, task.train_size, task.test_size, suite.data_seed)
-        return TaskData(task.name, train, test, GENERATORS[task.generator].options)
-    raise ValueError(f"unsupported task source {task.source!r}")  # the schema allows no other
+        options = GENERATORS[task.generator].options
+        return TaskData(task.name, train, {task.name: test}, lambda _name, _record: options,
+                        f"synthetic generator {task.generator!r}")
+    from harness import commonsense
+
+    data_dir = commonsense.resolve_data_dir(task.data_dir)
+    mix = commonsense.training_mix(data_dir, seed, task.limit_train or None)
+    tests = {name: commonsense.load_test_set(data_dir, name, task.limit_eval or None, suite.data_seed)
+             for name in task.eval_tasks}
+    return TaskData(task.name, mix.records, tests, commonsense.record_options, f"{data_dir}: {mix.source}")
 
 
 def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int) -> dict[str, list[int]]:

@@ -1,4 +1,4 @@
-"""Evaluation: log-likelihood multiple choice over a task's answer options.
+"""Evaluation: log-likelihood multiple choice over a task's answer options, or generation + extraction.
 
 For each test record the prompt is the instruction prompt without the output; each answer option
 gives a candidate response (the record's output with its answer replaced by the option, e.g. "the
@@ -6,16 +6,20 @@ correct answer is solution2"), and the option whose candidate has the highest su
 after the prompt is the prediction. Candidates of one record share everything but the answer, so
 this ranks the answer tokens. Scoring is batched (sequences sorted by length, right-padded) and
 deterministic: the model runs in eval mode under `torch.no_grad()`.
+
+`generate` mode decodes greedily (batched, left padding with an attention mask) and extracts the answer
+as LLM-Adapters does (`harness.commonsense.extract_answer`); `extract_answer` is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from harness.commonsense import extract_answer  # noqa: F401  (public API: harness.evaluate.extract_answer)
 from harness.data import build_prompt
 
 
@@ -75,28 +79,84 @@ def score_sequences(
     return scores
 
 
+OptionsOf = Sequence[str] | Callable[[dict[str, str]], Sequence[str]]
+
+
+def _options(options: OptionsOf, record: dict[str, str]) -> Sequence[str]:
+    return options(record) if callable(options) else options
+
+
 def evaluate_loglik(
     model: torch.nn.Module,
     tokenizer: Any,
     records: Sequence[dict[str, str]],
-    options: Sequence[str],
+    options: OptionsOf,
     batch_size: int,
     max_len: int,
 ) -> EvalResult:
-    """Accuracy of picking the highest-likelihood option, over `records`."""
+    """Accuracy of picking the highest-likelihood option, over `records` (options fixed or per record)."""
     was_training = model.training
     model.eval()
-    sequences = []
+    sequences, spans = [], []
     for record in records:
         prompt = build_prompt(record)
-        for option in options:
+        opts = list(_options(options, record))
+        spans.append((len(sequences), opts))
+        for option in opts:
             sequences.append(_encode_pair(tokenizer, prompt, candidate_response(record, option), max_len))
     scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
     predictions, correct = [], 0
-    for r, record in enumerate(records):
-        row = scores[r * len(options) : (r + 1) * len(options)]
-        best = options[max(range(len(options)), key=row.__getitem__)]  # ties: the first option
+    for (start, opts), record in zip(spans, records):
+        row = scores[start : start + len(opts)]
+        best = opts[max(range(len(opts)), key=row.__getitem__)]  # ties: the first option
         predictions.append(best)
         correct += best == record["answer"]
+    model.train(was_training)
+    return EvalResult(correct / len(records) if records else 0.0, len(records), predictions)
+
+
+def first_option_in(text: str, options: Sequence[str]) -> str | None:
+    """The option that occurs first in `text` (longest first at the same place); None when none does."""
+    found = [(text.find(o), -len(o), o) for o in options if o in text]
+    return min(found)[2] if found else None
+
+
+@torch.no_grad()
+def evaluate_generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, str]],
+    extract: Callable[[dict[str, str], str], str | None],
+    batch_size: int,
+    max_len: int,
+    max_new_tokens: int,
+) -> EvalResult:
+    """Greedy decoding of each response (left-padded batches with attention masks), then `extract`.
+
+    An output from which no answer can be extracted counts as wrong (its prediction is "").
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    predictions: list[str] = []
+    correct = 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        prompts = [tokenizer(build_prompt(r))["input_ids"][-(max_len - 1):] for r in chunk]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            attention[i, width - len(ids):] = 1
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        for record, generated in zip(chunk, out[:, width:]):
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            answer = extract(record, text)
+            predictions.append(answer or "")
+            correct += answer == record["answer"]
     model.train(was_training)
     return EvalResult(correct / len(records) if records else 0.0, len(records), predictions)

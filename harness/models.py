@@ -52,8 +52,10 @@ def build_tokenizer(spec: ModelSpec) -> Any:
         return build_word_tokenizer(vocabulary_text())
     from transformers import AutoTokenizer
 
+    from harness.pretrained import resolve
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(spec.path), trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise BenchError(f"model.path {spec.path!r}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
     if tokenizer.pad_token_id is None:
@@ -89,9 +91,11 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
     else:
         from transformers import AutoModelForCausalLM
 
+        from harness.pretrained import resolve
+
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                spec.path, trust_remote_code=spec.trust_remote_code, use_safetensors=True, dtype=dtype
+                resolve(spec.path), trust_remote_code=spec.trust_remote_code, use_safetensors=True, dtype=dtype
             )
         except (OSError, ValueError) as exc:
             raise BenchError(f"model.path {spec.path!r}: cannot load it ({str(exc).splitlines()[0]})") from None

@@ -24,7 +24,7 @@ COLUMNS = [
     "run_id", "trial_id", "suite", "task", "method", "variant", "method_params", "model", "seed", "device", "dtype",
     "status", "reason",
     "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
-    "accuracy", "accuracy_per_task", "eval_items",
+    "accuracy", "accuracy_per_task", "eval_items", "accuracy_before", "accuracy_per_task_before", "data_source",
     "loss_first", "loss_last", "loss_curve",
     "trainable_params", "optimizer_state_elements", "state_elements",
     "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",

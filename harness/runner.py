@@ -107,6 +107,7 @@ def plan(
     if duplicates:
         raise ConfigError(f"--methods lists {', '.join(duplicates)} more than once")
     modules = {m: _method_module(m) for m in methods}
+    preflight_data(suite)
     all_sweeps = merge(suite.sweeps, sweeps or {})
     for swept in sweeps or {}:
         if swept not in methods:
@@ -134,6 +135,24 @@ def plan(
                 }
                 run_plan.trials.append(Trial(task.name, method, seed, spec, label))
     return run_plan
+
+
+def preflight_data(suite: SuiteSpec) -> None:
+    """Read every data file the trials will read, so a missing or malformed one stops the run before training."""
+    from harness import commonsense
+
+    for task in suite.tasks:
+        if task.source == "commonsense":
+            data_dir = commonsense.resolve_data_dir(task.data_dir)
+            if task.data_dir is None:
+                task.data_dir = str(data_dir)  # trials see the same directory, whatever their environment
+            if not (data_dir / commonsense.MIX_FILE).is_file():
+                for name in commonsense.TASKS:
+                    commonsense.read_records(data_dir / name / "train.json", name)
+            else:
+                commonsense.read_records(data_dir / commonsense.MIX_FILE, None)
+            for name in task.eval_tasks:
+                commonsense.read_records(data_dir / name / "test.json", name)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,6 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from harness.config import suite_from_data
     from harness.data import encode_example, load_task, training_batches
     from harness.env import environment
-    from harness.evaluate import evaluate_loglik
     from harness.memory import CudaPeaks, NvmlSampler, exact_breakdown, rss_peak_mb
     from harness.models import build_model, build_tokenizer, causal_lm_loss
     from harness.timing import StepTimer
@@ -82,7 +81,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         cuda = CudaPeaks(device)
 
         tokenizer = build_tokenizer(suite.model)
-        task = load_task(suite.task(spec["task"]), suite)
+        task = load_task(suite.task(spec["task"]), suite, spec["seed"])
+        row["data_source"] = task.source
         model = build_model(suite.model, tokenizer, spec["seed"], device)
         method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"])
         row["forward_passes_per_step"] = method.forward_passes_per_step
@@ -92,6 +92,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, device
         )
 
+        if suite.evaluation.before_training:
+            phase = "evaluation before training"
+            before, _ = evaluate_all(method.model, tokenizer, task, suite)
+            row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         phase = "training"
         cuda.reset()
         if nvml_on:
@@ -118,15 +122,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             if nvml_on:
                 nvml.start()
             t0 = time.perf_counter()
-            result = evaluate_loglik(
-                method.model, tokenizer, task.test, task.options, suite.evaluation.batch_size, budget.cutoff_len
-            )
+            per_task, items = evaluate_all(method.model, tokenizer, task, suite)
             row["eval_time_s"] = time.perf_counter() - t0
-            row.update(
-                accuracy=result.accuracy,
-                accuracy_per_task={task.name: result.accuracy},
-                eval_items={task.name: result.n_items},
-            )
+            row.update(accuracy=sum(per_task.values()) / len(per_task), accuracy_per_task=per_task,
+                       eval_items=items)
             row["peak_mem_rss_eval_mb"] = rss_peak_mb()
             row["peak_mem_allocated_eval_mb"], _ = cuda.read()
             if nvml_on:
@@ -156,6 +155,33 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         row["finished_at"] = now()
         row["env"] = environment(str(device))
     return row
+
+
+def evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict[str, int]]:
+    """Accuracy and item count of every test set of the trial's task, in the suite's evaluation mode."""
+    from harness.evaluate import evaluate_generate, evaluate_loglik
+
+    per_task, items = {}, {}
+    for test_name, records in task.tests.items():
+        if suite.evaluation.mode == "generate":
+            result = evaluate_generate(model, tokenizer, records, extractor(task, test_name),
+                                       suite.evaluation.batch_size, suite.budget.cutoff_len,
+                                       suite.evaluation.max_new_tokens)
+        else:
+            result = evaluate_loglik(model, tokenizer, records, lambda r, n=test_name: task.options(n, r),
+                                     suite.evaluation.batch_size, suite.budget.cutoff_len)
+        per_task[test_name], items[test_name] = result.accuracy, result.n_items
+    return per_task, items
+
+
+def extractor(task, test_name: str):
+    """How an answer is read out of generated text: LLM-Adapters' rule for its tasks, else the first option."""
+    from harness.commonsense import ANSWER_WORDS, extract_answer
+    from harness.evaluate import first_option_in
+
+    if test_name in ANSWER_WORDS:
+        return lambda record, text: extract_answer(test_name, text)
+    return lambda record, text: first_option_in(text, task.options(test_name, record))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
