@@ -69,13 +69,16 @@ def score_sequences(
             ids = sequences[i][0]
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention[row, : len(ids)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         for row, i in enumerate(idx):
             ids, n = sequences[i]
             positions = torch.arange(len(ids) - n, len(ids), device=device)
             targets = input_ids[row, positions.cpu()].to(device)
-            scores[i] = float(logprobs[row, positions - 1, targets].sum())
+            # only the response positions: a full-vocabulary log-softmax of every position would cost
+            # batch x length x vocabulary floats (GBs for a 49k vocabulary) for nothing
+            logprobs = torch.log_softmax(logits[row, positions - 1].float(), dim=-1)
+            scores[i] = float(logprobs.gather(1, targets.unsqueeze(1)).sum())
+        del logits
     return scores
 
 

@@ -24,9 +24,30 @@ MB = 1024 * 1024
 
 
 def rss_peak_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process since the last `reset_rss_peak()` (or its start), in MiB.
+
+    Linux: VmHWM from /proc/self/status, which `reset_rss_peak` can reset, so training and evaluation
+    get separate peaks. Elsewhere: getrusage's lifetime peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / MB  # Linux reports KiB, macOS bytes
+
+
+def reset_rss_peak() -> bool:
+    """Reset the peak RSS to the current RSS (Linux: write 5 to /proc/self/clear_refs); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def rss_now_mb() -> float:

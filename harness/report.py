@@ -15,10 +15,13 @@ from typing import Any
 import pandas as pd
 
 BASELINE = "full"
-NUMERIC = ["accuracy", "peak_mem_rss_mb", "peak_mem_rss_eval_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb",
-           "peak_mem_allocated_eval_mb", "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb",
-           "method_mem_mb", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb", "trainable_params",
-           "optimizer_state_elements", "tokens_per_s", "step_time_ms_median", "step_time_ms_p90", "loss_last"]
+NUMERIC = [
+    "accuracy", "accuracy_before", "peak_mem_rss_mb", "peak_mem_rss_eval_mb", "peak_mem_allocated_mb",
+    "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb", "peak_mem_nvml_mb", "peak_mem_nvml_process_mb",
+    "peak_mem_nvml_eval_mb", "method_mem_mb", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
+    "trainable_params", "optimizer_state_elements", "tokens_per_s", "step_time_ms_median", "step_time_ms_p90",
+    "loss_last",
+]
 PEAK_METERS = [("peak_mem_nvml_mb", "NVML device (MB)"), ("peak_mem_nvml_process_mb", "NVML process (MB)"),
                ("peak_mem_allocated_mb", "allocated (MB)"), ("peak_mem_reserved_mb", "reserved (MB)"),
                ("peak_mem_rss_mb", "RSS train (MB)"), ("peak_mem_rss_eval_mb", "RSS eval (MB)")]
@@ -39,13 +42,30 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def expand_test_sets(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per scored test set: a commonsense trial scores 8 test sets after training on one mix."""
+    rows = []
+    for _, r in frame.iterrows():
+        per = r.get("accuracy_per_task")
+        before = r.get("accuracy_per_task_before")
+        if r.get("status") == "ok" and isinstance(per, dict) and len(per) > 1:
+            for test_name, accuracy in per.items():
+                rows.append({**r.to_dict(), "task": test_name, "accuracy": accuracy,
+                             "accuracy_before": before.get(test_name) if isinstance(before, dict) else None})
+        else:
+            rows.append(r.to_dict())
+    return pd.DataFrame(rows, columns=frame.columns)
+
+
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per (task, method, variant) of the successful rows, plus accuracy std and seed count."""
-    ok = prepare(frame)
+    ok = expand_test_sets(prepare(frame))
     ok = ok[ok["status"] == "ok"].copy()
     if ok.empty:
         return pd.DataFrame()
     for col in NUMERIC:
+        if col not in ok.columns:
+            ok[col] = None
         if col != "method_mem_mb":
             ok[col] = pd.to_numeric(ok[col], errors="coerce")
     ok["method_mem_mb"] = ok[["mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb"]].sum(axis=1, min_count=3)
@@ -80,6 +100,8 @@ def accuracy_table(summary: pd.DataFrame) -> str:
             row[task] = cell
         complete = all(t in by_task.index for t in tasks)
         row["average"] = _fmt(by_task["accuracy"].mean(), ".3f") if complete else "–"
+        if group["accuracy_before"].notna().any():
+            row["untrained"] = _fmt(by_task["accuracy_before"].mean(), ".3f")
         row["seeds"] = int(group["seeds"].max())
         rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False)

@@ -207,7 +207,39 @@ def _log_name(trial: Trial) -> str:
     return "".join(c if c.isalnum() or c in "._-[]=," else "_" for c in name)
 
 
-def execute(trial: Trial, out_dir: Path, timeout_s: float | None) -> dict[str, Any]:
+def _last_progress_line(log_path: Path) -> str | None:
+    """The trial log's latest `step ...` or `evaluated ...` line, for the progress bar."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith(("step ", "evaluated ")):
+            return line.strip()
+    return None
+
+
+def _wait(child: subprocess.Popen, timeout_s: float | None, log_path: Path,
+          on_progress: Callable[[str], None] | None) -> int:
+    """Wait for the child, reporting its progress lines every 2 s; TimeoutExpired past `timeout_s`."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        wait = 2.0 if deadline is None else max(0.0, min(2.0, deadline - time.monotonic()))
+        try:
+            return child.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            line = _last_progress_line(log_path) if on_progress else None
+            if line and on_progress:
+                on_progress(line)
+
+
+def execute(trial: Trial, out_dir: Path, timeout_s: float | None,
+            on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one trial in a child process and return its row (a failure row if the child died)."""
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -225,7 +257,7 @@ def execute(trial: Trial, out_dir: Path, timeout_s: float | None) -> dict[str, A
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
             try:
-                returncode = child.wait(timeout=timeout_s)
+                returncode = _wait(child, timeout_s, log_path, on_progress)
                 status, reason = _signal_reason(returncode)
             except subprocess.TimeoutExpired:
                 _kill(child)
@@ -290,7 +322,8 @@ def run(
         for trial in bar:
             bar.set_postfix_str(trial.label)
             t0 = time.perf_counter()
-            row = execute(trial, out_dir, timeout_s or run_plan.suite.trial_timeout_s)
+            row = execute(trial, out_dir, timeout_s or run_plan.suite.trial_timeout_s,
+                          on_progress=lambda line, t=trial: bar.set_postfix_str(f"{t.label}: {line}"))
             append_row(results, row)
             recorded[trial.trial_id] = row
             line = f"{summary_line(row)} ({time.perf_counter() - t0:.0f}s)"

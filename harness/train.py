@@ -65,6 +65,19 @@ class ExtrasRecorder(Callback):
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
+@dataclass
+class ProgressLog(Callback):
+    """A line every `every` steps into the trial's log, so a long trial can be followed (`tail -f`)."""
+
+    total: int
+    every: int = 0
+
+    def on_step_end(self, step: int, batch: Batch, result: StepResult) -> None:
+        every = self.every or max(1, self.total // 20)
+        if (step + 1) % every == 0 or step + 1 == self.total:
+            print(f"step {step + 1}/{self.total} loss {result.loss:.4f}", flush=True)
+
+
 def train(method: Method, batches: Iterator[Batch], budget: BudgetSpec, callbacks: Sequence[Callback]) -> int:
     """Run `budget.steps` steps of `method`; returns the number of steps completed."""
     assert method.model is not None

@@ -51,10 +51,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from harness.config import suite_from_data
     from harness.data import encode_example, load_task, training_batches
     from harness.env import environment
-    from harness.memory import CudaPeaks, NvmlSampler, exact_breakdown, rss_peak_mb
+    from harness.memory import CudaPeaks, NvmlSampler, exact_breakdown, reset_rss_peak, rss_peak_mb
     from harness.models import build_model, build_tokenizer, causal_lm_loss
     from harness.timing import StepTimer
-    from harness.train import Diverged, ExtrasRecorder, LossRecorder, train
+    from harness.train import Diverged, ExtrasRecorder, LossRecorder, ProgressLog, train
     from methods.base import create
 
     device = torch.device(spec["device"])
@@ -97,12 +97,13 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             before, _ = evaluate_all(method.model, tokenizer, task, suite)
             row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         phase = "training"
+        reset_rss_peak()  # training's peak, not the set-up's or the untrained evaluation's
         cuda.reset()
         if nvml_on:
             nvml.start()
         t0 = time.perf_counter()
         try:
-            train(method, batches, budget, [timer, losses, extras])
+            train(method, batches, budget, [timer, losses, extras, ProgressLog(budget.steps)])
             row["status"] = "ok"
         except Diverged as exc:
             row.update(status="diverged", reason=str(exc))
@@ -118,6 +119,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
         if row["status"] == "ok":
             phase = "evaluation"
+            reset_rss_peak()
             cuda.reset()
             if nvml_on:
                 nvml.start()
@@ -171,6 +173,7 @@ def evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict[
             result = evaluate_loglik(model, tokenizer, records, lambda r, n=test_name: task.options(n, r),
                                      suite.evaluation.batch_size, suite.budget.cutoff_len)
         per_task[test_name], items[test_name] = result.accuracy, result.n_items
+        print(f"evaluated {test_name}: accuracy {result.accuracy:.4f} on {result.n_items} items", flush=True)
     return per_task, items
 
 

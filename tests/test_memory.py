@@ -41,6 +41,19 @@ def test_rss_peak_is_a_real_measurement():
     assert rss_peak_mb() > 64
 
 
+def test_rss_peak_resets_between_phases():
+    from harness.memory import reset_rss_peak
+
+    block = bytearray(128 * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    high = rss_peak_mb()
+    del block
+    if not reset_rss_peak():
+        pytest.skip("this kernel cannot reset the peak RSS")
+    assert rss_peak_mb() < high - 64  # the next phase's peak no longer includes the freed block
+
+
 def test_gpu_meters_are_inert_on_a_cpu():
     peaks = CudaPeaks(torch.device("cpu"))
     peaks.reset()
