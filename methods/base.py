@@ -41,6 +41,36 @@ class MethodOptions:
 
 
 @dataclass
+class AdamOptions(MethodOptions):
+    """Options of methods whose optimizer is Adam(W): its decays and epsilon, in one place."""
+
+    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
+    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
+    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
+
+
+def adamw(params: Any, options: AdamOptions) -> torch.optim.Optimizer:
+    """torch's AdamW with a method's lr, decays, epsilon and decoupled weight decay."""
+    import torch
+
+    return torch.optim.AdamW(params, lr=options.lr, betas=(options.beta1, options.beta2), eps=options.eps,
+                             weight_decay=options.weight_decay)
+
+
+def target_linears(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[str, torch.nn.Module, str, Any]]:
+    """(qualified name, parent module, attribute name, Linear) of every nn.Linear whose attribute name is
+    in `names`: what methods that replace or wrap projections (RSO, SMT) iterate over."""
+    from torch import nn
+
+    found = []
+    for module_name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in names and isinstance(child, nn.Linear):
+                found.append((f"{module_name}.{child_name}".lstrip("."), module, child_name, child))
+    return found
+
+
+@dataclass
 class Batch:
     """One optimisation step's data: micro-batches whose losses are accumulated into one update."""
 

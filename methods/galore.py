@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from harness.options import option
-from methods.base import MethodOptions, OptimizerMethod, register
+from methods.base import AdamOptions, OptimizerMethod, register
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
-class GaloreOptions(MethodOptions):
+class GaloreOptions(AdamOptions):
     lr: float = option(1e-5, "peak learning rate", gt=0.0)
     rank: int = option(8, "rank r of the gradient projection", min=1)
     update_proj_gap: int = option(200, "T: steps between SVD refreshes of the projector", min=1)
@@ -34,8 +34,6 @@ class GaloreOptions(MethodOptions):
     target_modules: list[str] = option(
         default_factory=lambda: list(DEFAULT_TARGETS), help="2-D weights (by module name) to project"
     )
-    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
-    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
     eps: float = option(1e-6, "Adam's epsilon (GaLoreAdamW's default)", gt=0.0)
 
 

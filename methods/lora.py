@@ -14,13 +14,13 @@ import torch
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import MethodOptions, OptimizerMethod, register
+from methods.base import AdamOptions, OptimizerMethod, adamw, register
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 
 @dataclass
-class LoraOptions(MethodOptions):
+class LoraOptions(AdamOptions):
     lr: float = option(1e-4, "peak learning rate", gt=0.0)
     r: int = option(32, "adapter rank", min=1)
     alpha: float = option(64.0, "LoRA scaling numerator: the update is scaled by alpha / r", gt=0.0)
@@ -28,9 +28,6 @@ class LoraOptions(MethodOptions):
     target_modules: list[str] = option(
         default_factory=lambda: list(DEFAULT_TARGETS), help="names of the Linear modules to adapt"
     )
-    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
-    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
-    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
 
     def validate(self, where: str) -> None:
         if not self.target_modules:
@@ -69,14 +66,7 @@ class Lora(OptimizerMethod):
         self.optimizer = self.build_optimizer()
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        o = self.options
-        return torch.optim.AdamW(
-            [p for _, p in self.trainable_parameters()],
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-        )
+        return adamw([p for _, p in self.trainable_parameters()], self.options)
 
 
 @register("dora")

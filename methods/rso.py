@@ -25,19 +25,16 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import Batch, Method, MethodOptions, StepResult, register
+from methods.base import AdamOptions, Batch, Method, StepResult, register, target_linears
 from methods.lora import DEFAULT_TARGETS
 
 
 @dataclass
-class RsoOptions(MethodOptions):
+class RsoOptions(AdamOptions):
     lr: float = option(1e-3, "Adam's learning rate for the subspace factors B", gt=0.0)
     rank: int = option(8, "rank r of each random subspace", min=1)
     inner_steps: int = option(50, "Adam steps on B before merging into W0 and drawing a new subspace", min=1)
     proximal: float = option(0.0, "1 / eta: weight of ||B||^2 / 2 in each subproblem (0: off)", min=0.0)
-    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
-    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
-    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
     target_modules: list[str] = option(
         default_factory=lambda: list(DEFAULT_TARGETS), help="names of the Linear modules trained in subspaces"
     )
@@ -102,12 +99,10 @@ class Rso(Method):
         model.requires_grad_(False)
         targets = tuple(self.options.target_modules)
         self.layers: list[SubspaceLinear] = []
-        for _, module in list(model.named_modules()):
-            for child_name, child in list(module.named_children()):
-                if child_name in targets and isinstance(child, nn.Linear):
-                    wrapped = SubspaceLinear(child, self.options.rank)
-                    setattr(module, child_name, wrapped)
-                    self.layers.append(wrapped)
+        for _, parent, attribute, linear in target_linears(model, targets):
+            wrapped = SubspaceLinear(linear, self.options.rank)
+            setattr(parent, attribute, wrapped)
+            self.layers.append(wrapped)
         if not self.layers:
             raise ConfigError(f"methods.rso.target_modules: no Linear module matches {list(targets)}")
         self.model = model

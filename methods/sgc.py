@@ -44,18 +44,15 @@ import torch
 from harness.errors import ConfigError
 from harness.options import option
 from kernels.omp import BACKENDS, batched_omp
-from methods.base import Batch, Method, MethodOptions, StepResult, register
+from methods.base import AdamOptions, Batch, Method, StepResult, register
 from methods.lora import DEFAULT_TARGETS
 
 
 @dataclass
-class SgcOptions(MethodOptions):
+class SgcOptions(AdamOptions):
     lr: float = option(1e-3, "peak learning rate", gt=0.0)
     k: int = option(128, "dimension of the compressed space: rows of A, entries of each moment", min=1)
     s: int = option(16, "non-zeros kept of each gradient and recovered by OMP", min=1)
-    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
-    beta2: float = option(0.999, "Adam's second-moment decay", min=0.0, max=0.999999)
-    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
     target_modules: list[str] = option(
         default_factory=lambda: list(DEFAULT_TARGETS), help="2-D weights (by module name) to adapt; the rest is frozen"
     )

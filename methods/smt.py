@@ -27,11 +27,11 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import Batch, Method, MethodOptions, StepResult, register
+from methods.base import AdamOptions, Batch, Method, StepResult, adamw, register, target_linears
 
 
 @dataclass
-class SmtOptions(MethodOptions):
+class SmtOptions(AdamOptions):
     lr: float = option(1e-4, "learning rate of the selected blocks (and of the warm-up)", gt=0.0)
     block_size: int = option(256, "side of the square sub-matrix blocks", min=1)
     budget_ratio: float = option(0.0084, "share of all target blocks to train (authors' attention default)",
@@ -42,9 +42,7 @@ class SmtOptions(MethodOptions):
                         choices=("signed_mean", "abs_mean"))
     target_modules: list[str] = option(default_factory=lambda: ["q_proj", "k_proj", "v_proj"],
                                        help="2-D weights scored for blocks (add up_proj, gate_proj, down_proj for MLP)")
-    beta1: float = option(0.9, "Adam's first-moment decay", min=0.0, max=0.999999)
     beta2: float = option(0.95, "Adam's second-moment decay (authors' default 0.95)", min=0.0, max=0.999999)
-    eps: float = option(1e-8, "Adam's epsilon", gt=0.0)
 
 
 class _BlockSparseLinearFunction(torch.autograd.Function):
@@ -107,16 +105,13 @@ class Smt(Method):
     def prepare(self, model: torch.nn.Module) -> None:
         o = self.options
         self.targets: dict[str, tuple[nn.Module, str, nn.Linear]] = {}
-        for module_name, module in model.named_modules():
-            for child_name, child in module.named_children():
-                if child_name in o.target_modules and isinstance(child, nn.Linear):
-                    m, n = child.weight.shape
-                    if m % o.block_size or n % o.block_size:
-                        raise ConfigError(
-                            f"methods.smt.block_size: {o.block_size} must divide both sides of "
-                            f"{module_name}.{child_name} ({m} x {n})"
-                        )
-                    self.targets[f"{module_name}.{child_name}".lstrip(".")] = (module, child_name, child)
+        for name, parent, attribute, linear in target_linears(model, o.target_modules):
+            m, n = linear.weight.shape
+            if m % o.block_size or n % o.block_size:
+                raise ConfigError(
+                    f"methods.smt.block_size: {o.block_size} must divide both sides of {name} ({m} x {n})"
+                )
+            self.targets[name] = (parent, attribute, linear)
         if not self.targets:
             raise ConfigError(f"methods.smt.target_modules: no Linear module matches {o.target_modules}")
         model.requires_grad_(True)
@@ -124,8 +119,7 @@ class Smt(Method):
         self.signed = {name: torch.zeros_like(lin.weight, dtype=torch.float32)
                        for name, (_, _, lin) in self.targets.items()}
         self.absolute = {name: torch.zeros_like(t) for name, t in self.signed.items()}
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = adamw(model.parameters(), o)
         self.steps_done = 0
         self.sparse_layers: list[BlockSparseLinear] = []
         self.selected: dict[str, list[tuple[int, int]]] = {}
@@ -173,9 +167,7 @@ class Smt(Method):
             layer = BlockSparseLinear(linear, sorted(blocks), self.options.block_size)
             setattr(parent, child_name, layer)
             self.sparse_layers.append(layer)
-        o = self.options
-        self.optimizer = torch.optim.AdamW([layer.blocks for layer in self.sparse_layers], lr=o.lr,
-                                           betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = adamw([layer.blocks for layer in self.sparse_layers], self.options)
         self.signed = self.absolute = {}
 
     # -- phase 3: sparse training ---------------------------------------------------------------
