@@ -1,0 +1,80 @@
+"""Sweeps expand into variants; compare flags regressions by rule (unit level; the CLI paths are in test_cli)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from harness.compare import Tolerance, compare
+from harness.config import suite_from_data
+from harness.errors import ConfigError
+from harness.runner import plan
+from harness.sweeps import split_overrides, variant_label, variants
+from tests.conftest import small_suite_data
+
+
+def test_scalar_options_sweep_and_list_options_keep_commas():
+    plain, sweeps = split_overrides(["lora.r=4,8", "lora.target_modules=q_proj,v_proj", "budget.steps=3",
+                                     "sgc.k=64,128", "sgc.s=8,16"])
+    assert plain == ["lora.target_modules=q_proj,v_proj", "budget.steps=3"]
+    assert sweeps == {"lora": {"r": ["4", "8"]}, "sgc": {"k": ["64", "128"], "s": ["8", "16"]}}
+    assert [variant_label(v) for v in variants(sweeps, "sgc")] == ["k=64,s=8", "k=64,s=16", "k=128,s=8",
+                                                                  "k=128,s=16"]
+    assert variants(sweeps, "full") == [{}]
+    with pytest.raises(ConfigError, match="none empty"):
+        split_overrides(["lora.r=4,,8"])
+
+
+def test_plan_expands_suite_sweeps_and_validates_every_variant(tmp_path):
+    data = small_suite_data()
+    data["sweeps"] = {"lora": {"r": [2, 4]}}
+    suite = suite_from_data(data, "s")
+    trials = plan(suite, ["full", "lora"], tmp_path, "cpu").trials
+    assert [(t.method, t.variant) for t in trials] == [("full", ""), ("lora", "r=2"), ("lora", "r=4")]
+    assert len({t.trial_id for t in trials}) == 3 and trials[1].spec["method_params"]["r"] == 2
+    with pytest.raises(ConfigError, match=r"methods.lora \[r=0\].*r"):
+        plan(suite, ["lora"], tmp_path, "cpu", sweeps={"lora": {"r": ["0"]}})
+    with pytest.raises(ConfigError, match="swept but not run"):
+        plan(suite, ["full"], tmp_path, "cpu", sweeps={"lora": {"r": ["2"]}})
+    data["sweeps"] = {"lora": {"r": []}}
+    with pytest.raises(ConfigError, match="sweeps.lora"):
+        suite_from_data(data, "s")
+
+
+def _row(method="full", **values):
+    row = {"task": "t", "method": method, "variant": "", "seed": 0, "status": "ok", "reason": None,
+           "accuracy": 0.8, "trainable_params": 10, "optimizer_state_elements": 20, "mem_weights_mb": 1.0,
+           "mem_grads_mb": 1.0, "mem_optimizer_mb": 2.0, "peak_mem_rss_mb": 500.0, "peak_mem_allocated_mb": None,
+           "peak_mem_nvml_mb": None, "step_time_ms_median": 10.0}
+    row.update(values)
+    return row
+
+
+def _verdicts(baseline, current, **tolerance):
+    result = compare(pd.DataFrame(baseline), pd.DataFrame(current), Tolerance(**tolerance))
+    return {(f.trial, f.metric): f.verdict for f in result.findings}
+
+
+def test_compare_rules():
+    base = [_row(), _row("lora", step_time_ms_median=20.0)]
+    assert "regression" not in _verdicts(base, base).values()
+    # accuracy within the margin is fine, beyond it is not
+    assert _verdicts(base, [_row(accuracy=0.79), base[1]], accuracy_abs=0.02)[("t/full/0", "accuracy")] == "same"
+    assert _verdicts(base, [_row(accuracy=0.7), base[1]], accuracy_abs=0.02)[("t/full/0", "accuracy")] == "regression"
+    # exact accounting: any increase
+    v = _verdicts(base, [_row(optimizer_state_elements=21), base[1]])
+    assert v[("t/full/0", "optimizer_state_elements")] == "regression"
+    # peaks: relative margin
+    assert _verdicts(base, [_row(peak_mem_rss_mb=600.0), base[1]], peak_rel=0.25)[("t/full/0", "peak_mem_rss_mb")] \
+        == "same"
+    assert _verdicts(base, [_row(peak_mem_rss_mb=700.0), base[1]], peak_rel=0.25)[("t/full/0", "peak_mem_rss_mb")] \
+        == "regression"
+    # speed as a ratio to full in the same run: both twice as slow is no regression, lora alone is
+    slower = [_row(step_time_ms_median=20.0), _row("lora", step_time_ms_median=40.0)]
+    assert _verdicts(base, slower)[("t/lora/0", "step_time / full")] == "same"
+    lora_slower = [_row(), _row("lora", step_time_ms_median=40.0)]
+    assert _verdicts(base, lora_slower, time_ratio_rel=0.5)[("t/lora/0", "step_time / full")] == "regression"
+    # missing or failed trials
+    assert _verdicts(base, [_row()])[("t/lora/0", "trial")] == "regression"
+    failed = [_row(), _row("lora", status="oom", reason="CUDA OOM")]
+    assert _verdicts(base, failed)[("t/lora/0", "status")] == "regression"
