@@ -25,6 +25,22 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open figure alive otherwise)."""
+    plt = _pyplot()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, legend_size: int) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path) -> Path:
     """Accuracy (mean over tasks) against `x`; variants of a method joined by a line."""
     plt = _pyplot()
@@ -44,14 +60,8 @@ def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path) -> Path:
             ax.set_xscale("log")
         else:  # zero-state methods (MeZO) stay on the axis
             ax.set_xscale("symlog", linthresh=float(positive.min()))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (mean over tasks)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _label_axes(ax, xlabel, "accuracy (mean over tasks)", legend_size=8)
+    return _save(fig, path)
 
 
 def loss_curves(frame: pd.DataFrame, path: Path) -> Path:
@@ -68,15 +78,9 @@ def loss_curves(frame: pd.DataFrame, path: Path) -> Path:
                 label += f" s{row['seed']}"
             ax.plot([i * stride for i in range(len(curve))], curve, label=label, linewidth=1)
         ax.set_title(task)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
         ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _label_axes(ax, "step", "training loss", legend_size=7)
+    return _save(fig, path)
 
 
 def memory_breakdown(summary: pd.DataFrame, path: Path) -> Path:
@@ -95,7 +99,4 @@ def memory_breakdown(summary: pd.DataFrame, path: Path) -> Path:
     ax.set_title("memory held by each method")
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
