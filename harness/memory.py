@@ -50,12 +50,6 @@ def reset_rss_peak() -> bool:
         return False
 
 
-def rss_now_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / MB
-
-
 class CudaPeaks:
     """The torch CUDA allocator's peaks over a phase; None off the GPU."""
 
