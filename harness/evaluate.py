@@ -4,7 +4,8 @@ For each test record the prompt is the instruction prompt without the output; ea
 gives a candidate response (the record's output with its answer replaced by the option, e.g. "the
 correct answer is solution2"), and the option whose candidate has the highest summed log-probability
 after the prompt is the prediction. Candidates of one record share everything but the answer, so
-this ranks the answer tokens. Scoring is batched (sequences sorted by length, right-padded) and
+this ranks the answer tokens; when they differ only in their last token (every LLM-Adapters task)
+one forward pass scores them all. Scoring is batched (sorted by length, left-padded) and
 deterministic: the model runs in eval mode under `torch.no_grad()`.
 
 `generate` mode decodes greedily (batched, left padding with an attention mask) and extracts the answer
@@ -52,32 +53,56 @@ def _encode_pair(tokenizer: Any, prompt: str, response: str, max_len: int) -> tu
     return full_ids, n_response
 
 
+def _logits_of_last(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, keep: int):
+    """Logits of the last `keep` positions of left-padded rows, without the vocabulary projection of the rest.
+
+    Positions count from each row's first real token, so left padding changes nothing. Models whose
+    forward has no `logits_to_keep` get the full logits, sliced.
+    """
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=keep)
+    except TypeError:
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids)
+    return out.logits[:, -keep:]
+
+
 @torch.no_grad()
 def score_sequences(
     model: torch.nn.Module, sequences: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int
 ) -> list[float]:
-    """Summed log-probability of the last n tokens of each (ids, n) given the tokens before them."""
+    """Summed log-probability of the last n tokens of each (ids, n) given the tokens before them.
+
+    Sequences that differ only in their last token share one forward pass: the model reads ids[:-1]
+    once and the last n positions' logits score every such sequence. The options of an LLM-Adapters
+    record ("...answer is answer1" / "answer2" / ...) are exactly that, so a record costs one pass
+    instead of one per option. Passes are batched by length (left-padded) and only the scored
+    positions go through the vocabulary projection.
+    """
     device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+    for i, (ids, n) in enumerate(sequences):
+        if not 1 <= n < len(ids):
+            raise ValueError(f"sequence {i}: cannot score its last {n} of {len(ids)} tokens")
+        groups.setdefault((tuple(ids[:-1]), n), []).append(i)
+    inputs = sorted(groups, key=lambda key: len(key[0]))
     scores = [0.0] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(sequences[i][0]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = sequences[i][0]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        for row, i in enumerate(idx):
-            ids, n = sequences[i]
-            positions = torch.arange(len(ids) - n, len(ids), device=device)
-            targets = input_ids[row, positions.cpu()].to(device)
-            # only the response positions: a full-vocabulary log-softmax of every position would cost
-            # batch x length x vocabulary floats (GBs for a 49k vocabulary) for nothing
-            logprobs = torch.log_softmax(logits[row, positions - 1].float(), dim=-1)
-            scores[i] = float(logprobs.gather(1, targets.unsqueeze(1)).sum())
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        width = max(len(context) for context, _ in chunk)
+        keep = max(n for _, n in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (context, _) in enumerate(chunk):
+            input_ids[row, width - len(context):] = torch.tensor(context)
+            attention[row, width - len(context):] = 1
+        logits = _logits_of_last(model, input_ids.to(device), attention.to(device), keep)
+        for row, key in enumerate(chunk):
+            n = key[1]
+            logprobs = torch.log_softmax(logits[row, keep - n:].float(), dim=-1)  # (n, vocabulary)
+            for i in groups[key]:
+                targets = torch.tensor(sequences[i][0][-n:], device=logprobs.device)
+                scores[i] = float(logprobs.gather(1, targets.unsqueeze(1)).sum())
         del logits
     return scores
 

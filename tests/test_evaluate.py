@@ -51,3 +51,21 @@ def test_response_kept_when_prompt_is_cut():
     tok = build_word_tokenizer("a b c d e f")
     ids, n = _encode_pair(tok, "a b c d e", " f f", max_len=4)
     assert len(ids) == 4 and n == 2 and ids[-2:] == tok(" f f", add_special_tokens=False)["input_ids"]
+
+
+def test_options_differing_in_their_last_token_share_one_forward_pass(tiny_model_and_batch):
+    model, tok, _ = tiny_model_and_batch
+    model.eval()
+    records = generate("kind", 3, 1)
+    seqs = [_encode_pair(tok, build_prompt(r), candidate_response(r, o), 96)
+            for r in records for o in GENERATORS["kind"].options]
+    assert all(len({tuple(ids[:-1]) for ids, _ in seqs[i:i + 4]}) == 1 for i in range(0, 12, 4))
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        scores = score_sequences(model, seqs, tok.pad_token_id, batch_size=1)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # one pass per record, not one per option
+    reference = [_reference_score(model, ids, n) for ids, n in seqs]
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(reference), atol=1e-4, rtol=1e-4)
