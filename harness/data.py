@@ -69,16 +69,21 @@ def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int) -> d
 def collate(
     examples: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str
 ) -> dict[str, torch.Tensor]:
-    """Right-pad a list of encoded examples; pads get attention 0 and label -100."""
+    """Left-pad a list of encoded examples; pads get attention 0 and label -100.
+
+    Left, so that every row's response ends the row and the loss needs the logits of only the last few
+    positions (`harness.models.causal_lm_loss`); position ids follow the attention mask, so the
+    padding side does not change the result.
+    """
     width = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((len(examples), width), dtype=torch.long)
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
-        input_ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
-        attention[i, :n] = 1
+        input_ids[i, width - n:] = torch.tensor(e["input_ids"])
+        labels[i, width - n:] = torch.tensor(e["labels"])
+        attention[i, width - n:] = 1
     return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention.to(device)}
 
 

@@ -22,6 +22,7 @@ import torch
 
 from harness.commonsense import extract_answer  # noqa: F401  (public API: harness.evaluate.extract_answer)
 from harness.data import build_prompt
+from harness.models import logits_of_last
 
 
 @dataclass
@@ -53,20 +54,6 @@ def _encode_pair(tokenizer: Any, prompt: str, response: str, max_len: int) -> tu
     return full_ids, n_response
 
 
-def _logits_of_last(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, keep: int):
-    """Logits of the last `keep` positions of left-padded rows, without the vocabulary projection of the rest.
-
-    Positions count from each row's first real token, so left padding changes nothing. Models whose
-    forward has no `logits_to_keep` get the full logits, sliced.
-    """
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    try:
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=keep)
-    except TypeError:
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids)
-    return out.logits[:, -keep:]
-
-
 @torch.no_grad()
 def score_sequences(
     model: torch.nn.Module, sequences: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int
@@ -96,7 +83,7 @@ def score_sequences(
         for row, (context, _) in enumerate(chunk):
             input_ids[row, width - len(context):] = torch.tensor(context)
             attention[row, width - len(context):] = 1
-        logits = _logits_of_last(model, input_ids.to(device), attention.to(device), keep)
+        logits = logits_of_last(model, input_ids.to(device), attention.to(device), keep)
         for row, key in enumerate(chunk):
             n = key[1]
             logprobs = torch.log_softmax(logits[row, keep - n:].float(), dim=-1)  # (n, vocabulary)

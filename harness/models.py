@@ -160,16 +160,38 @@ def load_or_pretrain(model: torch.nn.Module, spec: ModelSpec, tokenizer: Any, se
     os.replace(tmp, path)
 
 
+def logits_of_last(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
+) -> torch.Tensor:
+    """Logits of each row's last `keep` positions, without projecting the others onto the vocabulary.
+
+    Position ids count from each row's first real token, so left and right padding give the same
+    result. The vocabulary projection of positions nobody reads costs compute and batch x length x
+    vocabulary floats (hundreds of MB for a 49k vocabulary); `logits_to_keep` skips it. Models whose
+    forward lacks that argument get their full logits, sliced.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(**inputs).logits
+    return logits[:, -keep:]
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(cross-entropy summed over target tokens, number of target tokens) of one micro-batch.
 
     Summed rather than averaged so that micro-batches of different sizes accumulate into the exact
-    mean over all of a step's target tokens.
+    mean over all of a step's target tokens. Only positions from the batch's first target on are
+    projected onto the vocabulary: batches are left-padded (`harness.data.collate`), so the responses
+    line up at the end and that is a few positions, not the whole prompt. The loss is the same.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = batch["labels"][:, 1:]
-    loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss_sum, int((shift_labels != -100).sum())
+    labels = batch["labels"][:, 1:]
+    has_target = (labels != -100).any(0)
+    keep = max(1, labels.size(1) - int(has_target.int().argmax())) if bool(has_target.any()) else 1
+    logits = logits_of_last(model, batch["input_ids"], batch["attention_mask"], keep + 1)[:, :-1].float()
+    labels = labels[:, -keep:]
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
+                               reduction="sum")
+    return loss_sum, int((labels != -100).sum())

@@ -128,7 +128,9 @@ def plan(
                 key = fingerprint({**shared, "task": to_dict(task), "method": method,
                                    "params": params, "seed": seed, "device": device})
                 name = f"{method}[{label}]" if label else method
+                untrained = fingerprint({**shared, "task": to_dict(task), "seed": seed, "device": device})
                 spec = {
+                    "untrained_score_file": str(out_dir / "untrained" / f"{task.name}-seed{seed}-{untrained}.json"),
                     "suite": suite_data, "task": task.name, "method": method, "variant": label,
                     "method_module": modules[method], "method_params": params, "seed": seed, "device": device,
                     "run_id": out_dir.name, "trial_id": f"{task.name}/{name}/seed{seed}/{key}", "command": command,

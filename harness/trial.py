@@ -94,7 +94,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
         if suite.evaluation.before_training:
             phase = "evaluation before training"
-            before, _ = evaluate_all(method.model, tokenizer, task, suite)
+            before = untrained_score(method, tokenizer, task, suite, spec.get("untrained_score_file"), spec["trial_id"])
             row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         phase = "training"
         reset_rss_peak()  # training's peak, not the set-up's or the untrained evaluation's
@@ -175,6 +175,29 @@ def evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict[
         per_task[test_name], items[test_name] = result.accuracy, result.n_items
         print(f"evaluated {test_name}: accuracy {result.accuracy:.4f} on {result.n_items} items", flush=True)
     return per_task, items
+
+
+def untrained_score(method, tokenizer, task, suite, shared_file: str | None, trial_id: str) -> dict[str, float]:
+    """Per-task accuracy of the model before training, measured once per run and shared across methods.
+
+    Every method whose `prepare()` keeps the base model's function starts from the same untrained model,
+    so its score is one measurement (a deterministic one), not one per method: the first trial writes it
+    to `shared_file`, later trials of the run read it. Others are scored on their own.
+    """
+    path = Path(shared_file) if shared_file and method.keeps_base_function else None
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            print(f"untrained score: reused {path.name} (measured by {saved['trial_id']})", flush=True)
+            return saved["accuracy_per_task"]
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: measure again and overwrite
+    per_task, items = evaluate_all(method.model, tokenizer, task, suite)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"accuracy_per_task": per_task, "eval_items": items,
+                                 "trial_id": trial_id})
+    return per_task
 
 
 def extractor(task, test_name: str):

@@ -104,6 +104,11 @@ class Method(abc.ABC):
     forward_passes_per_step: ClassVar[int] = 1
     #: whether the method runs backward (False for zeroth-order methods: no gradient memory).
     uses_backward: ClassVar[bool] = True
+    #: whether `prepare()` leaves the model's function unchanged (adapters start at zero, optimizers only
+    #: add state). Then the untrained score is the base model's, measured once per run and shared; a
+    #: method that changes the function when it prepares (quantisation, pruning) sets False and is scored
+    #: itself. tests/test_registry.py checks the claim for every built-in method.
+    keeps_base_function: ClassVar[bool] = True
 
     def __init__(self, options: MethodOptions, loss_fn: LossFn, seed: int = 0) -> None:
         self.options = options

@@ -63,6 +63,7 @@ def test_end_to_end_run_resume_and_failed_trial(tmp_path):
     suite["model"]["pretrain_steps"] = 3
     suite["default_methods"] = ["full", "lora", "mezo"]
     suite["methods"] = {"lora": {"r": 2}}
+    suite["evaluation"]["before_training"] = True
     suite_file = tmp_path / "unit.yaml"
     suite_file.write_text(yaml.safe_dump(suite), encoding="utf-8")
     out = tmp_path / "run"
@@ -79,6 +80,11 @@ def test_end_to_end_run_resume_and_failed_trial(tmp_path):
     assert full["steps"] == 4 and full["accuracy"] is not None and full["eval_items"] == {"kind": 16}
     assert full["optimizer_state_elements"] == 2 * full["trainable_params"]
     assert full["tokens_per_s"] > 0 and full["peak_mem_rss_mb"] > 0
+    # the untrained model is scored once and shared by every method that starts from it
+    assert rows["mezo"]["accuracy_per_task_before"] == full["accuracy_per_task_before"] is not None
+    assert len(list((out / "untrained").glob("*.json"))) == 1
+    logs = [p.read_text() for p in (out / "logs").glob("*.log")]
+    assert sum("untrained score: reused" in text for text in logs) == 1  # lora failed before it got there
     assert (out / "report.md").read_text().count("| full") >= 1
 
     # the same command again: every trial is recorded, nothing runs

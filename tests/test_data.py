@@ -38,9 +38,42 @@ def test_padding_never_enters_the_loss():
     a = {"input_ids": [1, 5, 6], "labels": [-100, 5, 6]}
     b = {"input_ids": [1, 7], "labels": [-100, 7]}
     batch = collate([a, b], pad_id=0, device="cpu")
-    assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 0]]
-    assert batch["labels"].tolist() == [[-100, 5, 6], [-100, 7, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [0, 1, 7]]  # left: responses end every row
+    assert batch["labels"].tolist() == [[-100, 5, 6], [-100, -100, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
+def test_batched_loss_equals_each_example_alone(tiny_model_and_batch):
+    """Left padding, position ids and the last-positions-only logits change neither the loss nor its gradient."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.models import causal_lm_loss
+
+    model, tok, _ = tiny_model_and_batch
+    records = generate("kind", 3, 2)
+    examples = [encode_example(tok, r, 96) for r in records]
+    examples[1] = {"input_ids": examples[1]["input_ids"][:-4], "labels": examples[1]["labels"][:-4]}  # shorter
+    examples.append({"input_ids": examples[0]["input_ids"], "labels": examples[0]["input_ids"]})  # all targets
+    assert len({len(e["input_ids"]) for e in examples}) > 1
+    weight = model.model.layers[0].self_attn.q_proj.weight
+
+    model.zero_grad()
+    loss, n = causal_lm_loss(model, collate(examples, tok.pad_token_id, "cpu"))
+    loss.backward()
+    batched_grad = weight.grad.clone()
+
+    model.zero_grad()
+    ref_loss, ref_n = 0.0, 0
+    for e in examples:
+        logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+        labels = torch.tensor(e["labels"][1:])
+        one = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        one.backward()
+        ref_loss, ref_n = ref_loss + one.item(), ref_n + int((labels != IGNORE_INDEX).sum())
+    assert n == ref_n
+    torch.testing.assert_close(float(loss), ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(batched_grad, weight.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_batches_are_seeded_and_accumulate():

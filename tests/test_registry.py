@@ -102,3 +102,23 @@ def test_our_kernels_package_is_not_mistaken_for_the_hub_kernels_package():
     from transformers.utils import import_utils
 
     assert not import_utils.is_kernels_available()
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_prepare_keeps_the_base_function_when_the_method_says_so(name, tiny_model_and_batch):
+    """The untrained score is shared across methods on this claim (harness.trial.untrained_score)."""
+    import torch
+
+    from harness.models import causal_lm_loss
+
+    model, _, batch = tiny_model_and_batch
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    method = create(name, {"block_size": 8} if name == "smt" else {}, causal_lm_loss, seed=0)  # fits width 32
+    method.prepare(model)
+    assert method.keeps_base_function
+    method.model.eval()
+    with torch.no_grad():
+        after = method.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
