@@ -66,24 +66,31 @@ def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int) -> d
     return {"input_ids": full_ids, "labels": labels[: len(full_ids)]}
 
 
+def left_pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows left-padded with `fill` to the longest, attention mask: 1 on real tokens, 0 on padding).
+
+    Left, so that every row ends at the same column: the responses a loss or a score reads line up at the
+    end, and generation continues all rows from there. Position ids follow the attention mask
+    (`harness.models.logits_of_last`, `generate`), so the padding side does not change any result.
+    """
+    width = max(len(r) for r in rows)
+    padded = torch.full((len(rows), width), fill, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        padded[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        attention[i, width - len(r):] = 1
+    return padded, attention
+
+
 def collate(
     examples: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str
 ) -> dict[str, torch.Tensor]:
     """Left-pad a list of encoded examples; pads get attention 0 and label -100.
 
-    Left, so that every row's response ends the row and the loss needs the logits of only the last few
-    positions (`harness.models.causal_lm_loss`); position ids follow the attention mask, so the
-    padding side does not change the result.
+    Left, so that the loss needs the logits of only the last few positions (`harness.models.causal_lm_loss`).
     """
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        input_ids[i, width - n:] = torch.tensor(e["input_ids"])
-        labels[i, width - n:] = torch.tensor(e["labels"])
-        attention[i, width - n:] = 1
+    input_ids, attention = left_pad([e["input_ids"] for e in examples], pad_id)
+    labels, _ = left_pad([e["labels"] for e in examples], IGNORE_INDEX)
     return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention.to(device)}
 
 

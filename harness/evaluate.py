@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from harness.commonsense import extract_answer  # noqa: F401  (public API: harness.evaluate.extract_answer)
-from harness.data import build_prompt
+from harness.data import build_prompt, left_pad
 from harness.models import logits_of_last
 
 
@@ -76,13 +76,8 @@ def score_sequences(
     scores = [0.0] * len(sequences)
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
-        width = max(len(context) for context, _ in chunk)
         keep = max(n for _, n in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (context, _) in enumerate(chunk):
-            input_ids[row, width - len(context):] = torch.tensor(context)
-            attention[row, width - len(context):] = 1
+        input_ids, attention = left_pad([context for context, _ in chunk], pad_id)
         logits = logits_of_last(model, input_ids.to(device), attention.to(device), keep)
         for row, key in enumerate(chunk):
             n = key[1]
@@ -159,12 +154,8 @@ def evaluate_generate(
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         prompts = [tokenizer(build_prompt(r))["input_ids"][-(max_len - 1):] for r in chunk]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, ids in enumerate(prompts):
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            attention[i, width - len(ids):] = 1
+        input_ids, attention = left_pad(prompts, pad_id)
+        width = input_ids.size(1)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)

@@ -189,7 +189,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """
     labels = batch["labels"][:, 1:]
     has_target = (labels != -100).any(0)
-    keep = max(1, labels.size(1) - int(has_target.int().argmax())) if bool(has_target.any()) else 1
+    keep = labels.size(1) - int(has_target.int().argmax()) if bool(has_target.any()) else 1
     logits = logits_of_last(model, batch["input_ids"], batch["attention_mask"], keep + 1)[:, :-1].float()
     labels = labels[:, -keep:]
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,

@@ -30,10 +30,6 @@ ALIASES = {
 }
 
 
-def is_alias(path: str | None) -> bool:
-    return path in ALIASES
-
-
 def label(path: str) -> str:
     return ALIASES[path]["label"] if path in ALIASES else path
 

@@ -148,13 +148,9 @@ def preflight_data(suite: SuiteSpec) -> None:
             data_dir = commonsense.resolve_data_dir(task.data_dir)
             if task.data_dir is None:
                 task.data_dir = str(data_dir)  # trials see the same directory, whatever their environment
-            if not (data_dir / commonsense.MIX_FILE).is_file():
-                for name in commonsense.TASKS:
-                    commonsense.read_records(data_dir / name / "train.json", name)
-            else:
-                commonsense.read_records(data_dir / commonsense.MIX_FILE, None)
+            commonsense.training_mix(data_dir, seed=0)  # the same files, chosen the same way, as the trials
             for name in task.eval_tasks:
-                commonsense.read_records(data_dir / name / "test.json", name)
+                commonsense.load_test_set(data_dir, name)
 
 
 @contextlib.contextmanager
