@@ -69,3 +69,24 @@ def test_options_differing_in_their_last_token_share_one_forward_pass(tiny_model
     assert len(calls) == 3  # one pass per record, not one per option
     reference = [_reference_score(model, ids, n) for ids, n in seqs]
     torch.testing.assert_close(torch.tensor(scores), torch.tensor(reference), atol=1e-4, rtol=1e-4)
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model_and_batch):
+    """Left padding with an attention mask leaves each record's greedy output as if decoded alone."""
+    from harness.evaluate import evaluate_generate, first_option_in
+
+    model, tok, _ = tiny_model_and_batch
+    records = generate("kind", 5, 3)
+    long_tail = " " + " ".join(["and the word is a kind of thing"] * 4)
+    records[1] = dict(records[1], instruction=records[1]["instruction"] + long_tail)  # pads the others by ~30
+    texts: list[str] = []
+
+    def extract(record, text):
+        texts.append(text)
+        return first_option_in(text, GENERATORS["kind"].options)
+
+    batched = evaluate_generate(model, tok, records, extract, batch_size=5, max_len=96, max_new_tokens=12)
+    batched_texts, texts[:] = list(texts), []
+    single = evaluate_generate(model, tok, records, extract, batch_size=1, max_len=96, max_new_tokens=12)
+    assert batched_texts == texts and batched.predictions == single.predictions
+    assert batched.accuracy == sum(p == r["answer"] for p, r in zip(batched.predictions, records)) / 5
