@@ -49,7 +49,9 @@ class ModelSpec:
     num_attention_heads: int = option(4, "tiny-llama: attention heads", min=1)
     num_key_value_heads: int = option(4, "tiny-llama: key/value heads (grouped-query attention)", min=1)
     max_position_embeddings: int = option(256, "tiny-llama: longest sequence", min=16)
-    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    precision: str = option(
+        "fp32", "one policy for every method: fp32; bf16-mixed (frozen weights bf16, trained weights and optimizer "
+        "state fp32, bf16 autocast); bf16 (everything bf16)")
     pretrain_steps: int = option(
         0, "tiny-llama: steps of full AdamW pre-training on the synthetic corpus before fine-tuning "
         "(cached; methods such as LoRA and MeZO assume a pretrained start)", min=0)
@@ -57,6 +59,12 @@ class ModelSpec:
     pretrain_batch_size: int = option(32, "tiny-llama: pre-training sequences per step", min=1)
 
     def validate(self, where: str) -> None:
+        from harness.precision import PRECISIONS, REFUSED
+
+        if self.precision in REFUSED:
+            raise ConfigError(f"{where}.precision: {self.precision} is not supported: {REFUSED[self.precision]}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}.precision: must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.kind == "pretrained" and not self.path:
             raise ConfigError(f"{where}.path: required when kind is pretrained (a local directory or hub id)")
         if self.kind == "pretrained" and not looks_like_model_reference(str(self.path)):
@@ -82,7 +90,7 @@ class ModelSpec:
             start = f"pre-trained {self.pretrain_steps} steps on the synthetic corpus"
         return (
             f"tiny-llama ({start}, {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
-            f"mlp {self.intermediate_size}, {self.num_attention_heads} heads, {self.dtype})"
+            f"mlp {self.intermediate_size}, {self.num_attention_heads} heads)"
         )
 
 

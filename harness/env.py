@@ -6,6 +6,7 @@ traced to the machine, the package versions and the code that produced it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import subprocess
@@ -49,8 +50,80 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cuda_uuid(props: Any) -> str | None:
+    """NVML's spelling ("GPU-58f7b3a2-...") of the UUID in `torch.cuda.get_device_properties(i)`; None if absent."""
+    uuid = getattr(props, "uuid", None)
+    if uuid is None:
+        return None
+    text = str(uuid).strip()
+    if not text:
+        return None
+    return text if text.startswith(("GPU-", "MIG-")) else "GPU-" + text
+
+
+def cuda_pci_bus_id(props: Any) -> str | None:
+    """NVML's spelling ("00000000:1b:00.0", domain:bus:device.function) of a CUDA device's PCI address."""
+    try:
+        return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    except (AttributeError, TypeError):  # an older torch without the PCI fields
+        return None
+
+
+def cuda_index(device: str | None) -> int | None:
+    """The CUDA ordinal a device string names: "cuda:1" -> 1, "cuda" -> None (the current device);
+    None for a non-CUDA device. Raises nothing: an unparsable string counts as not CUDA."""
+    if not device:
+        return None
+    kind, _, index = device.strip().lower().partition(":")
+    if kind != "cuda":
+        return None
+    return int(index) if index.isdigit() else None
+
+
+def gpu_identity(torch: Any, device: str | None) -> dict[str, Any]:
+    """Name, UUID and PCI bus id of the GPU the device string names (None values when it names none)."""
+    ids: dict[str, Any] = {"gpu_name": None, "gpu_uuid": None, "gpu_pci_bus_id": None}
+    if not device or not device.strip().lower().startswith("cuda"):
+        return ids
+    try:
+        index = cuda_index(device)
+        if index is None:
+            index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
+        props = torch.cuda.get_device_properties(index)
+        ids["gpu_name"] = getattr(props, "name", None) or torch.cuda.get_device_name(index)
+        ids["gpu_uuid"] = cuda_uuid(props)
+        ids["gpu_pci_bus_id"] = cuda_pci_bus_id(props)
+    except Exception:  # an index torch does not see, or a CUDA error: record nothing rather than fail the row
+        pass
+    return ids
+
+
+def nvml_driver_version() -> str | None:
+    """The NVIDIA driver's version from NVML (NVML is shut down again); None without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no NVIDIA driver or no pynvml here
+        return None
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return driver.decode() if isinstance(driver, bytes) else str(driver)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
 def environment(device: str | None = None) -> dict[str, Any]:
-    """What a result row records under `env`. Imports torch only if already imported."""
+    """What a result row records under `env`. Imports torch only if already imported.
+
+    The GPU fields (`gpu_name`, `gpu_uuid`, `gpu_pci_bus_id`) describe the GPU `device` names
+    ("cuda:1" -> CUDA ordinal 1, after CUDA_VISIBLE_DEVICES; "cuda" -> the current device); they are
+    None for a CPU device, without torch, or without CUDA. `cuda` is torch's CUDA version, `driver`
+    the NVIDIA driver's (from NVML).
+    """
     import os
     import sys
 
@@ -63,6 +136,8 @@ def environment(device: str | None = None) -> dict[str, Any]:
         "git_commit": git_commit(),
         "device": device,
         "gpu_name": None,
+        "gpu_uuid": None,
+        "gpu_pci_bus_id": None,
         "cuda": None,
         "driver": None,
     }
@@ -71,13 +146,6 @@ def environment(device: str | None = None) -> dict[str, Any]:
         env["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             env["cuda"] = torch.version.cuda
-            env["gpu_name"] = torch.cuda.get_device_name(0)
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        env["driver"] = driver.decode() if isinstance(driver, bytes) else driver
-    except Exception:  # no NVIDIA driver here
-        pass
+            env.update(gpu_identity(torch, device))
+    env["driver"] = nvml_driver_version()
     return env

@@ -1,26 +1,35 @@
-"""Memory, measured four ways (DESIGN.md, "Memory, measured four ways").
+"""Memory, measured four ways; each meter that does not apply reports None, never a made-up number.
 
-1. NVML (GPU): a thread samples the device's used memory and this process's usage every few ms;
-   the figure is the peak minus the idle baseline taken before the model was built. It sees
-   everything the process holds, CuPy's pool and the CUDA context included.
+1. NVML (GPU): a thread samples the GPU's used memory and this process's usage every few ms; the
+   device figure is the phase's peak minus the idle baseline taken before the model was built, so it
+   sees everything the process holds, CuPy's pool and the CUDA context included (and, on a shared
+   GPU, other processes' growth too). The GPU is found by its UUID or PCI bus id from torch, never by
+   the CUDA ordinal, which NVML does not know (see `nvml_handle`). The per-process figure needs
+   NVML's PIDs to match ours; inside a container's PID namespace they do not, and it is None with a
+   reason in `NvmlSampler.process_note`.
 2. The CUDA allocator: `max_memory_allocated` / `max_memory_reserved`, reset before each phase.
-3. CPU: peak resident set size of the trial's own process (`getrusage`), so a CPU-only machine
-   still gets a measured figure. Each trial is a fresh process, so the peak is the trial's.
+3. CPU: peak resident set size of the trial's own process (VmHWM, reset between phases where the
+   kernel allows; else getrusage's lifetime peak), so a CPU-only machine still gets a measured
+   figure. Each trial is a fresh process, so the peak is the trial's.
 4. Exact accounting: bytes of weights, gradients held and optimizer state from the method's
    `state_bytes()`; deterministic, so CI can track it exactly.
-Each meter that does not apply reports None, never a made-up number.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import resource
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 MB = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def rss_peak_mb() -> float:
@@ -76,12 +85,54 @@ class CudaPeaks:
         )
 
 
+def nvml_handle(pynvml: Any, device_index: int) -> tuple[object, str]:
+    """The NVML handle of the GPU torch calls `cuda:<device_index>`, and how it was found.
+
+    NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES, so the CUDA ordinal is no NVML
+    index. The GPU is looked up by its identity instead: its UUID first, then its PCI bus id, both from
+    `torch.cuda.get_device_properties`. Never by bare index. `how` says which lookup worked, e.g.
+    "uuid GPU-58f7b3a2-..." or "pci_bus_id 00000000:1b:00.0". Raises LookupError, naming each failed
+    lookup, when neither finds the GPU. NVML must already be initialised.
+    """
+    from harness.env import cuda_pci_bus_id, cuda_uuid
+
+    props = torch.cuda.get_device_properties(device_index)
+    failures: list[str] = []
+    uuid = cuda_uuid(props)
+    if uuid is None:
+        failures.append("torch reports no UUID")
+    else:
+        candidates = [uuid]
+        if uuid.startswith("GPU-"):  # a MIG instance's UUID, under the prefix NVML gives MIG devices
+            candidates.append("MIG-" + uuid[len("GPU-"):])
+        for candidate in candidates:
+            try:
+                return pynvml.nvmlDeviceGetHandleByUUID(candidate), f"uuid {candidate}"
+            except Exception as exc:  # pynvml.NVMLError, or a binding too old to have the call
+                failures.append(f"uuid {candidate}: {exc}")
+    bus_id = cuda_pci_bus_id(props)
+    if bus_id is None:
+        failures.append("torch reports no PCI bus id")
+    else:
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id), f"pci_bus_id {bus_id}"
+        except Exception as exc:
+            failures.append(f"pci_bus_id {bus_id}: {exc}")
+    raise LookupError(f"NVML does not find cuda:{device_index} ({'; '.join(failures)})")
+
+
 @dataclass
 class NvmlSampler:
-    """Samples NVML device memory in a background thread; peaks are relative to a baseline.
+    """Samples NVML memory of one GPU in a background thread; the device peak is relative to a baseline.
 
-    `start()` returns False (and the sampler stays inert) when there is no GPU or NVML cannot be
-    initialised, so callers need no special case for CPU machines.
+    Use: `init()` once (before the model is built: it takes the idle baseline), then `start()` and
+    `stop()` around each phase, then `close()`. `init()` returns False, and the sampler stays inert
+    (`start()` False, `stop()` (None, None)), when there is no GPU, no NVML, or NVML does not find the
+    GPU; `init_error` says why. `handle_source` says how the GPU was found (see `nvml_handle`).
+
+    The per-process peak matches NVML's process list against `os.getpid()`. In a container with its
+    own PID namespace NVML reports host PIDs, which never match; the figure is then None and
+    `process_note` says why (set once, the first time it applies).
     """
 
     device_index: int = 0
@@ -89,62 +140,115 @@ class NvmlSampler:
     baseline_device_mb: float = 0.0
     peak_device_mb: float = 0.0
     peak_process_mb: float | None = None
+    init_error: str | None = None
+    handle_source: str | None = None
+    process_note: str | None = None
+    _pynvml: Any = None
     _handle: object = None
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _why_no_process: str | None = None
+    _samples: int = 0
 
     def init(self) -> bool:
-        """Initialise NVML and take the idle baseline; call before the model is built."""
+        """Initialise NVML, find the GPU and take the idle baseline; call before the model is built."""
+        self.close()  # a second init() starts over rather than leaking an NVML reference
+        self.init_error = self.handle_source = None
         try:
             import pynvml
-
-            pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
-            self.baseline_device_mb = pynvml.nvmlDeviceGetMemoryInfo(self._handle).used / MB
-            return True
-        except Exception:  # no driver, no device, no library: the meter does not apply
-            self._handle = None
+        except ImportError as exc:
+            self.init_error = f"pynvml is not importable: {exc}"
             return False
+        try:
+            pynvml.nvmlInit()
+        except Exception as exc:  # no driver, no library: the meter does not apply
+            self.init_error = f"nvmlInit failed: {exc}"
+            return False
+        self._pynvml = pynvml
+        try:
+            handle, self.handle_source = nvml_handle(pynvml, self.device_index)
+            self.baseline_device_mb = pynvml.nvmlDeviceGetMemoryInfo(handle).used / MB
+        except Exception as exc:
+            self.init_error = str(exc) if isinstance(exc, LookupError) else f"{type(exc).__name__}: {exc}"
+            self.close()
+            return False
+        self._handle = handle
+        return True
+
+    def close(self) -> None:
+        """Stop sampling and shut NVML down; idempotent, and harmless when `init()` failed or never ran."""
+        self.stop()
+        pynvml, self._pynvml, self._handle = self._pynvml, None, None
+        if pynvml is not None:
+            with contextlib.suppress(Exception):
+                pynvml.nvmlShutdown()
 
     def _sample(self) -> None:
-        import os
-
-        import pynvml
-
+        pynvml = self._pynvml
         used = pynvml.nvmlDeviceGetMemoryInfo(self._handle).used / MB
         self.peak_device_mb = max(self.peak_device_mb, used)
+        self._samples += 1
+        pid = os.getpid()
         try:
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                    mine = proc.usedGpuMemory / MB
-                    self.peak_process_mb = max(self.peak_process_mb or 0.0, mine)
-        except pynvml.NVMLError:
-            pass  # per-process figures are unavailable in some containers
+            procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle))
+        except Exception as exc:  # pynvml.NVMLError: not supported here (some containers, vGPU)
+            self._why_no_process = f"NVML cannot list the processes on this GPU ({exc})"
+            return
+        mine = [p for p in procs if p.pid == pid]
+        if not mine:
+            self._why_no_process = (
+                f"NVML lists {len(procs)} processes on this GPU but none with this PID {pid}: PID namespace of a "
+                "container (NVML reports host PIDs)" if procs else "NVML lists no processes on this GPU"
+            )
+            return
+        sizes = [p.usedGpuMemory for p in mine if p.usedGpuMemory is not None]
+        if not sizes:
+            self._why_no_process = f"NVML lists this PID {pid} on this GPU but not its memory"
+            return
+        self.peak_process_mb = max(self.peak_process_mb or 0.0, sum(sizes) / MB)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._sample()
+            try:
+                self._sample()
+            except Exception:  # the GPU fell off the bus or NVML went away: keep what was sampled
+                return
             self._stop.wait(self.interval_s)
 
     def start(self) -> bool:
+        """Begin a phase: reset the peaks and sample in the background; False when the sampler is inert."""
+        if self._thread is not None:
+            self.stop()
         if self._handle is None:
             return False
         self.peak_device_mb = 0.0
         self.peak_process_mb = None
+        self._why_no_process = None
+        self._samples = 0
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
         self._thread.start()
         return True
 
     def stop(self) -> tuple[float | None, float | None]:
-        """(device peak minus baseline MiB, this process's peak MiB) over the sampled phase."""
+        """(device peak minus baseline MiB, this process's peak MiB) over the phase since `start()`.
+
+        (None, None) when no phase is running (never started, already stopped, or closed); the device
+        figure is None too when not one sample succeeded (NVML lost the GPU).
+        """
         if self._thread is None:
             return None, None
         self._stop.set()
         self._thread.join()
         self._thread = None
-        self._sample()
-        return max(0.0, self.peak_device_mb - self.baseline_device_mb), self.peak_process_mb
+        with contextlib.suppress(Exception):  # a last sample; a lost GPU keeps what was sampled
+            self._sample()
+        if self.peak_process_mb is None and self.process_note is None:
+            self.process_note = (self._why_no_process or "NVML gave no per-process figure") + (
+                "; per-process figure unavailable")
+            log.warning("NVML process figure for cuda:%d: %s", self.device_index, self.process_note)
+        device_mb = max(0.0, self.peak_device_mb - self.baseline_device_mb) if self._samples else None
+        return device_mb, self.peak_process_mb
 
 
 def model_bytes(model: torch.nn.Module) -> int:

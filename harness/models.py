@@ -10,18 +10,17 @@ or hub id with safetensors only, and `trust_remote_code=False` unless the user p
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from harness.cache import cache_dir
 from harness.config import ModelSpec
 from harness.errors import BenchError
 from harness.synthetic import vocabulary_text
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_word_tokenizer(text: str) -> Any:
@@ -65,10 +64,16 @@ def build_tokenizer(spec: ModelSpec) -> Any:
 
 
 def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device | str) -> torch.nn.Module:
-    """The trial's starting model: identical for every method given the same spec and seed."""
+    """The trial's starting model: identical for every method given the same spec and seed.
+
+    Weights are in the precision policy's storage dtype (float32, or bf16 for both bf16 policies): every
+    method starts from the same rounded weights, and `Precision.apply` upcasts those a method trains.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dtype = DTYPES[spec.dtype]
+    from harness.precision import Precision
+
+    dtype = Precision(spec.precision).storage_dtype
     torch.manual_seed(seed)
     if spec.kind == "tiny-llama":
         config = LlamaConfig(
@@ -87,7 +92,8 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
         model = LlamaForCausalLM(config)
         if spec.pretrain_steps:
             load_or_pretrain(model, spec, tokenizer, seed, device)
-        model = model.to(dtype=dtype)
+        for p in model.parameters():  # parameters only: buffers (rotary frequencies) stay float32, as
+            p.data = p.data.to(dtype)  # transformers' from_pretrained(dtype=...) leaves them
     else:
         from transformers import AutoModelForCausalLM
 
@@ -101,14 +107,6 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
             raise BenchError(f"model.path {spec.path!r}: cannot load it ({str(exc).splitlines()[0]})") from None
     model.config.use_cache = False
     return model.to(device)
-
-
-def cache_dir() -> Path:
-    """Where converted or pre-trained models are kept: $BENCH_CACHE_DIR, else the user's cache."""
-    root = os.environ.get("BENCH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memft-bench"
-    )
-    return Path(root)
 
 
 def pretrain(model: torch.nn.Module, spec: ModelSpec, tokenizer: Any, seed: int) -> None:

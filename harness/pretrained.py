@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from harness.cache import cache_dir
 from harness.errors import BenchError
 
 ALIASES = {
@@ -35,8 +36,6 @@ def label(path: str) -> str:
 
 
 def _cache_root() -> Path:
-    from harness.models import cache_dir
-
     return cache_dir()
 
 

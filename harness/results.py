@@ -21,7 +21,8 @@ STATUSES = ("ok", "oom", "diverged", "error", "timeout")
 
 #: The columns every row has, in report order. Null where a meter does not apply.
 COLUMNS = [
-    "run_id", "trial_id", "suite", "task", "method", "variant", "method_params", "model", "seed", "device", "dtype",
+    "run_id", "trial_id", "suite", "task", "method", "variant", "method_params", "model", "seed", "device",
+    "precision", "dtype",
     "status", "reason",
     "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
     "accuracy", "accuracy_per_task", "eval_items", "accuracy_before", "accuracy_per_task_before", "data_source",
@@ -32,7 +33,7 @@ COLUMNS = [
     "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",
     "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb",
     "step_time_ms_median", "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s",
-    "method_metrics",
+    "method_metrics", "method_info", "meter_notes",
     "started_at", "finished_at", "command", "env",
 ]
 

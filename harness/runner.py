@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,16 +61,32 @@ class RunPlan:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when a GPU is visible, else `cpu`; an explicit device is checked."""
+    """The device string every trial of a run uses: always indexed on a GPU (`cuda:N`), so that
+    `torch.cuda.set_device`, the allocator meters, NVML's handle and the row all name one GPU.
+
+    `auto` -> `cuda:0` (the first GPU torch sees, after CUDA_VISIBLE_DEVICES) when one is visible, else
+    `cpu`; `cuda` -> `cuda:0`; `cuda:N` is checked against the number of visible GPUs. Asking torch for the
+    device count does not create a CUDA context in the runner, which would hold GPU memory for the whole
+    sweep.
+    """
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is visible to torch (use --device cpu or auto)")
-    if device != "cpu" and not device.startswith("cuda"):
+    text = device.strip().lower()
+    if text == "auto":
+        return "cuda:0" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
+    if text == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
         raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"--device {device}: no CUDA GPU is visible to torch (use --device cpu or auto)")
+    index = int(match.group(1) or 0)
+    if index >= count:
+        raise ConfigError(f"--device {device}: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1} "
+                          "(CUDA_VISIBLE_DEVICES renumbers them from 0)")
+    return f"cuda:{index}"
 
 
 def _method_module(name: str) -> str | None:

@@ -50,13 +50,26 @@ class LossRecorder(Callback):
 
 @dataclass
 class ExtrasRecorder(Callback):
-    """Means over steps of what a method reports in `StepResult.extras` (SGC's OMP time, errors...)."""
+    """Means over steps of what a method reports in `StepResult.extras` (SGC's OMP time, errors...).
 
+    The first `warmup` steps are left out, as they are from the step times (lazy initialisation, allocator
+    growth). A value may be a number, a 0-d tensor or a zero-argument callable: methods hand over figures
+    still on the device, and they are read here, after the step timer stopped (it must come before this
+    recorder in the callback list), so reading them is not timed as the method's cost.
+    """
+
+    warmup: int = 0
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
     def on_step_end(self, step: int, batch: Batch, result: StepResult) -> None:
+        if step < self.warmup:
+            return
         for key, value in result.extras.items():
+            if callable(value):
+                value = value()
+            if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
+                value = value.item()
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.sums[key] = self.sums.get(key, 0.0) + float(value)
                 self.counts[key] = self.counts.get(key, 0) + 1

@@ -18,10 +18,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import BenchError
 from harness.results import empty_row
+
+if TYPE_CHECKING:
+    import torch
 
 
 def now() -> str:
@@ -44,15 +47,93 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
+def free_memory(device: torch.device) -> None:
+    """Return what the last phase no longer holds to the allocator and the OS, so the next phase's peaks
+    start from what is really alive: garbage collection, the CUDA caching allocator's free blocks (which
+    NVML would otherwise count), and glibc's free heap pages (which the resident set would)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class PhaseMeters:
+    """Peak RSS, the CUDA allocator's peaks and NVML, reset together at every phase boundary, so that each
+    phase (training, evaluation) reports only its own peaks."""
+
+    def __init__(self, device: torch.device, notes: dict[str, str]) -> None:
+        from harness.memory import CudaPeaks, NvmlSampler
+
+        self.device = device
+        self.notes = notes
+        self.cuda = CudaPeaks(device)
+        self.nvml = NvmlSampler(device_index=device.index or 0)
+        self.nvml_on = device.type == "cuda" and self.nvml.init()
+        if device.type == "cuda" and not self.nvml_on:
+            notes["nvml"] = f"NVML unavailable: {self.nvml.init_error or 'no reason given'}"
+
+    def start(self) -> None:
+        from harness.memory import reset_rss_peak
+
+        free_memory(self.device)
+        reset_rss_peak()
+        self.cuda.reset()
+        if self.nvml_on:
+            self.nvml.start()
+
+    def stop(self) -> dict[str, float | None]:
+        """rss, allocated, reserved, nvml (device above its idle level), nvml_process: MiB or None."""
+        from harness.memory import rss_peak_mb
+
+        allocated, reserved = self.cuda.read()
+        nvml_device = nvml_process = None
+        if self.nvml_on:
+            nvml_device, nvml_process = self.nvml.stop()
+            if self.nvml.process_note:
+                self.notes["nvml_process"] = self.nvml.process_note
+        return {"rss": rss_peak_mb(), "allocated": allocated, "reserved": reserved, "nvml": nvml_device,
+                "nvml_process": nvml_process}
+
+    def close(self) -> None:
+        self.nvml.close()
+
+
+def trial_device(text: str) -> torch.device:
+    """The trial's device, indexed on a GPU (a bare `cuda` from an older spec means the current GPU)."""
+    import torch
+
+    device = torch.device(text)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build, train, measure and evaluate one trial; always returns a row."""
+    """Build, train, measure and evaluate one trial; always returns a row.
+
+    Phases, each with its own peaks: set-up (model, method, data; not measured), the untrained evaluation
+    (when the suite asks for it; its memory is freed before training), training, and evaluation (after the
+    exact accounting is read, the method frees its gradients and optimizer state first).
+    """
     import torch
 
     from harness.config import suite_from_data
     from harness.data import encode_example, load_task, training_batches
     from harness.env import environment
-    from harness.memory import CudaPeaks, NvmlSampler, exact_breakdown, reset_rss_peak, rss_peak_mb
+    from harness.memory import exact_breakdown
     from harness.models import build_model, build_tokenizer, causal_lm_loss
+    from harness.precision import Precision, check_supported
     from harness.timing import StepTimer
     from harness.train import Diverged, ExtrasRecorder, LossRecorder, ProgressLog, train
     from methods.base import create
@@ -64,29 +145,34 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         seed=spec["seed"], device=str(device), command=spec.get("command"),
         forward_passes_per_step=None, started_at=now(), status="error",
     )
+    notes: dict[str, str] = {}
     losses = LossRecorder()
     extras = ExtrasRecorder()
     timer = StepTimer(device)
-    method = model = None
+    method = model = meters = None
     phase = "setup"
     try:
+        device = trial_device(spec["device"])
+        row["device"] = str(device)
         suite = suite_from_data(spec["suite"], "trial spec")
         budget = suite.budget
-        row.update(model=suite.model.label, dtype=suite.model.dtype, batch_size=budget.batch_size)
-        timer.warmup = budget.timing_warmup_steps
+        precision = Precision(suite.model.precision)
+        row.update(model=suite.model.label, precision=precision.name, dtype=str(precision.storage_dtype)[6:],
+                   batch_size=budget.batch_size)
+        timer.warmup = extras.warmup = budget.timing_warmup_steps
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        nvml = NvmlSampler(device_index=device.index or 0)
-        nvml_on = device.type == "cuda" and nvml.init()
-        cuda = CudaPeaks(device)
+        check_supported(precision, device)
+        meters = PhaseMeters(device, notes)  # NVML's idle baseline: before anything of the trial is on the GPU
 
         tokenizer = build_tokenizer(suite.model)
         task = load_task(suite.task(spec["task"]), suite, spec["seed"])
         row["data_source"] = task.source
         model = build_model(suite.model, tokenizer, spec["seed"], device)
-        method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"])
+        method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"], precision)
         row["forward_passes_per_step"] = method.forward_passes_per_step
         method.prepare(model)
+        method.apply_precision()
         examples = [encode_example(tokenizer, r, budget.cutoff_len) for r in task.train]
         batches = training_batches(
             examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, device
@@ -97,10 +183,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             before = untrained_score(method, tokenizer, task, suite, spec.get("untrained_score_file"), spec["trial_id"])
             row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         phase = "training"
-        reset_rss_peak()  # training's peak, not the set-up's or the untrained evaluation's
-        cuda.reset()
-        if nvml_on:
-            nvml.start()
+        meters.start()
         t0 = time.perf_counter()
         try:
             train(method, batches, budget, [timer, losses, extras, ProgressLog(budget.steps)])
@@ -108,10 +191,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         except Diverged as exc:
             row.update(status="diverged", reason=str(exc))
         row["train_time_s"] = time.perf_counter() - t0
-        row["peak_mem_rss_mb"] = rss_peak_mb()
-        row["peak_mem_allocated_mb"], row["peak_mem_reserved_mb"] = cuda.read()
-        if nvml_on:
-            row["peak_mem_nvml_mb"], row["peak_mem_nvml_process_mb"] = nvml.stop()
+        peaks = meters.stop()
+        row.update(peak_mem_rss_mb=peaks["rss"], peak_mem_allocated_mb=peaks["allocated"],
+                   peak_mem_reserved_mb=peaks["reserved"], peak_mem_nvml_mb=peaks["nvml"],
+                   peak_mem_nvml_process_mb=peaks["nvml_process"])
         row.update(exact_breakdown(method.model, method.state_elements(), method.state_bytes()))
         if row["peak_mem_allocated_mb"] is not None:
             accounted = row["mem_weights_mb"] + row["mem_grads_mb"] + row["mem_optimizer_mb"]
@@ -119,19 +202,17 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
         if row["status"] == "ok":
             phase = "evaluation"
-            reset_rss_peak()
-            cuda.reset()
-            if nvml_on:
-                nvml.start()
+            method.release_training_state()
+            del batches
+            meters.start()
             t0 = time.perf_counter()
-            per_task, items = evaluate_all(method.model, tokenizer, task, suite)
+            per_task, items = evaluate_all(method.model, tokenizer, task, suite, precision)
             row["eval_time_s"] = time.perf_counter() - t0
             row.update(accuracy=sum(per_task.values()) / len(per_task), accuracy_per_task=per_task,
                        eval_items=items)
-            row["peak_mem_rss_eval_mb"] = rss_peak_mb()
-            row["peak_mem_allocated_eval_mb"], _ = cuda.read()
-            if nvml_on:
-                row["peak_mem_nvml_eval_mb"], _ = nvml.stop()
+            peaks = meters.stop()
+            row.update(peak_mem_rss_eval_mb=peaks["rss"], peak_mem_allocated_eval_mb=peaks["allocated"],
+                       peak_mem_nvml_eval_mb=peaks["nvml"])
     except BenchError as exc:
         row.update(status="error", reason=str(exc))
     except Exception as exc:
@@ -152,15 +233,27 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if "omp_time_ms" in metrics and row["step_time_ms_median"]:
             metrics["omp_share_of_step"] = metrics["omp_time_ms"] / row["step_time_ms_median"]
         row["method_metrics"] = metrics or None
-        if method is not None and row["method_params"] is not None:
-            row["method_params"] = method.hyperparameters()
+        if method is not None:
+            if row["method_params"] is not None:
+                row["method_params"] = method.hyperparameters()
+            row["method_info"] = method.info() or None
+        if meters is not None:
+            meters.close()
+        row["meter_notes"] = notes or None
         row["finished_at"] = now()
         row["env"] = environment(str(device))
     return row
 
 
-def evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict[str, int]]:
-    """Accuracy and item count of every test set of the trial's task, in the suite's evaluation mode."""
+def evaluate_all(model, tokenizer, task, suite, precision) -> tuple[dict[str, float], dict[str, int]]:
+    """Accuracy and item count of every test set of the trial's task, in the suite's evaluation mode,
+    under the precision policy's autocast (the model holds weights of two dtypes under bf16-mixed)."""
+    device_type = next(model.parameters()).device.type
+    with precision.autocast(device_type):
+        return _evaluate_all(model, tokenizer, task, suite)
+
+
+def _evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict[str, int]]:
     from harness.evaluate import evaluate_generate, evaluate_loglik
 
     per_task, items = {}, {}
@@ -192,7 +285,7 @@ def untrained_score(method, tokenizer, task, suite, shared_file: str | None, tri
             return saved["accuracy_per_task"]
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: measure again and overwrite
-    per_task, items = evaluate_all(method.model, tokenizer, task, suite)
+    per_task, items = evaluate_all(method.model, tokenizer, task, suite, method.precision)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"accuracy_per_task": per_task, "eval_items": items,

@@ -14,8 +14,18 @@ the whole batch advances in lock-step on a CPU or a GPU. Selection matches sciki
 next column is linearly dependent on its support, stops growing (its remaining slots get zero
 coefficients), as scikit-learn stops early.
 
-`batched_omp(A, Y, n_nonzero, backend="auto")` is the entry point; `backend="cupy"` runs
-`kernels.omp_cupy` on the GPU (zero-copy through DLPack).
+Entry points:
+- `OmpSolver(backend="auto")`, called as `solver(A, Y, n_nonzero, return_support=False)`: "auto" runs
+  the CuPy kernel (`kernels/omp_cupy.py`) for CUDA tensors when CuPy is installed and the torch kernel
+  otherwise; "torch" and "cupy" force one. A CuPy that fails at its first launch (no NVRTC or driver, a
+  build for another CUDA, a kernel that does not compile...) would otherwise end a run that the torch
+  kernel can finish, so the solver then runs the torch kernel, for that call and every later one, and
+  says so: `backend_used` is the kernel that ran the latest call ("torch" or "cupy"), `fallback_reason`
+  one line naming the exception. Only the first launch falls back: once CuPy has run, its errors
+  propagate, and so does running out of memory at any launch (the torch kernel needs as much).
+- `batched_omp(A, Y, n_nonzero, return_support=False, backend="auto")`, the same selection as a
+  function, with no fallback: a CuPy failure propagates.
+- `batched_omp_torch(...)`, the torch kernel itself.
 """
 
 from __future__ import annotations
@@ -29,14 +39,8 @@ def _tiny(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) * 10
 
 
-def batched_omp_torch(
-    A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool = False
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """OMP for every row of Y. A: (m, d) shared or (b, m, d) per problem; Y: (b, m).
-
-    Returns X (b, d) with at most `n_nonzero` non-zeros per row, and with `return_support` also the
-    support indices (b, n_nonzero) in selection order (-1 where a problem stopped early).
-    """
+def _problem_size(A: torch.Tensor, Y: torch.Tensor, n_nonzero: int) -> tuple[int, int, int, int, bool]:
+    """(b, m, d, n, shared) of a batch, n = the support size reached; a ValueError for bad shapes."""
     if Y.dim() != 2:
         raise ValueError(f"Y must be (b, m); got shape {tuple(Y.shape)}")
     b, m = Y.shape
@@ -47,6 +51,18 @@ def batched_omp_torch(
     n = int(min(n_nonzero, m, d))
     if n < 1:
         raise ValueError(f"n_nonzero must be >= 1; got {n_nonzero}")
+    return b, m, d, n, shared
+
+
+def batched_omp_torch(
+    A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """OMP for every row of Y. A: (m, d) shared or (b, m, d) per problem; Y: (b, m).
+
+    Returns X (b, d) with at most `n_nonzero` non-zeros per row, and with `return_support` also the
+    support indices (b, n_nonzero) in selection order (-1 where a problem stopped early).
+    """
+    b, m, d, n, shared = _problem_size(A, Y, n_nonzero)
     dtype, device = Y.dtype, Y.device
     A = A.to(dtype)
     At = A.transpose(-1, -2)  # (d, m) or (b, d, m)
@@ -103,17 +119,96 @@ def cupy_available() -> bool:
         return False
 
 
+def _on_cuda(t: torch.Tensor) -> bool:
+    """Whether `t` lives on a CUDA device (the one place the backend choice asks; tests replace it)."""
+    return t.is_cuda
+
+
+def _run_cupy(A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool):
+    from kernels.omp_cupy import batched_omp_cupy  # imports cupy, so an ImportError surfaces here
+
+    return batched_omp_cupy(A, Y, n_nonzero, return_support)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class OmpSolver:
+    """Batched OMP with a backend chosen once and recorded; see the module docstring.
+
+    `solver(A, Y, n_nonzero, return_support=False)` takes and returns what `batched_omp_torch` does.
+    After a call, `backend_used` is "torch" or "cupy" (None before the first call) and `fallback_reason`
+    is None, or one line saying why the torch kernel ran in place of CuPy.
+    """
+
+    def __init__(self, backend: str = "auto") -> None:
+        _check_backend(backend)
+        self.backend = backend
+        self.backend_used: str | None = None
+        self.fallback_reason: str | None = None
+        # None: CuPy not launched yet; "ran": it has run once; "failed": its first launch failed;
+        # "absent": not installed (with "auto", the torch kernel is then simply the choice).
+        self._cupy_state: str | None = None
+
+    def _wants_cupy(self, Y: torch.Tensor) -> bool:
+        if self.backend == "torch":
+            return False
+        if self.backend == "cupy":
+            if not _on_cuda(Y):
+                raise ValueError("the cupy backend needs CUDA tensors")
+            return True
+        return _on_cuda(Y)
+
+    def __call__(
+        self, A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        _problem_size(A, Y, n_nonzero)  # bad input is the caller's error on either kernel, never a fallback
+        if A.device != Y.device:
+            raise ValueError(f"A and Y must be on one device; got {A.device} and {Y.device}")
+        if self._wants_cupy(Y) and self._cupy_state in (None, "ran"):
+            if self._cupy_state == "ran":
+                out = _run_cupy(A, Y, n_nonzero, return_support)
+                self.backend_used = "cupy"
+                return out
+            try:
+                out = _run_cupy(A, Y, n_nonzero, return_support)
+            except (MemoryError, torch.cuda.OutOfMemoryError):
+                raise  # out of memory is a result of the trial, not a broken CuPy
+            except Exception as exc:
+                if self.backend == "auto" and isinstance(exc, ModuleNotFoundError) and exc.name == "cupy":
+                    self._cupy_state = "absent"
+                else:
+                    self._cupy_state = "failed"
+                    self.fallback_reason = f"cupy failed at its first launch ({_one_line(exc)}); ran the torch kernel"
+            else:
+                self._cupy_state = "ran"
+                self.backend_used = "cupy"
+                return out
+        out = batched_omp_torch(A, Y, n_nonzero, return_support)
+        self.backend_used = "torch"
+        return out
+
+
 def batched_omp(
     A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool = False, backend: str = "auto"
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Batched OMP; `backend` auto (CuPy for CUDA tensors when it imports, else torch), torch or cupy."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    use_cupy = backend == "cupy" or (backend == "auto" and Y.is_cuda and cupy_available())
-    if use_cupy:
-        if not Y.is_cuda:
-            raise ValueError("the cupy backend needs CUDA tensors")
-        from kernels.omp_cupy import batched_omp_cupy
+    """Batched OMP; `backend` auto (CuPy for CUDA tensors when it imports, else torch), torch or cupy.
 
-        return batched_omp_cupy(A, Y, n_nonzero, return_support)
+    No fallback and no record of the kernel that ran: `OmpSolver` has both.
+    """
+    _check_backend(backend)
+    use_cupy = backend == "cupy" or (backend == "auto" and _on_cuda(Y) and cupy_available())
+    if use_cupy:
+        if not _on_cuda(Y):
+            raise ValueError("the cupy backend needs CUDA tensors")
+        return _run_cupy(A, Y, n_nonzero, return_support)
     return batched_omp_torch(A, Y, n_nonzero, return_support)

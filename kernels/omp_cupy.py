@@ -5,6 +5,17 @@ batched matmuls, which CuPy sends to cuBLAS as strided-batched GEMMs). It is wri
 NumPy array API (`xp` is `cupy` on the GPU), so the very same code runs with `numpy` on a CPU: the
 tests check it against scikit-learn there, and against the torch kernel on a GPU.
 
+`batched_omp_cupy` runs it where torch would, so that it is measured as torch's kernels are:
+- on the tensors' device (not CuPy's device 0), as the current device of both torch and CuPy, since
+  torch exports a tensor through DLPack only from its current device;
+- on torch's current stream of that device (a CuPy `ExternalStream`), so it is ordered after the work
+  that produced its inputs and before whatever uses its outputs, with no synchronisation;
+- with every CuPy buffer taken from torch's caching allocator: CuPy keeps a memory pool of its own,
+  which torch's meters (`torch.cuda.max_memory_allocated`, the harness's peak memory) do not see, so
+  for the duration of the call CuPy's allocator is one that wraps a `torch.empty` uint8 tensor (kept
+  alive by the CuPy memory that wraps it, and handed back to torch's cache when CuPy frees it). The
+  allocator is installed with `cupy.cuda.using_allocator`, for this thread and this call only.
+
 CuPy is an optional extra (`pip install -e .[cuda]`); this module imports it only when called.
 """
 
@@ -70,15 +81,36 @@ def omp_xp(xp: ModuleType, A: Any, Y: Any, n_nonzero: int, return_support: bool 
     return (X, support) if return_support else X
 
 
+def torch_allocator(cupy: ModuleType, device: Any, device_id: int) -> Any:
+    """A CuPy allocator (`size -> cupy.cuda.MemoryPointer`) drawing from torch's caching allocator on `device`."""
+    import torch
+
+    def allocate(size: int) -> Any:
+        block = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+        memory = cupy.cuda.UnownedMemory(block.data_ptr(), size, block, device_id)  # `block` is the owner
+        return cupy.cuda.MemoryPointer(memory, 0)
+
+    return allocate
+
+
 def batched_omp_cupy(A: Any, Y: Any, n_nonzero: int, return_support: bool = False) -> Any:
-    """`omp_xp` with CuPy on CUDA torch tensors; inputs and outputs shared with torch through DLPack."""
+    """`omp_xp` with CuPy on CUDA torch tensors, on their device and torch's current stream there, with
+    CuPy's memory taken from torch's allocator; inputs and outputs shared with torch through DLPack."""
     import cupy
     import torch
 
-    a = cupy.from_dlpack(A.detach().to(Y.dtype).contiguous())
-    y = cupy.from_dlpack(Y.detach().contiguous())
-    with cupy.cuda.ExternalStream(torch.cuda.current_stream(Y.device).cuda_stream, Y.device.index or 0):
+    index = Y.device.index if Y.device.index is not None else torch.cuda.current_device()
+    device = torch.device(Y.device.type, index)
+    stream = torch.cuda.current_stream(index).cuda_stream
+    with (
+        torch.cuda.device(index),
+        cupy.cuda.Device(index),
+        cupy.cuda.ExternalStream(stream, index),
+        cupy.cuda.using_allocator(torch_allocator(cupy, device, index)),
+    ):
+        a = cupy.from_dlpack(A.detach().to(Y.dtype).contiguous())
+        y = cupy.from_dlpack(Y.detach().contiguous())
         out = omp_xp(cupy, a, y, n_nonzero, return_support)
-    if return_support:
-        return torch.from_dlpack(out[0]), torch.from_dlpack(out[1])
-    return torch.from_dlpack(out)
+        if return_support:
+            return torch.from_dlpack(out[0]), torch.from_dlpack(out[1])
+        return torch.from_dlpack(out)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.errors import UnknownNameError
 from harness.options import build, option, to_dict
+from harness.precision import Precision
 from methods import BUILTIN_METHODS
 
 if TYPE_CHECKING:  # torch is imported only by the methods that run, never by `bench list`
@@ -70,6 +71,18 @@ def target_linears(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[s
     return found
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on `x` runs in: autocast's when autocast is on for x's device, else x's own.
+
+    Custom autograd functions (RSO, SMT) use it to run their matmuls as autocast would, and to run their
+    backward in the same dtype, which autocast does not do for them.
+    """
+    import torch
+
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
 @dataclass
 class Batch:
     """One optimisation step's data: micro-batches whose losses are accumulated into one update."""
@@ -87,15 +100,22 @@ class Batch:
 
 @dataclass
 class StepResult:
+    """A step's pre-update mean loss, and what the method measured about itself (`extras`: numbers, 0-d
+    tensors or zero-argument callables, read after the step's timing so a method need not synchronise)."""
+
     loss: float
-    extras: dict[str, float] = dataclasses.field(default_factory=dict)
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Method(abc.ABC):
-    """Base class of every method. See DESIGN.md, "The method interface".
+    """Base class of every method.
 
-    Lifecycle: `__init__(options, loss_fn, seed)` -> `prepare(model)` -> `step(batch)` x N; the harness then
-    evaluates `self.model` and reads `state_elements()` / `state_bytes()` / `hyperparameters()`.
+    Lifecycle, driven by the trial (`harness/trial.py`):
+    `__init__(options, loss_fn, seed)` -> the harness sets `precision` -> `prepare(model)` ->
+    `apply_precision()` -> `step(batch)` x N -> the harness reads `state_elements()` / `state_bytes()` ->
+    `release_training_state()` -> the harness evaluates `self.model` and reads `hyperparameters()` and
+    `info()`. `loss_fn` already runs its forward pass under the precision policy's autocast; a method
+    that runs the model outside `loss_fn` must enter `self.precision.autocast(...)` itself.
     """
 
     name: ClassVar[str] = ""
@@ -116,6 +136,7 @@ class Method(abc.ABC):
         self.seed = seed  # the trial's seed: methods draw their own randomness (MeZO's z) from it
         self.model: torch.nn.Module | None = None
         self.lr_scale = 1.0
+        self.precision = Precision()  # the trial sets the suite's policy before prepare()
 
     # -- the interface -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -135,13 +156,43 @@ class Method(abc.ABC):
         the first two counts as optimizer state.
         """
 
+    @abc.abstractmethod
     def state_bytes(self) -> dict[str, int]:
-        """Bytes of each entry of `state_elements()`. The default assumes fp32; override when not."""
-        return {k: v * 4 for k, v in self.state_elements().items()}
+        """Bytes of each entry of `state_elements()`, from each tensor's real element size (a bf16 weight is
+        2 bytes, its fp32 Adam moments 4): reports compare these figures with measured peaks."""
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The weights this method updates: the precision policy keeps them in its trained dtype (fp32 under
+        bf16-mixed) and everything else in its storage dtype. Default: the parameters that require grad.
+        Methods that update weights without autograd (zeroth-order methods, merges) override it."""
+        assert self.model is not None
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def apply_precision(self) -> None:
+        """Cast the model's parameters to the policy's dtypes; the trial calls it right after `prepare()`.
+        A method whose set of trained weights changes during training (SMT) calls it again then."""
+        assert self.model is not None
+        self.precision.apply(self.model, self.trained_parameters())
+
+    def release_training_state(self) -> None:
+        """Free what only training needs (gradients, optimizer state) before evaluation, so that the
+        evaluation's memory peak is its own. Called once, after training and after the accounting was read.
+        Subclasses holding other state (SGC's moments, SubZero's factors) extend it."""
+        if self.model is not None:
+            for p in self.model.parameters():
+                p.grad = None
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:
+            optimizer.state.clear()
 
     def hyperparameters(self) -> dict[str, Any]:
         """What goes into the result row's `method_params`."""
         return to_dict(self.options)
+
+    def info(self) -> dict[str, Any]:
+        """Facts about how the trial actually ran that are not options (the row's `method_info`): e.g. SGC's
+        OMP backend that ran, and why it fell back."""
+        return {}
 
     def set_lr_scale(self, scale: float) -> None:
         """Called by the training loop each step with the schedule's factor (1.0 for constant)."""
@@ -255,12 +306,17 @@ def build_options(name: str, values: dict[str, Any] | None, where: str) -> Metho
 
 
 def create(
-    name: str, options: MethodOptions | dict[str, Any] | None, loss_fn: LossFn, seed: int = 0
+    name: str, options: MethodOptions | dict[str, Any] | None, loss_fn: LossFn, seed: int = 0,
+    precision: Precision | None = None,
 ) -> Method:
+    """An instance of method `name`; with `precision`, `loss_fn` is wrapped in the policy's autocast."""
     cls = get_method_class(name)
     if not isinstance(options, MethodOptions):
         options = build(cls.Options, options or {}, f"methods.{name}")
-    return cls(options, loss_fn, seed)
+    precision = precision or Precision()
+    method = cls(options, precision.wrap_loss(loss_fn), seed)
+    method.precision = precision
+    return method
 
 
 class OptimizerMethod(Method):

@@ -25,7 +25,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import AdamOptions, Batch, Method, StepResult, register, target_linears
+from methods.base import AdamOptions, Batch, Method, StepResult, compute_dtype, register, target_linears
 from methods.lora import DEFAULT_TARGETS
 
 
@@ -41,20 +41,29 @@ class RsoOptions(AdamOptions):
 
 
 class _SubspaceLinearFunction(torch.autograd.Function):
-    """y = x W0^T + (x P) B^T, saving x P (not x) for backward."""
+    """y = x W0^T + (x P) B^T, saving x P (not x) for backward.
+
+    Matmuls run in the forward's compute dtype (autocast's under bf16 precision), the backward too, and
+    each gradient is returned in its input's dtype.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, projection: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        xp = x @ projection
+        dtype = compute_dtype(x)
+        xc = x.to(dtype)
+        xp = xc @ projection.to(dtype)
         ctx.save_for_backward(xp, weight, projection, b)
-        return x @ weight.T + xp @ b.T
+        ctx.dtype, ctx.x_dtype = dtype, x.dtype
+        return xc @ weight.to(dtype).T + xp @ b.to(dtype).T
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         xp, weight, projection, b = ctx.saved_tensors
-        grad_x = grad_out @ weight + (grad_out @ b) @ projection.T
+        dtype = ctx.dtype
+        grad_out = grad_out.to(dtype)
+        grad_x = grad_out @ weight.to(dtype) + (grad_out @ b.to(dtype)) @ projection.to(dtype).T
         grad_b = grad_out.reshape(-1, grad_out.shape[-1]).T @ xp.reshape(-1, xp.shape[-1])
-        return grad_x, None, None, grad_b
+        return grad_x.to(ctx.x_dtype), None, None, grad_b.to(b.dtype)
 
 
 class SubspaceLinear(nn.Module):
@@ -70,7 +79,8 @@ class SubspaceLinear(nn.Module):
         self.b = nn.Parameter(torch.zeros(base.out_features, self.rank, device=base.weight.device,
                                           dtype=base.weight.dtype))
         # A plain tensor, not a buffer: it is method state (counted under `subspace`), not model weights.
-        self.projection = torch.zeros(base.in_features, self.rank, device=base.weight.device, dtype=base.weight.dtype)
+        # float32 until the precision policy says otherwise (`Rso.apply_precision`).
+        self.projection = torch.zeros(base.in_features, self.rank, device=base.weight.device, dtype=torch.float32)
 
     def draw(self, generator: torch.Generator) -> None:
         gaussian = torch.randn(self.base.in_features, self.rank, generator=generator, device=self.b.device)
@@ -80,7 +90,7 @@ class SubspaceLinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """W0 <- W0 + B P^T; B <- 0 (the function is unchanged)."""
-        self.base.weight.add_((self.b @ self.projection.T).to(self.base.weight.dtype))
+        self.base.weight.add_((self.b.float() @ self.projection.float().T).to(self.base.weight.dtype))
         self.b.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,6 +120,17 @@ class Rso(Method):
         self.inner = 0
         self.new_subspace()
 
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """B of every layer, and W0 too: each merge writes B P^T into it, so it is kept in the trained dtype
+        (in bf16 most of a merged update would round away)."""
+        return [p for layer in self.layers for p in (layer.b, layer.base.weight)]
+
+    def apply_precision(self) -> None:
+        """P is method state, like optimizer state: it follows the trained dtype."""
+        super().apply_precision()
+        for layer in self.layers:
+            layer.projection = layer.projection.to(self.precision.trained_dtype)
+
     def new_subspace(self) -> None:
         for layer in self.layers:
             layer.draw(self.generator)
@@ -138,5 +159,7 @@ class Rso(Method):
                 "subspace": sum(layer.projection.numel() for layer in self.layers)}
 
     def state_bytes(self) -> dict[str, int]:
-        size = self.layers[0].b.element_size()
-        return {k: v * size for k, v in self.state_elements().items()}
+        """Adam's moments and B's gradient are in B's dtype; P in its own."""
+        b = sum(layer.b.numel() * layer.b.element_size() for layer in self.layers)
+        return {"trainable_params": b, "gradients": b, "exp_avg": b, "exp_avg_sq": b,
+                "subspace": sum(layer.projection.numel() * layer.projection.element_size() for layer in self.layers)}

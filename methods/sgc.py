@@ -28,22 +28,25 @@ Variants:
 
 Scope of this implementation, stated because the paper's body (its Algorithm 4 "practical adjustments"
 and the Section 5.2 rule for k and s) could not be consulted here: the shared-support recovery of v^
-and the v^ > 0 restriction are our adjustment for the failure mode described in ALGORITHMS.md; k and s
+and the v^ > 0 restriction are our adjustment (see docs/methods.md: recovering v^ on its own support can
+give v^ <= 0, whose square root is undefined); k and s
 are options with small defaults, validated so that OMP can recover s entries (s < k <= block length).
 SGC still computes the full gradient of each adapted weight; it is freed right after the update.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from harness.errors import ConfigError
 from harness.options import option
-from kernels.omp import BACKENDS, batched_omp
+from kernels.omp import BACKENDS, OmpSolver
 from methods.base import AdamOptions, Batch, Method, StepResult, register
 from methods.lora import DEFAULT_TARGETS
 
@@ -124,7 +127,8 @@ class Sgc(Method):
         self.model = model
         self.t = 0
         self.stored: dict[int, torch.Tensor] = {}
-        self.metrics: dict[str, float] = {}
+        self.omp = OmpSolver(self.options.backend)
+        self._diagnostics: _Diagnostics | None = None
 
     # -- shapes and the projection ---------------------------------------------------------
     def block_shape(self, p: torch.Tensor) -> tuple[int, int]:
@@ -162,9 +166,7 @@ class Sgc(Method):
         self.t += 1
         o = self.options
         lr = o.lr * self.lr_scale
-        omp_seconds = 0.0
-        residual_sq = reference_sq = 0.0
-        nonzero = total = 0
+        diagnostics = _Diagnostics()
         groups: dict[int, list[_Block]] = {}
         for block in self.blocks:
             groups.setdefault(block.length, []).append(block)
@@ -182,19 +184,12 @@ class Sgc(Method):
             # 3: recover every chunk of every weight of this length in one batched OMP call.
             p_hat = torch.cat([b.exp_avg for b in blocks]) / (1 - o.beta1**self.t)
             q_hat = torch.cat([b.exp_avg_sq for b in blocks]) / (1 - o.beta2**self.t)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            m_hat, support = batched_omp(A, p_hat, o.s, return_support=True, backend=o.backend)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            omp_seconds += time.perf_counter() - t0
+            with diagnostics.omp_timer(device):
+                m_hat, support = self.omp(A, p_hat, o.s, return_support=True)
             v_hat = least_squares_on_support(A, q_hat, support)
             valid = v_hat > 0
             direction = torch.where(valid, m_hat / (v_hat.clamp_min(0).sqrt() + o.eps), torch.zeros_like(m_hat))
-            residual_sq += float(((m_hat @ A.T - p_hat) ** 2).sum())
-            reference_sq += float((p_hat**2).sum())
-            nonzero += int((direction != 0).sum())
+            diagnostics.add(A, p_hat, m_hat, support, direction)
             row = 0
             for block in blocks:
                 d = direction[row : row + block.chunks]
@@ -203,30 +198,113 @@ class Sgc(Method):
                     if o.weight_decay:
                         block.param.mul_(1 - lr * o.weight_decay)
                     block.param.sub_(self.to_update(block, d).to(block.param.dtype), alpha=lr)
-                total += block.param.numel()
-        self.metrics = {
-            "omp_time_ms": omp_seconds * 1e3,
-            "relative_recovery_error": math.sqrt(residual_sq / reference_sq) if reference_sq > 0 else 0.0,
-            "update_density": nonzero / max(total, 1),
-        }
-        return StepResult(loss, dict(self.metrics))
+        diagnostics.total = sum(b.param.numel() for b in self.blocks)
+        self._diagnostics = diagnostics
+        # Read back lazily, after the step timer stopped: the figures cost no host-device synchronisation
+        # inside the timed step (the training loop's ExtrasRecorder resolves them).
+        return StepResult(loss, diagnostics.lazy())
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last step's diagnostics (OMP time, recovery error, update density), as numbers."""
+        diagnostics = getattr(self, "_diagnostics", None)
+        return {k: v() for k, v in diagnostics.lazy().items()} if diagnostics else {}
+
+    def release_training_state(self) -> None:
+        super().release_training_state()
+        for block in self.blocks:  # the moments and projectors serve training only
+            block.exp_avg = block.exp_avg_sq = block.exp_avg.new_empty(0)
+            block.projector = None
+        self.stored = {}
+        self._diagnostics = None
+
+    def info(self) -> dict[str, str | None]:
+        return {"omp_backend": self.omp.backend_used, "omp_fallback_reason": self.omp.fallback_reason}
 
     # -- accounting -------------------------------------------------------------------------
     def state_elements(self) -> dict[str, int]:
+        return {key: n for key, (n, _) in self._inventory().items()}
+
+    def state_bytes(self) -> dict[str, int]:
+        return {key: nbytes for key, (_, nbytes) in self._inventory().items()}
+
+    def _inventory(self) -> dict[str, tuple[int, int]]:
+        """(elements, bytes) of each kind of state, from the real tensors (A when stored is float32, k x
+        length per distinct length, whether or not a step has made it yet)."""
         n_trainable = sum(b.param.numel() for b in self.blocks)
-        state = {
-            "trainable_params": n_trainable,
-            "gradients": n_trainable,  # each adapted weight's full gradient exists until its update
-            "exp_avg": sum(b.exp_avg.numel() for b in self.blocks),
-            "exp_avg_sq": sum(b.exp_avg_sq.numel() for b in self.blocks),
+        trainable_bytes = sum(b.param.numel() * b.param.element_size() for b in self.blocks)
+        inventory = {
+            "trainable_params": (n_trainable, trainable_bytes),
+            # each adapted weight's full gradient exists until its update, in the weight's dtype
+            "gradients": (n_trainable, trainable_bytes),
+            "exp_avg": _count(b.exp_avg for b in self.blocks),
+            "exp_avg_sq": _count(b.exp_avg_sq for b in self.blocks),
         }
         if self.options.store_projection:
-            lengths = {b.length for b in self.blocks}
-            state["projection"] = sum(self.options.k * length for length in lengths)
+            elements = sum(self.options.k * length for length in {b.length for b in self.blocks})
+            inventory["projection"] = (elements, elements * 4)
         projectors = [b.projector for b in self.blocks if b.projector is not None]
         if projectors:
-            state["projector"] = sum(p.numel() for p in projectors)
-        return state
+            inventory["projector"] = _count(projectors)
+        return inventory
+
+
+def _count(tensors) -> tuple[int, int]:
+    tensors = list(tensors)
+    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _Diagnostics:
+    """What SGC measures about itself in a step, kept on the device until read (no synchronisation).
+
+    `relative_recovery_error` = ||A m^ - p|| / ||p|| of the recovered first moment, computed from the
+    support and its coefficients (s columns of A, not a full k x d product); `update_density` = share of
+    the adapted weights' entries changed; `omp_time_ms` = the OMP kernel's time (CUDA events on a GPU).
+    """
+
+    def __init__(self) -> None:
+        self.residual_sq: list[torch.Tensor] = []
+        self.reference_sq: list[torch.Tensor] = []
+        self.nonzero: list[torch.Tensor] = []
+        self.omp_times: list = []
+        self.total = 0
+
+    @contextlib.contextmanager
+    def omp_timer(self, device: torch.device):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.omp_times.append(lambda: (end.synchronize(), start.elapsed_time(end))[1])
+        else:
+            t0 = time.perf_counter()
+            yield
+            elapsed = (time.perf_counter() - t0) * 1e3
+            self.omp_times.append(lambda: elapsed)
+
+    def add(self, A: torch.Tensor, p_hat: torch.Tensor, m_hat: torch.Tensor, support: torch.Tensor,
+            direction: torch.Tensor) -> None:
+        with torch.no_grad():
+            valid = support >= 0
+            index = support.clamp_min(0)
+            coef = m_hat.gather(1, index) * valid
+            atoms = A[:, index]  # (k, b, s)
+            residual = p_hat - torch.einsum("kbs,bs->bk", atoms, coef)
+            self.residual_sq.append((residual * residual).sum())
+            self.reference_sq.append((p_hat * p_hat).sum())
+            self.nonzero.append((direction != 0).sum())
+
+    def lazy(self) -> dict[str, Callable[[], float]]:
+        def recovery_error() -> float:
+            reference = float(sum(self.reference_sq))
+            return math.sqrt(float(sum(self.residual_sq)) / reference) if reference > 0 else 0.0
+
+        return {
+            "omp_time_ms": lambda: float(sum(t() for t in self.omp_times)),
+            "relative_recovery_error": recovery_error,
+            "update_density": lambda: float(sum(self.nonzero)) / max(self.total, 1),
+        }
 
 
 def least_squares_on_support(A: torch.Tensor, Y: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

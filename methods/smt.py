@@ -1,6 +1,6 @@
 """SMT: sparse matrix tuning (He et al. 2024, arXiv 2405.15525; authors' code HectorHHZ/Sparse_Matrix_Tuning).
 
-Three phases, as our notes in ALGORITHMS.md describe the authors' code:
+Three phases, as the authors' code runs them (docs/methods.md has our reading of it):
 
 1. Warm-up: `warmup_steps` steps of real full fine-tuning (AdamW on every weight), summing the gradients of
    the target projections in fp32 (signed, and their absolute values).
@@ -27,7 +27,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import AdamOptions, Batch, Method, StepResult, adamw, register, target_linears
+from methods.base import AdamOptions, Batch, Method, StepResult, adamw, compute_dtype, register, target_linears
 
 
 @dataclass
@@ -46,28 +46,36 @@ class SmtOptions(AdamOptions):
 
 
 class _BlockSparseLinearFunction(torch.autograd.Function):
-    """y = x W^T with W dense; backward computes dx densely and dW only on the selected blocks."""
+    """y = x W^T with W dense; backward computes dx densely and dW only on the selected blocks.
+
+    The block coordinates come as Python lists (fixed when the layer is built), so neither pass reads a
+    device tensor back to the host (no synchronisation per layer per step). Matmuls run in the forward's
+    compute dtype (autocast's under bf16 precision), and each gradient is returned in its input's dtype.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, blocks: torch.Tensor, rows: torch.Tensor,
-                cols: torch.Tensor, block_size: int) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, blocks: torch.Tensor, rows: list[int],
+                cols: list[int], block_size: int) -> torch.Tensor:
+        dtype = compute_dtype(x)
+        flat = x.reshape(-1, x.shape[-1]).to(dtype)
         # Save only the input columns the selected blocks need, copied (a view would keep x alive).
-        col_ids = sorted(set(cols.tolist()))
+        col_ids = sorted(set(cols))
         slices = torch.stack([flat[:, c * block_size:(c + 1) * block_size].clone() for c in col_ids])
-        ctx.save_for_backward(weight, slices, rows, cols)
+        ctx.save_for_backward(weight, slices)
         ctx.col_index = {c: i for i, c in enumerate(col_ids)}
-        ctx.block_size = block_size
-        return x @ weight.T
+        ctx.rows, ctx.cols, ctx.block_size, ctx.dtype = rows, cols, block_size, dtype
+        ctx.x_dtype, ctx.blocks_dtype = x.dtype, blocks.dtype
+        return x.to(dtype) @ weight.to(dtype).T
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        weight, slices, rows, cols = ctx.saved_tensors
+        weight, slices = ctx.saved_tensors
         bs = ctx.block_size
-        grad_x = grad_out @ weight
+        grad_out = grad_out.to(ctx.dtype)
+        grad_x = (grad_out @ weight.to(ctx.dtype)).to(ctx.x_dtype)
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        grads = [g[:, r * bs:(r + 1) * bs].T @ slices[ctx.col_index[c]] for r, c in zip(rows.tolist(), cols.tolist())]
-        return grad_x, None, torch.stack(grads), None, None, None
+        grads = [g[:, r * bs:(r + 1) * bs].T @ slices[ctx.col_index[c]] for r, c in zip(ctx.rows, ctx.cols)]
+        return grad_x, None, torch.stack(grads).to(ctx.blocks_dtype), None, None, None
 
 
 class BlockSparseLinear(nn.Module):
@@ -78,16 +86,17 @@ class BlockSparseLinear(nn.Module):
         self.base = base
         base.weight.requires_grad_(False)
         self.block_size = block_size
-        self.register_buffer("rows", torch.tensor([r for r, _ in blocks], device=base.weight.device), persistent=False)
-        self.register_buffer("cols", torch.tensor([c for _, c in blocks], device=base.weight.device), persistent=False)
+        self.rows = [r for r, _ in blocks]
+        self.cols = [c for _, c in blocks]
         bs = block_size
         self.blocks = nn.Parameter(torch.stack([base.weight.detach()[r * bs:(r + 1) * bs, c * bs:(c + 1) * bs].clone()
                                                 for r, c in blocks]))
 
     @torch.no_grad()
     def write_back(self) -> None:
+        """Copy the trained blocks into W (in W's dtype), which the forward reads."""
         bs = self.block_size
-        for i, (r, c) in enumerate(zip(self.rows.tolist(), self.cols.tolist())):
+        for i, (r, c) in enumerate(zip(self.rows, self.cols)):
             self.base.weight[r * bs:(r + 1) * bs, c * bs:(c + 1) * bs] = self.blocks[i]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +178,7 @@ class Smt(Method):
             self.sparse_layers.append(layer)
         self.optimizer = adamw([layer.blocks for layer in self.sparse_layers], self.options)
         self.signed = self.absolute = {}
+        self.apply_precision()  # the weights frozen now go to the storage dtype; the blocks stay trained
 
     # -- phase 3: sparse training ---------------------------------------------------------------
     def step(self, batch: Batch) -> StepResult:
@@ -187,12 +197,21 @@ class Smt(Method):
         self.steps_done += 1
         return StepResult(loss)
 
+    def _trained(self) -> list[torch.nn.Parameter]:
+        """Every weight while warming up (full fine-tuning), the selected blocks after."""
+        assert self.model is not None
+        if not self.sparse_layers:
+            return list(self.model.parameters())
+        return [layer.blocks for layer in self.sparse_layers]
+
     def state_elements(self) -> dict[str, int]:
-        if not self.sparse_layers:  # still warming up: full fine-tuning's state
-            n = sum(p.numel() for p in self.model.parameters())
-            return {"trainable_params": n, "gradients": n, "exp_avg": n, "exp_avg_sq": n}
-        n = sum(layer.blocks.numel() for layer in self.sparse_layers)
+        n = sum(p.numel() for p in self._trained())
         return {"trainable_params": n, "gradients": n, "exp_avg": n, "exp_avg_sq": n}
+
+    def state_bytes(self) -> dict[str, int]:
+        """Adam's moments are in their weights' dtype (torch.optim.AdamW), as are the gradients."""
+        nbytes = sum(p.numel() * p.element_size() for p in self._trained())
+        return {"trainable_params": nbytes, "gradients": nbytes, "exp_avg": nbytes, "exp_avg_sq": nbytes}
 
     def hyperparameters(self) -> dict:
         params = super().hyperparameters()

@@ -11,21 +11,21 @@ for a Gaussian z). Parameters that are not 2-D (norms, biases) get MeZO's plain 
 One scalar g = (L(theta + eps Z) - L(theta - eps Z)) / 2 eps serves every layer; Z is regenerated from the
 seed for the update W <- W - lr g Z (plain SGD, no weight decay, as the authors' code). The forwards run
 in eval mode (no dropout), with no backward pass and no `.grad`. This follows the authors' code
-(zimingyy/SubZero, large_models/trainer.py) as our notes in ALGORITHMS.md describe it.
+(zimingyy/SubZero, large_models/trainer.py; docs/methods.md summarises it). As for MeZO, the probes never
+write the weights (see `methods.mezo`), so they are restored exactly.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from harness.options import option
 from methods.base import Batch, StepResult, register
-from methods.mezo import Mezo, MezoOptions
+from methods.mezo import Mezo, MezoOptions, parameter_seed
 
 
 @dataclass
@@ -62,18 +62,17 @@ class Subzero(Mezo):
                 v, _ = torch.linalg.qr(torch.randn(n, r, generator=generator, device=device))
                 self.factors[name] = (u, v)
 
-    def _z(self, seed: int) -> Iterator[tuple[str, torch.nn.Parameter, torch.Tensor]]:
-        device = self.parameters[0][1].device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        for name, p in self.parameters:
-            if name in self.factors:
-                u, v = self.factors[name]
-                r = u.shape[1]
-                z0 = torch.randn(r, r, generator=generator, device=device)
-                scale = math.sqrt(p.shape[0] * p.shape[1]) / r
-                yield name, p, (scale * (u @ z0 @ v.T)).to(p.dtype)
-            else:
-                yield name, p, torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    def z(self, index: int, name: str, p: torch.Tensor, seed: int) -> torch.Tensor:
+        """c U Z0 V^T for a 2-D weight with a subspace (Z0 r x r drawn from the parameter's own seed), else
+        MeZO's Gaussian z."""
+        if name not in self.factors:
+            return super().z(index, name, p, seed)
+        u, v = self.factors[name]
+        r = u.shape[1]
+        generator = torch.Generator(device=u.device).manual_seed(parameter_seed(seed, index))
+        z0 = torch.randn(r, r, generator=generator, device=u.device, dtype=u.dtype)
+        scale = math.sqrt(p.shape[0] * p.shape[1]) / r
+        return (scale * (u @ z0 @ v.T)).to(p.dtype)
 
     def step(self, batch: Batch) -> StepResult:
         if self.steps_done % self.options.update_subspace_gap == 0:
@@ -85,6 +84,10 @@ class Subzero(Mezo):
         state = super().state_elements()
         state["subspace_factors"] = sum(u.numel() + v.numel() for u, v in self.factors.values())
         return state
+
+    def release_training_state(self) -> None:
+        super().release_training_state()
+        self.factors = {}
 
     def state_bytes(self) -> dict[str, int]:
         nbytes = super().state_bytes()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 
+import pytest
 import torch
 
 from methods.base import create
+from methods.mezo import parameter_seed
 from tests.toy import Toy, quadratic_loss, reference_grads, toy_batch
 
 
@@ -24,8 +28,8 @@ def test_one_step_is_the_seeded_spsa_update():
     method.prepare(model)
     method.step(batch)
     step_seed = random.Random(7).randrange(2**31)
-    gen = torch.Generator().manual_seed(step_seed)
-    z = {n: torch.randn(p.shape, generator=gen) for n, p in before.items()}
+    z = {n: torch.randn(p.shape, generator=torch.Generator().manual_seed(parameter_seed(step_seed, i)))
+         for i, (n, p) in enumerate(before.items())}
     directional = sum((grads[n] * z[n]).sum() for n in before)  # central difference is exact on a quadratic
     assert abs(method.last_projected_grad - float(directional)) < 1e-2 * abs(float(directional)) + 1e-3
     for name, p in model.named_parameters():
@@ -57,6 +61,7 @@ def test_perturbations_are_undone_and_no_gradient_memory():
         method.step(batch)
     torch.testing.assert_close(_flat(p.detach() for p in model.parameters()), before, rtol=0, atol=1e-6)
     assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+    assert not any(hasattr(m, "_mezo_saved") for m in model.modules())
     state = method.state_elements()
     assert state["gradients"] == 0 and set(state) == {"trainable_params", "gradients"}
 
@@ -71,3 +76,31 @@ def test_same_seed_same_trajectory():
             method.step(toy_batch())
         runs.append(_flat(p.detach() for p in model.parameters()))
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["mezo", "subzero"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed", "bf16"])
+def test_lr_zero_leaves_the_weights_bit_identical(name, precision, small_suite):
+    """The probes (theta + eps z, theta - eps z) must not drift theta, whatever the precision: with lr 0,
+    any number of steps leaves every weight bit for bit as it was (in-place +eps/-2eps/+eps does not)."""
+    from harness.data import encode_example, load_task, training_batches
+    from harness.models import build_model, build_tokenizer, causal_lm_loss
+    from harness.precision import Precision
+
+    spec = dataclasses.replace(small_suite.model, precision=precision)
+    tokenizer = build_tokenizer(spec)
+    model = build_model(spec, tokenizer, seed=0, device="cpu")
+    method = create(name, {"lr": 1e-6, "eps": 1e-3}, causal_lm_loss, seed=5, precision=Precision(precision))
+    method.prepare(model)
+    method.apply_precision()
+    method.options.lr = 0.0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    task = load_task(small_suite.tasks[0], small_suite)
+    examples = [encode_example(tokenizer, r, 64) for r in task.train[:16]]
+    batches = training_batches(examples, 4, 1, 0, tokenizer.pad_token_id, "cpu")
+    losses = [method.step(next(batches)).loss for _ in range(4)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert method.last_projected_grad != 0  # the probes did see different weights
+    for n, p in model.named_parameters():
+        assert p.dtype == before[n].dtype
+        assert torch.equal(p.detach().view(torch.uint8), before[n].view(torch.uint8)), n

@@ -7,9 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from harness.cache import cache_dir
 from harness.config import ModelSpec
 from harness.errors import BenchError
-from harness.models import build_model, build_tokenizer, cache_dir
+from harness.models import build_model, build_tokenizer
 
 
 def _weights(model) -> torch.Tensor:

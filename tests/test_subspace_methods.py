@@ -166,7 +166,7 @@ def test_smt_block_gradient_equals_the_dense_gradient_sliced():
     (0.5 * (((x @ dense_weight.T) * dense_model.norm - y) ** 2).sum()).backward()
     loss, _ = quadratic_loss(model, _smt_batch(7).micro_batches[0])
     loss.backward()
-    for i, (r, c) in enumerate(zip(layer.rows.tolist(), layer.cols.tolist())):
+    for i, (r, c) in enumerate(zip(layer.rows, layer.cols)):
         torch.testing.assert_close(layer.blocks.grad[i], dense_weight.grad[r * 4:(r + 1) * 4, c * 4:(c + 1) * 4])
 
 
