@@ -198,13 +198,9 @@ def env() -> None:
     import json
 
     from harness.env import environment
+    from harness.runner import resolve_device
 
-    try:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        device = None
+    device = resolve_device("auto")
     click.echo(json.dumps(environment(device), indent=2))
 
 

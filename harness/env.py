@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "transformers", "peft", "galore-torch", "nvidia-ml-py", "pandas", "cupy-cuda12x",
+PACKAGES = ("torch", "transformers", "peft", "galore-torch", "nvidia-ml-py", "pandas", "cupy-cuda12x", "cupy-cuda13x",
             "memft-bench")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
