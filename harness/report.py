@@ -164,6 +164,22 @@ def method_metrics_table(frame: pd.DataFrame) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False) if rows else None
 
 
+def run_notes_table(frame: pd.DataFrame) -> str | None:
+    """How trials actually ran where it matters to read a figure: a meter that did not apply and why
+    (`meter_notes`), a method's runtime facts such as the OMP backend that ran (`method_info`)."""
+    rows = []
+    for _, r in prepare(frame).iterrows():
+        notes = {}
+        for column in ("method_info", "meter_notes"):
+            value = r.get(column)
+            if isinstance(value, dict):
+                notes.update({k: v for k, v in value.items() if v is not None})
+        if notes:
+            rows.append({"task": r["task"], "method": r["name"], "seed": r["seed"],
+                         "notes": "; ".join(f"{k}: {v}" for k, v in sorted(notes.items()))})
+    return pd.DataFrame(rows).to_markdown(index=False) if rows else None
+
+
 def failures_table(frame: pd.DataFrame) -> str | None:
     failed = prepare(frame)[lambda f: f["status"] != "ok"]
     if failed.empty:
@@ -177,8 +193,17 @@ def environment_lines(frame: pd.DataFrame) -> list[str]:
     devices = ", ".join(sorted(frame["device"].dropna().astype(str).unique()))
     env = next((e for e in frame["env"] if isinstance(e, dict)), {}) or {}
     lines = [f"- model: {', '.join(models) or '–'}", f"- device: {devices}"]
+    precisions = sorted(frame["precision"].dropna().astype(str).unique()) if "precision" in frame else []
+    if precisions:
+        lines.append(f"- precision: {', '.join(precisions)} (the same policy for every method)")
+    if "bf16" in precisions:
+        lines.append("- **bf16 (pure): every weight and its optimizer state is stored in bf16, so small updates "
+                     "round away; its figures are not comparable with fp32 or bf16-mixed ones**")
+    if len(precisions) > 1:
+        lines.append("- **several precisions in one report: compare methods only within one precision**")
     if env:
-        hw = env.get("gpu_name") or f"{env.get('cpu', '')} ({env.get('torch_threads', '?')} torch threads)"
+        gpu = f"{env['gpu_name']} ({env.get('gpu_uuid') or 'uuid unknown'})" if env.get("gpu_name") else None
+        hw = gpu or f"{env.get('cpu', '')} ({env.get('torch_threads', '?')} torch threads)"
         driver = f", driver {env['driver']}, CUDA {env.get('cuda')}" if env.get("driver") else ""
         versions = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
         lines += [f"- hardware: {hw}{driver}", f"- software: Python {env.get('python', '?')}, {versions}",
@@ -216,6 +241,9 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
     metrics = method_metrics_table(frame)
     if metrics:
         lines += ["## Method measurements (means over steps)", "", metrics, ""]
+    notes = run_notes_table(frame)
+    if notes:
+        lines += ["## How the trials ran", "", notes, ""]
     failures = failures_table(frame)
     if failures:
         lines += ["## Failed trials", "", failures, ""]
