@@ -61,3 +61,16 @@ def test_fingerprint_is_stable_and_sensitive():
     a = fingerprint({"x": 1, "y": [1, 2]})
     assert a == fingerprint({"y": [1, 2], "x": 1})
     assert a != fingerprint({"x": 2, "y": [1, 2]})
+
+
+def test_config_and_pretrained_labels_import_neither_torch_nor_the_model_code():
+    """No import circle config -> pretrained -> models -> config: the cache location lives in a torch-free
+    module, so reading a suite (as `bench list` and `--help` do) stays fast."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.config import ModelSpec, load_suite; load_suite('commonsense'); "
+            "print(ModelSpec(kind='pretrained', path='smollm2-135m').label); "
+            "print(sorted(m for m in ('torch', 'harness.models') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out

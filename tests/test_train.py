@@ -38,3 +38,51 @@ def test_divergence_stops_training():
     with pytest.raises(Diverged, match="loss became"):
         train(method, itertools.repeat(toy_batch()), BudgetSpec(steps=50), [recorder])
     assert len(recorder.losses) < 50
+
+
+def test_method_measurements_leave_out_the_warmup_steps_and_are_read_after_the_timer():
+    """Extras of warm-up steps are not averaged (as step times are not), and lazy values are read only
+    when the recorder runs, which is after the step timer in the trial's callback order."""
+    import torch
+
+    from harness.train import ExtrasRecorder
+    from methods.base import StepResult
+
+    reads = []
+    recorder = ExtrasRecorder(warmup=2)
+    for step, value in enumerate([100.0, 50.0, 1.0, 3.0]):
+        extras = {"plain": value, "tensor": torch.tensor(value), "lazy": lambda v=value: reads.append(v) or v}
+        recorder.on_step_end(step, toy_batch(), StepResult(0.0, extras))
+    assert recorder.means() == {"plain": 2.0, "tensor": 2.0, "lazy": 2.0}
+    assert reads == [1.0, 3.0]  # warm-up steps' lazy values are never even read
+
+
+def test_sgc_step_reports_its_diagnostics_lazily():
+    method = create("sgc", {"k": 24, "s": 3, "target_modules": ["q_proj"]}, quadratic_loss)
+    method.prepare(Toy())
+    extras = method.step(toy_batch()).extras
+    assert set(extras) == {"omp_time_ms", "relative_recovery_error", "update_density"}
+    assert all(callable(v) for v in extras.values())
+    values = {k: v() for k, v in extras.items()}
+    assert values["omp_time_ms"] > 0 and 0 < values["update_density"] <= 3 / 48
+    assert method.info() == {"omp_backend": "torch", "omp_fallback_reason": None}
+
+
+def test_smt_layers_never_read_device_tensors_back_in_forward_or_backward(monkeypatch):
+    """Block coordinates are Python lists: no `.tolist()`/`.item()` (a device-host synchronisation on a GPU)
+    per layer per step."""
+    import torch
+
+    method = create("smt", {"block_size": 2, "warmup_steps": 1, "num_blocks": 3, "target_modules": ["q_proj"]},
+                    quadratic_loss)
+    method.prepare(Toy())
+    method.step(toy_batch())  # warm-up, then the switch to sparse layers
+    assert method.sparse_layers
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("a device tensor was read back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", forbidden)
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    loss = method.forward_backward(toy_batch())
+    assert loss > 0 and method.sparse_layers[0].blocks.grad is not None
