@@ -34,7 +34,7 @@ LossFn = Callable[["torch.nn.Module", dict[str, "torch.Tensor"]], tuple["torch.T
 class MethodOptions:
     """Options every method has. Subclasses add their own fields with `option(...)`."""
 
-    lr: float = option(1e-4, "peak learning rate", gt=0.0)
+    lr: float = option(1e-4, "peak learning rate (0 is allowed: the cost of the steps without learning)", min=0.0)
     weight_decay: float = option(0.0, "decoupled weight decay", min=0.0)
 
     def validate(self, where: str) -> None:

@@ -12,7 +12,7 @@ from methods.base import AdamOptions, OptimizerMethod, adamw, register
 
 @dataclass
 class FullOptions(AdamOptions):
-    lr: float = option(2e-5, "peak learning rate", gt=0.0)
+    lr: float = option(2e-5, "peak learning rate", min=0.0)
 
 
 @register("full")

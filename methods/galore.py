@@ -24,7 +24,7 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass
 class GaloreOptions(AdamOptions):
-    lr: float = option(1e-5, "peak learning rate", gt=0.0)
+    lr: float = option(1e-5, "peak learning rate", min=0.0)
     rank: int = option(8, "rank r of the gradient projection", min=1)
     update_proj_gap: int = option(200, "T: steps between SVD refreshes of the projector", min=1)
     scale: float = option(2.0, "alpha: scale of the projected-back update", gt=0.0)

@@ -21,7 +21,7 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 @dataclass
 class LoraOptions(AdamOptions):
-    lr: float = option(1e-4, "peak learning rate", gt=0.0)
+    lr: float = option(1e-4, "peak learning rate", min=0.0)
     r: int = option(32, "adapter rank", min=1)
     alpha: float = option(64.0, "LoRA scaling numerator: the update is scaled by alpha / r", gt=0.0)
     dropout: float = option(0.05, "dropout on the adapter's input", min=0.0, max=0.999)
@@ -36,7 +36,7 @@ class LoraOptions(AdamOptions):
 
 @dataclass
 class DoraOptions(LoraOptions):
-    lr: float = option(2e-4, "peak learning rate", gt=0.0)
+    lr: float = option(2e-4, "peak learning rate", min=0.0)
 
 
 @register("lora")

@@ -35,7 +35,7 @@ from methods.base import Batch, Method, MethodOptions, StepResult, register
 
 @dataclass
 class MezoOptions(MethodOptions):
-    lr: float = option(1e-6, "learning rate of the SPSA step", gt=0.0)
+    lr: float = option(1e-6, "learning rate of the SPSA step", min=0.0)
     eps: float = option(1e-3, "perturbation scale epsilon", gt=0.0)
 
 

@@ -31,7 +31,7 @@ from methods.lora import DEFAULT_TARGETS
 
 @dataclass
 class RsoOptions(AdamOptions):
-    lr: float = option(1e-3, "Adam's learning rate for the subspace factors B", gt=0.0)
+    lr: float = option(1e-3, "Adam's learning rate for the subspace factors B", min=0.0)
     rank: int = option(8, "rank r of each random subspace", min=1)
     inner_steps: int = option(50, "Adam steps on B before merging into W0 and drawing a new subspace", min=1)
     proximal: float = option(0.0, "1 / eta: weight of ||B||^2 / 2 in each subproblem (0: off)", min=0.0)

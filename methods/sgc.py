@@ -53,7 +53,7 @@ from methods.lora import DEFAULT_TARGETS
 
 @dataclass
 class SgcOptions(AdamOptions):
-    lr: float = option(1e-3, "peak learning rate", gt=0.0)
+    lr: float = option(1e-3, "peak learning rate", min=0.0)
     k: int = option(128, "dimension of the compressed space: rows of A, entries of each moment", min=1)
     s: int = option(16, "non-zeros kept of each gradient and recovered by OMP", min=1)
     target_modules: list[str] = option(

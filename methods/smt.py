@@ -32,7 +32,7 @@ from methods.base import AdamOptions, Batch, Method, StepResult, adamw, compute_
 
 @dataclass
 class SmtOptions(AdamOptions):
-    lr: float = option(1e-4, "learning rate of the selected blocks (and of the warm-up)", gt=0.0)
+    lr: float = option(1e-4, "learning rate of the selected blocks (and of the warm-up)", min=0.0)
     block_size: int = option(256, "side of the square sub-matrix blocks", min=1)
     budget_ratio: float = option(0.0084, "share of all target blocks to train (authors' attention default)",
                                  gt=0.0, max=1.0)

@@ -30,7 +30,7 @@ from methods.mezo import Mezo, MezoOptions, parameter_seed
 
 @dataclass
 class SubzeroOptions(MezoOptions):
-    lr: float = option(1e-6, "learning rate of the SPSA step", gt=0.0)
+    lr: float = option(1e-6, "learning rate of the SPSA step", min=0.0)
     rank: int = option(8, "rank r of each weight's perturbation subspace", min=1)
     update_subspace_gap: int = option(2000, "T: steps between redraws of the subspace factors U, V", min=1)
 

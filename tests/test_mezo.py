@@ -90,10 +90,9 @@ def test_lr_zero_leaves_the_weights_bit_identical(name, precision, small_suite):
     spec = dataclasses.replace(small_suite.model, precision=precision)
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer, seed=0, device="cpu")
-    method = create(name, {"lr": 1e-6, "eps": 1e-3}, causal_lm_loss, seed=5, precision=Precision(precision))
+    method = create(name, {"lr": 0.0, "eps": 1e-3}, causal_lm_loss, seed=5, precision=Precision(precision))
     method.prepare(model)
     method.apply_precision()
-    method.options.lr = 0.0
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     task = load_task(small_suite.tasks[0], small_suite)
     examples = [encode_example(tokenizer, r, 64) for r in task.train[:16]]

@@ -116,7 +116,7 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--set", "full.lr=-1"], "methods.full.lr: must be > 0"),
+        (["--set", "full.lr=-1"], "methods.full.lr: must be >= 0"),
         (["--set", "lora.r=0"], "methods.lora.r: must be >= 1"),
         (["--set", "sgc.s=500"], "methods.sgc.s: must be smaller than k"),
         (["--set", "budget.steps=ten"], "budget.steps"),
