@@ -108,11 +108,13 @@ def _device_type(model: torch.nn.Module) -> str:
 
 
 def check_supported(precision: Precision, device: torch.device) -> None:
-    """Raise BenchError when the device cannot run the precision (bf16 on a GPU without it)."""
+    """Raise BenchError when the device cannot run the precision: bf16 on a GPU without native bf16 (torch
+    would emulate it, slowly, on a V100 or T4, and the step times would measure the emulation)."""
     import torch
 
     from harness.errors import BenchError
 
-    if precision.autocast_dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if (precision.autocast_dtype is torch.bfloat16 and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
         raise BenchError(f"model.precision {precision.name}: {torch.cuda.get_device_name(device)} has no bf16 "
                          "support; use fp32")

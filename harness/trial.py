@@ -109,6 +109,19 @@ class PhaseMeters:
         self.nvml.close()
 
 
+def parameter_dtypes(model: torch.nn.Module) -> str:
+    """The dtypes the model's parameters are really stored in, with their share of the parameters'
+    bytes when there are several: `float32`, or `bfloat16 92%, float32 8%` under bf16-mixed LoRA."""
+    nbytes: dict[str, int] = {}
+    for p in model.parameters():
+        key = str(p.dtype).removeprefix("torch.")
+        nbytes[key] = nbytes.get(key, 0) + p.numel() * p.element_size()
+    total = sum(nbytes.values()) or 1
+    if len(nbytes) == 1:
+        return next(iter(nbytes))
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(nbytes.items(), key=lambda kv: -kv[1]))
+
+
 def trial_device(text: str) -> torch.device:
     """The trial's device, indexed on a GPU (a bare `cuda` from an older spec means the current GPU)."""
     import torch
@@ -157,13 +170,16 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         suite = suite_from_data(spec["suite"], "trial spec")
         budget = suite.budget
         precision = Precision(suite.model.precision)
-        row.update(model=suite.model.label, precision=precision.name, dtype=str(precision.storage_dtype)[6:],
-                   batch_size=budget.batch_size)
+        row.update(model=suite.model.label, precision=precision.name, batch_size=budget.batch_size)
         timer.warmup = extras.warmup = budget.timing_warmup_steps
         if device.type == "cuda":
             torch.cuda.set_device(device)
+            # Create the CUDA context now, whatever the device index (torch creates it lazily on cuda:0 and
+            # eagerly elsewhere), so NVML's idle baseline always includes it and the figures never do.
+            torch.empty(1, device=device)
+            torch.cuda.synchronize(device)
         check_supported(precision, device)
-        meters = PhaseMeters(device, notes)  # NVML's idle baseline: before anything of the trial is on the GPU
+        meters = PhaseMeters(device, notes)  # NVML's idle baseline: before the trial's model is on the GPU
 
         tokenizer = build_tokenizer(suite.model)
         task = load_task(suite.task(spec["task"]), suite, spec["seed"])
@@ -171,17 +187,25 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         model = build_model(suite.model, tokenizer, spec["seed"], device)
         method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"], precision)
         row["forward_passes_per_step"] = method.forward_passes_per_step
+        shared_file = spec.get("untrained_score_file") if method.keeps_base_function else None
+        if suite.evaluation.before_training and method.keeps_base_function:
+            # The base model as built (storage dtype), before any method touched it: the same measurement
+            # whichever method of the run makes it first.
+            phase = "evaluation before training"
+            before = untrained_score(model, precision, tokenizer, task, suite, shared_file, spec["trial_id"])
+            phase = "setup"
         method.prepare(model)
         method.apply_precision()
+        row["dtype"] = parameter_dtypes(method.model)
+        if suite.evaluation.before_training and not method.keeps_base_function:
+            phase = "evaluation before training"
+            before = untrained_score(method.model, precision, tokenizer, task, suite, None, spec["trial_id"])
+        if suite.evaluation.before_training:
+            row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         examples = [encode_example(tokenizer, r, budget.cutoff_len) for r in task.train]
         batches = training_batches(
             examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, device
         )
-
-        if suite.evaluation.before_training:
-            phase = "evaluation before training"
-            before = untrained_score(method, tokenizer, task, suite, spec.get("untrained_score_file"), spec["trial_id"])
-            row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         phase = "training"
         meters.start()
         t0 = time.perf_counter()
@@ -270,14 +294,16 @@ def _evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict
     return per_task, items
 
 
-def untrained_score(method, tokenizer, task, suite, shared_file: str | None, trial_id: str) -> dict[str, float]:
+def untrained_score(model, precision, tokenizer, task, suite, shared_file: str | None,
+                    trial_id: str) -> dict[str, float]:
     """Per-task accuracy of the model before training, measured once per run and shared across methods.
 
     Every method whose `prepare()` keeps the base model's function starts from the same untrained model,
-    so its score is one measurement (a deterministic one), not one per method: the first trial writes it
-    to `shared_file`, later trials of the run read it. Others are scored on their own.
+    so its score is one measurement (a deterministic one, made on the model as built, before `prepare`),
+    not one per method: the first trial writes it to `shared_file`, later trials of the run read it.
+    Others (`shared_file` None) are scored on their own prepared model.
     """
-    path = Path(shared_file) if shared_file and method.keeps_base_function else None
+    path = Path(shared_file) if shared_file else None
     if path is not None and path.is_file():
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
@@ -285,7 +311,7 @@ def untrained_score(method, tokenizer, task, suite, shared_file: str | None, tri
             return saved["accuracy_per_task"]
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: measure again and overwrite
-    per_task, items = evaluate_all(method.model, tokenizer, task, suite, method.precision)
+    per_task, items = evaluate_all(model, tokenizer, task, suite, precision)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"accuracy_per_task": per_task, "eval_items": items,

@@ -6,9 +6,9 @@ Per step, with a fresh seed s and z ~ N(0, I) drawn from s parameter by paramete
     g = (L+ - L-) / (2 eps)
     regenerate z from s;  theta -= lr (g z + wd theta)   (no weight decay on biases and norms)
 z is never stored, no backward pass runs and no `.grad` is ever allocated: memory is inference
-memory plus one perturbed copy of the largest module's own weights. The forward passes run in eval
-mode (no dropout), on the whole batch (MeZO uses no gradient accumulation: micro-batches are only a
-way to bound activation memory). Defaults: the paper's eps 1e-3 and lr 1e-6, constant schedule.
+memory plus, transiently, one z and one perturbed copy of the current module's own weights. The
+forward passes run in eval mode (no dropout), on the whole batch (MeZO uses no gradient accumulation:
+micro-batches are only a way to bound activation memory). Defaults: the paper's eps 1e-3 and lr 1e-6, constant schedule.
 
 One departure from the authors' code, for exactness: they perturb the weights in place (+eps z, -2 eps z,
 +eps z), which in floating point does not return to theta (in bf16 the drift exceeds the update itself).
@@ -72,6 +72,8 @@ class Mezo(Method):
                 self.owners.append((module, own))
         self.step_seeds = random.Random(self.seed)
         self.last_projected_grad = 0.0
+        self._swapped: set[int] = set()  # indices of the parameters the probes have perturbed
+        self._probed = False
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, p in self.parameters]
@@ -83,16 +85,26 @@ class Mezo(Method):
 
     @contextlib.contextmanager
     def perturbed(self, seed: int, scale: float) -> Iterator[None]:
-        """Forward passes inside see theta + scale * z; theta itself is never written."""
+        """Forward passes inside see theta + scale * z; theta itself is never written.
+
+        Each module that owns parameters swaps them for theta + scale * z in a forward pre-hook and back in
+        its forward hook; a parameter reached only by some other module's forward (not through its owner)
+        would not be perturbed, so the ones never swapped are recorded (`info()`: `unperturbed`).
+        """
         parameters = self.parameters
 
-        def swap_in(module: torch.nn.Module, _args: Any, own: list[tuple[int, str]]) -> None:
-            saved = []
+        def swap_in(module: torch.nn.Module, own: list[tuple[int, str]]) -> None:
+            if hasattr(module, "_mezo_saved"):
+                raise RuntimeError(f"{type(module).__name__} was entered again before its forward ended; "
+                                   "MeZO's perturbation hooks do not support re-entrant modules")
+            saved: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+            module._mezo_saved = saved  # filled as it goes, so a failure midway is undone in `finally`
             for i, _attr in own:
                 p = parameters[i][1]
+                perturbed = torch.add(p.data, self.z(i, parameters[i][0], p.data, seed), alpha=scale)
                 saved.append((p, p.data))
-                p.data = p.data + scale * self.z(i, parameters[i][0], p.data, seed)
-            module._mezo_saved = saved
+                p.data = perturbed
+                self._swapped.add(i)
 
         def swap_out(module: torch.nn.Module, _args: Any, _output: Any) -> None:
             for p, original in module._mezo_saved:
@@ -102,7 +114,7 @@ class Mezo(Method):
         handles = []
         try:
             for module, own in self.owners:
-                handles.append(module.register_forward_pre_hook(lambda m, a, own=own: swap_in(m, a, own)))
+                handles.append(module.register_forward_pre_hook(lambda m, _a, own=own: swap_in(m, own)))
                 handles.append(module.register_forward_hook(swap_out))
             yield
         finally:
@@ -113,6 +125,15 @@ class Mezo(Method):
                     p.data = original
                 if hasattr(module, "_mezo_saved"):
                     del module._mezo_saved
+
+    def info(self) -> dict[str, Any]:
+        """Parameters the probes never perturbed (none for Llama-style models: every weight belongs to a
+        module whose forward uses it). Their update is noise; a model that needs this should say so."""
+        if not getattr(self, "_probed", False):
+            return {}
+        missed = [name for i, (name, _) in enumerate(self.parameters) if i not in self._swapped]
+        return {"unperturbed": ", ".join(missed[:10]) + (f" (+{len(missed) - 10} more)" if len(missed) > 10 else "")
+                } if missed else {}
 
     @torch.no_grad()
     def batch_loss(self, batch: Batch) -> float:
@@ -142,6 +163,7 @@ class Mezo(Method):
         seed = self.step_seeds.randrange(2**31)
         with self.perturbed(seed, +eps):
             loss_plus = self.batch_loss(batch)
+        self._probed = True
         with self.perturbed(seed, -eps):
             loss_minus = self.batch_loss(batch)
         projected_grad = (loss_plus - loss_minus) / (2 * eps)

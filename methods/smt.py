@@ -132,6 +132,7 @@ class Smt(Method):
         self.steps_done = 0
         self.sparse_layers: list[BlockSparseLinear] = []
         self.selected: dict[str, list[tuple[int, int]]] = {}
+        self.warmup_state_bytes = 0
 
     # -- phase 1: warm-up ---------------------------------------------------------------------
     def warmup_step(self, batch: Batch) -> float:
@@ -168,6 +169,7 @@ class Smt(Method):
 
     def start_sparse_phase(self) -> None:
         assert self.model is not None
+        self.warmup_state_bytes = sum(self.state_bytes().values()) - self.state_bytes()["trainable_params"]
         self.selected = self.select()
         self.model.requires_grad_(False)
         self.optimizer = None  # the warm-up's full Adam state is freed here
@@ -205,13 +207,29 @@ class Smt(Method):
         return [layer.blocks for layer in self.sparse_layers]
 
     def state_elements(self) -> dict[str, int]:
+        """The current phase's state: full fine-tuning's plus the summed gradients while warming up, the
+        selected blocks' after (what the trial reads at its end; `info()` says what the warm-up held)."""
         n = sum(p.numel() for p in self._trained())
-        return {"trainable_params": n, "gradients": n, "exp_avg": n, "exp_avg_sq": n}
+        state = {"trainable_params": n, "gradients": n, "exp_avg": n, "exp_avg_sq": n}
+        if not self.sparse_layers:
+            state["gradient_sums"] = sum(t.numel() for t in [*self.signed.values(), *self.absolute.values()])
+        return state
 
     def state_bytes(self) -> dict[str, int]:
         """Adam's moments are in their weights' dtype (torch.optim.AdamW), as are the gradients."""
         nbytes = sum(p.numel() * p.element_size() for p in self._trained())
-        return {"trainable_params": nbytes, "gradients": nbytes, "exp_avg": nbytes, "exp_avg_sq": nbytes}
+        state = {"trainable_params": nbytes, "gradients": nbytes, "exp_avg": nbytes, "exp_avg_sq": nbytes}
+        if not self.sparse_layers:
+            state["gradient_sums"] = sum(t.numel() * t.element_size()
+                                         for t in [*self.signed.values(), *self.absolute.values()])
+        return state
+
+    def info(self) -> dict:
+        """The accounting is of the phase the trial ended in; the warm-up's full fine-tuning state (gradients,
+        Adam moments, gradient sums) is in the measured training peak, and its size is given here."""
+        if not self.sparse_layers:
+            return {"accounting_phase": "warm-up (full fine-tuning)"}
+        return {"accounting_phase": "sparse", "warmup_state_mb": round(self.warmup_state_bytes / 2**20, 3)}
 
     def hyperparameters(self) -> dict:
         params = super().hyperparameters()

@@ -103,3 +103,34 @@ def test_lr_zero_leaves_the_weights_bit_identical(name, precision, small_suite):
     for n, p in model.named_parameters():
         assert p.dtype == before[n].dtype
         assert torch.equal(p.detach().view(torch.uint8), before[n].view(torch.uint8)), n
+
+
+def test_probe_equals_an_in_place_perturbation_with_tied_embeddings(small_suite):
+    """The hooks show the forward exactly theta + eps z, tied input/output embeddings included (smollm2 ties
+    them): the loss equals that of a copy perturbed in place, and every parameter was perturbed."""
+    import copy
+
+    from harness.data import collate, encode_example, load_task
+    from harness.models import build_tokenizer, causal_lm_loss
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(small_suite.model)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    task = load_task(small_suite.tasks[0], small_suite)
+    mb = collate([encode_example(tokenizer, r, 64) for r in task.train[:4]], tokenizer.pad_token_id, "cpu")
+    reference = copy.deepcopy(model)
+    method = create("mezo", {"eps": 1e-2}, causal_lm_loss, seed=1)
+    method.prepare(model)
+    with torch.no_grad():
+        for i, (name, p) in enumerate(reference.named_parameters()):
+            p.add_(method.z(i, name, p, seed=123), alpha=1e-2)
+        expected = causal_lm_loss(reference.eval(), mb)[0]
+        with method.perturbed(123, 1e-2):
+            got = method.loss_fn(model.eval(), mb)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    method._probed = True
+    assert method.info() == {}  # every parameter, the tied one included, was perturbed
