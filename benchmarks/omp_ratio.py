@@ -37,6 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     gpu = args.device.startswith("cuda")
+    if gpu:  # synchronize() and get_device_name() below act on the current device: make it this one
+        torch.cuda.set_device(torch.device(args.device))
     print(f"# Batched OMP benchmark ({args.device})\n")
     print(f"- torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if gpu else ""))

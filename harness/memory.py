@@ -263,7 +263,11 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 
 def exact_breakdown(model: torch.nn.Module, state_elements: dict[str, int], state_bytes: dict[str, int]) -> dict:
-    """The deterministic accounting columns of a result row."""
+    """The deterministic accounting columns of a result row. A method must give both figures for every
+    kind of state: a kind in one mapping and not the other is a bug in the method, not a zero."""
+    if set(state_elements) != set(state_bytes):
+        raise ValueError(f"state_elements() and state_bytes() name different kinds of state: "
+                         f"{sorted(set(state_elements) ^ set(state_bytes))}")
     optimizer_keys = [k for k in state_elements if k not in ("trainable_params", "gradients")]
     return {
         "trainable_params": state_elements.get("trainable_params", 0),

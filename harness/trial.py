@@ -8,6 +8,7 @@ Failures inside the trial become the row's `status` (oom, diverged, error) with 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import json
@@ -243,6 +244,12 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         traceback.print_exc()  # into the trial's log; the row gets one line
         status = "oom" if is_out_of_memory(exc) else "error"
         row.update(status=status, reason=f"during {phase}: {_short(exc)}")
+        if phase == "training" and meters is not None and row["peak_mem_rss_mb"] is None:
+            with contextlib.suppress(Exception):  # what training reached before it failed (an OOM's peak)
+                peaks = meters.stop()
+                row.update(peak_mem_rss_mb=peaks["rss"], peak_mem_allocated_mb=peaks["allocated"],
+                           peak_mem_reserved_mb=peaks["reserved"], peak_mem_nvml_mb=peaks["nvml"],
+                           peak_mem_nvml_process_mb=peaks["nvml_process"])
     finally:
         row["steps"] = len(losses.losses)
         row["tokens_seen"] = sum(timer.step_tokens)

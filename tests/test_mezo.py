@@ -110,9 +110,10 @@ def test_probe_equals_an_in_place_perturbation_with_tied_embeddings(small_suite)
     them): the loss equals that of a copy perturbed in place, and every parameter was perturbed."""
     import copy
 
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from harness.data import collate, encode_example, load_task
     from harness.models import build_tokenizer, causal_lm_loss
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(small_suite.model)
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ def test_method_options_coerce_and_default():
     [
         ("lora", {"r": 0}, r"methods\.lora\.r.*>= 1"),
         ("lora", {"rank": 4}, "unknown option 'rank'"),
-        ("full", {"lr": -1}, r"lr.*> 0"),
+        ("full", {"lr": -1}, r"lr.*>= 0"),
         ("galore", {"proj_type": "diagonal"}, "proj_type.*one of"),
         ("mezo", {"eps": "small"}, "eps"),
     ],
