@@ -96,14 +96,15 @@ class Precision:
             return loss_fn
 
         def loss_under_autocast(model: torch.nn.Module, batch: dict[str, Any]) -> Any:
-            device_type = batch["input_ids"].device.type if "input_ids" in batch else _device_type(model)
-            with self.autocast(device_type):
+            kind = batch["input_ids"].device.type if "input_ids" in batch else device_type(model)
+            with self.autocast(kind):
                 return loss_fn(model, batch)
 
         return loss_under_autocast
 
 
-def _device_type(model: torch.nn.Module) -> str:
+def device_type(model: torch.nn.Module) -> str:
+    """The device type ("cuda", "cpu") a model's parameters are on: what `autocast` needs."""
     return next(model.parameters()).device.type
 
 

@@ -110,6 +110,13 @@ class PhaseMeters:
         self.nvml.close()
 
 
+def training_peaks(peaks: dict[str, float | None]) -> dict[str, float | None]:
+    """The row's training-phase columns of `PhaseMeters.stop()`'s figures."""
+    return {"peak_mem_rss_mb": peaks["rss"], "peak_mem_allocated_mb": peaks["allocated"],
+            "peak_mem_reserved_mb": peaks["reserved"], "peak_mem_nvml_mb": peaks["nvml"],
+            "peak_mem_nvml_process_mb": peaks["nvml_process"]}
+
+
 def parameter_dtypes(model: torch.nn.Module) -> str:
     """The dtypes the model's parameters are really stored in, with their share of the parameters'
     bytes when there are several: `float32`, or `bfloat16 92%, float32 8%` under bf16-mixed LoRA."""
@@ -188,12 +195,12 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         model = build_model(suite.model, tokenizer, spec["seed"], device)
         method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"], precision)
         row["forward_passes_per_step"] = method.forward_passes_per_step
-        shared_file = spec.get("untrained_score_file") if method.keeps_base_function else None
         if suite.evaluation.before_training and method.keeps_base_function:
             # The base model as built (storage dtype), before any method touched it: the same measurement
             # whichever method of the run makes it first.
             phase = "evaluation before training"
-            before = untrained_score(model, precision, tokenizer, task, suite, shared_file, spec["trial_id"])
+            before = untrained_score(model, precision, tokenizer, task, suite, spec.get("untrained_score_file"),
+                                     spec["trial_id"])
             phase = "setup"
         method.prepare(model)
         method.apply_precision()
@@ -216,10 +223,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         except Diverged as exc:
             row.update(status="diverged", reason=str(exc))
         row["train_time_s"] = time.perf_counter() - t0
-        peaks = meters.stop()
-        row.update(peak_mem_rss_mb=peaks["rss"], peak_mem_allocated_mb=peaks["allocated"],
-                   peak_mem_reserved_mb=peaks["reserved"], peak_mem_nvml_mb=peaks["nvml"],
-                   peak_mem_nvml_process_mb=peaks["nvml_process"])
+        row.update(training_peaks(meters.stop()))
         row.update(exact_breakdown(method.model, method.state_elements(), method.state_bytes()))
         if row["peak_mem_allocated_mb"] is not None:
             accounted = row["mem_weights_mb"] + row["mem_grads_mb"] + row["mem_optimizer_mb"]
@@ -246,10 +250,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         row.update(status=status, reason=f"during {phase}: {_short(exc)}")
         if phase == "training" and meters is not None and row["peak_mem_rss_mb"] is None:
             with contextlib.suppress(Exception):  # what training reached before it failed (an OOM's peak)
-                peaks = meters.stop()
-                row.update(peak_mem_rss_mb=peaks["rss"], peak_mem_allocated_mb=peaks["allocated"],
-                           peak_mem_reserved_mb=peaks["reserved"], peak_mem_nvml_mb=peaks["nvml"],
-                           peak_mem_nvml_process_mb=peaks["nvml_process"])
+                row.update(training_peaks(meters.stop()))
     finally:
         row["steps"] = len(losses.losses)
         row["tokens_seen"] = sum(timer.step_tokens)
@@ -279,8 +280,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 def evaluate_all(model, tokenizer, task, suite, precision) -> tuple[dict[str, float], dict[str, int]]:
     """Accuracy and item count of every test set of the trial's task, in the suite's evaluation mode,
     under the precision policy's autocast (the model holds weights of two dtypes under bf16-mixed)."""
-    device_type = next(model.parameters()).device.type
-    with precision.autocast(device_type):
+    from harness.precision import device_type
+
+    with precision.autocast(device_type(model)):
         return _evaluate_all(model, tokenizer, task, suite)
 
 

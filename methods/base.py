@@ -12,7 +12,7 @@ import abc
 import dataclasses
 import importlib
 import importlib.metadata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -218,6 +218,18 @@ class Method(abc.ABC):
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
             group["lr"] = group["base_lr"] * self.lr_scale
+
+
+def tensor_counts(tensors: Iterable[torch.Tensor]) -> tuple[int, int]:
+    """(elements, bytes) of `tensors`, each at its real element size."""
+    tensors = list(tensors)
+    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
+
+
+def split_inventory(inventory: dict[str, tuple[int, int]], which: int) -> dict[str, int]:
+    """One view of an inventory of kind -> (elements, bytes): `which` 0 for `state_elements()`, 1 for
+    `state_bytes()`, so that a method counting both from the same tensors cannot name different kinds."""
+    return {kind: counts[which] for kind, counts in inventory.items()}
 
 
 def optimizer_state_inventory(optimizer: torch.optim.Optimizer) -> tuple[dict[str, int], dict[str, int]]:

@@ -64,10 +64,10 @@ class Mezo(Method):
         self.model = model
         self.parameters = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
         index = {id(p): i for i, (_, p) in enumerate(self.parameters)}
-        # Every module that owns parameters directly, with the (index, name) of each: where the hooks go.
+        # Every module that owns parameters directly, with the index of each: where the hooks go.
         self.owners = []
         for module in model.modules():
-            own = [(index[id(p)], n) for n, p in module.named_parameters(recurse=False) if id(p) in index]
+            own = [index[id(p)] for p in module.parameters(recurse=False) if id(p) in index]
             if own:
                 self.owners.append((module, own))
         self.step_seeds = random.Random(self.seed)
@@ -93,13 +93,13 @@ class Mezo(Method):
         """
         parameters = self.parameters
 
-        def swap_in(module: torch.nn.Module, own: list[tuple[int, str]]) -> None:
+        def swap_in(module: torch.nn.Module, own: list[int]) -> None:
             if hasattr(module, "_mezo_saved"):
                 raise RuntimeError(f"{type(module).__name__} was entered again before its forward ended; "
                                    "MeZO's perturbation hooks do not support re-entrant modules")
             saved: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
             module._mezo_saved = saved  # filled as it goes, so a failure midway is undone in `finally`
-            for i, _attr in own:
+            for i in own:
                 p = parameters[i][1]
                 perturbed = torch.add(p.data, self.z(i, parameters[i][0], p.data, seed), alpha=scale)
                 saved.append((p, p.data))

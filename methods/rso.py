@@ -25,7 +25,17 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import AdamOptions, Batch, Method, StepResult, compute_dtype, register, target_linears
+from methods.base import (
+    AdamOptions,
+    Batch,
+    Method,
+    StepResult,
+    compute_dtype,
+    register,
+    split_inventory,
+    target_linears,
+    tensor_counts,
+)
 from methods.lora import DEFAULT_TARGETS
 
 
@@ -153,13 +163,14 @@ class Rso(Method):
             self.new_subspace()
         return StepResult(loss)
 
-    def state_elements(self) -> dict[str, int]:
-        b = sum(layer.b.numel() for layer in self.layers)
+    def _inventory(self) -> dict[str, tuple[int, int]]:
+        """Adam's moments and B's gradient are in B's dtype; P in its own."""
+        b = tensor_counts(layer.b for layer in self.layers)
         return {"trainable_params": b, "gradients": b, "exp_avg": b, "exp_avg_sq": b,
-                "subspace": sum(layer.projection.numel() for layer in self.layers)}
+                "subspace": tensor_counts(layer.projection for layer in self.layers)}
+
+    def state_elements(self) -> dict[str, int]:
+        return split_inventory(self._inventory(), 0)
 
     def state_bytes(self) -> dict[str, int]:
-        """Adam's moments and B's gradient are in B's dtype; P in its own."""
-        b = sum(layer.b.numel() * layer.b.element_size() for layer in self.layers)
-        return {"trainable_params": b, "gradients": b, "exp_avg": b, "exp_avg_sq": b,
-                "subspace": sum(layer.projection.numel() * layer.projection.element_size() for layer in self.layers)}
+        return split_inventory(self._inventory(), 1)

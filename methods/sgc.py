@@ -47,7 +47,7 @@ import torch
 from harness.errors import ConfigError
 from harness.options import option
 from kernels.omp import BACKENDS, OmpSolver
-from methods.base import AdamOptions, Batch, Method, StepResult, register
+from methods.base import AdamOptions, Batch, Method, StepResult, register, split_inventory, tensor_counts
 from methods.lora import DEFAULT_TARGETS
 
 
@@ -223,35 +223,29 @@ class Sgc(Method):
 
     # -- accounting -------------------------------------------------------------------------
     def state_elements(self) -> dict[str, int]:
-        return {key: n for key, (n, _) in self._inventory().items()}
+        return split_inventory(self._inventory(), 0)
 
     def state_bytes(self) -> dict[str, int]:
-        return {key: nbytes for key, (_, nbytes) in self._inventory().items()}
+        return split_inventory(self._inventory(), 1)
 
     def _inventory(self) -> dict[str, tuple[int, int]]:
         """(elements, bytes) of each kind of state, from the real tensors (A when stored is float32, k x
         length per distinct length, whether or not a step has made it yet)."""
-        n_trainable = sum(b.param.numel() for b in self.blocks)
-        trainable_bytes = sum(b.param.numel() * b.param.element_size() for b in self.blocks)
+        trainable = tensor_counts(b.param for b in self.blocks)
         inventory = {
-            "trainable_params": (n_trainable, trainable_bytes),
+            "trainable_params": trainable,
             # each adapted weight's full gradient exists until its update, in the weight's dtype
-            "gradients": (n_trainable, trainable_bytes),
-            "exp_avg": _count(b.exp_avg for b in self.blocks),
-            "exp_avg_sq": _count(b.exp_avg_sq for b in self.blocks),
+            "gradients": trainable,
+            "exp_avg": tensor_counts(b.exp_avg for b in self.blocks),
+            "exp_avg_sq": tensor_counts(b.exp_avg_sq for b in self.blocks),
         }
         if self.options.store_projection:
             elements = sum(self.options.k * length for length in {b.length for b in self.blocks})
             inventory["projection"] = (elements, elements * 4)
         projectors = [b.projector for b in self.blocks if b.projector is not None]
         if projectors:
-            inventory["projector"] = _count(projectors)
+            inventory["projector"] = tensor_counts(projectors)
         return inventory
-
-
-def _count(tensors) -> tuple[int, int]:
-    tensors = list(tensors)
-    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
 
 
 class _Diagnostics:

@@ -27,7 +27,18 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import AdamOptions, Batch, Method, StepResult, adamw, compute_dtype, register, target_linears
+from methods.base import (
+    AdamOptions,
+    Batch,
+    Method,
+    StepResult,
+    adamw,
+    compute_dtype,
+    register,
+    split_inventory,
+    target_linears,
+    tensor_counts,
+)
 
 
 @dataclass
@@ -169,7 +180,7 @@ class Smt(Method):
 
     def start_sparse_phase(self) -> None:
         assert self.model is not None
-        self.warmup_state_bytes = sum(self.state_bytes().values()) - self.state_bytes()["trainable_params"]
+        self.warmup_state_bytes = sum(b for kind, (_, b) in self._inventory().items() if kind != "trainable_params")
         self.selected = self.select()
         self.model.requires_grad_(False)
         self.optimizer = None  # the warm-up's full Adam state is freed here
@@ -206,23 +217,21 @@ class Smt(Method):
             return list(self.model.parameters())
         return [layer.blocks for layer in self.sparse_layers]
 
-    def state_elements(self) -> dict[str, int]:
+    def _inventory(self) -> dict[str, tuple[int, int]]:
         """The current phase's state: full fine-tuning's plus the summed gradients while warming up, the
-        selected blocks' after (what the trial reads at its end; `info()` says what the warm-up held)."""
-        n = sum(p.numel() for p in self._trained())
-        state = {"trainable_params": n, "gradients": n, "exp_avg": n, "exp_avg_sq": n}
+        selected blocks' after (what the trial reads at its end; `info()` says what the warm-up held).
+        Gradients and Adam's moments are in their weights' dtype (torch.optim.AdamW)."""
+        trained = tensor_counts(self._trained())
+        inventory = {"trainable_params": trained, "gradients": trained, "exp_avg": trained, "exp_avg_sq": trained}
         if not self.sparse_layers:
-            state["gradient_sums"] = sum(t.numel() for t in [*self.signed.values(), *self.absolute.values()])
-        return state
+            inventory["gradient_sums"] = tensor_counts([*self.signed.values(), *self.absolute.values()])
+        return inventory
+
+    def state_elements(self) -> dict[str, int]:
+        return split_inventory(self._inventory(), 0)
 
     def state_bytes(self) -> dict[str, int]:
-        """Adam's moments are in their weights' dtype (torch.optim.AdamW), as are the gradients."""
-        nbytes = sum(p.numel() * p.element_size() for p in self._trained())
-        state = {"trainable_params": nbytes, "gradients": nbytes, "exp_avg": nbytes, "exp_avg_sq": nbytes}
-        if not self.sparse_layers:
-            state["gradient_sums"] = sum(t.numel() * t.element_size()
-                                         for t in [*self.signed.values(), *self.absolute.values()])
-        return state
+        return split_inventory(self._inventory(), 1)
 
     def info(self) -> dict:
         """The accounting is of the phase the trial ended in; the warm-up's full fine-tuning state (gradients,
