@@ -1,8 +1,12 @@
 """The `bench` command line.
 
 Answers fast: this module imports neither torch nor transformers; each command imports what it needs
-when it runs. Bad input ends in one line `bench: error: ...` on stderr and exit status 2, never a
-traceback; a run whose trials fail still exits 0 (the failures are results), unless `--strict`.
+when it runs. Bad input ends in one line `bench: error: ...` on stderr (one per problem when the
+pre-flight finds several) and exit status 2, never a traceback.
+
+`bench run`'s exit status says what happened: 0 when at least one trial is ok and none hit a harness
+error (status `error`); 1 when none succeeded, or a trial hit a harness error, or with `--strict` any
+trial did not finish ok; 2 for bad input (nothing started); 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import functools
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,22 +24,43 @@ import click
 from harness.errors import BenchError
 
 USAGE_ERROR = 2
+TRIALS_FAILED = 1
+INTERRUPTED = 130
 
 
 def _fail(message: str) -> None:
-    click.echo(f"bench: error: {message}", err=True)
+    for line in message.splitlines() or [""]:
+        click.echo(f"bench: error: {line}", err=True)
     sys.exit(USAGE_ERROR)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"bench: warning: {message}", err=True)
+
+
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the harness's input errors into one line and exit status 2."""
+    """Turn the harness's input errors into one line and exit status 2, and each damaged line a results
+    file reader meets into one `bench: warning:` line (not Python's two-line warning format)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except BenchError as exc:
-            _fail(str(exc))
+        from harness.results import ResultsWarning
+
+        with warnings.catch_warnings():
+            original = warnings.showwarning
+
+            def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
+                if issubclass(category, ResultsWarning):
+                    _warn(str(message))
+                else:
+                    original(message, category, *rest, **kw)
+
+            warnings.showwarning = show
+            warnings.simplefilter("always", ResultsWarning)
+            try:
+                return func(*args, **kwargs)
+            except BenchError as exc:
+                _fail(str(exc))
 
     return wrapper
 
@@ -75,13 +101,18 @@ def main() -> None:
 @click.option("--limit-eval", type=click.IntRange(min=1), help="Score a seeded subset of N items per test set.")
 @click.option("--eval-mode", type=click.Choice(["loglik", "generate"]), help="Override the suite's evaluation mode.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
+@click.option("--dry-run", is_flag=True,
+              help="Check every trial on the meta device and print its predicted memory; start nothing.")
+@click.option("--no-fit-check", is_flag=True,
+              help="Start trials even when their predicted memory exceeds what the device has free.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
         trust_remote_code: bool, plugins: tuple[str, ...], data_dir: Path | None, limit_train: int | None,
-        limit_eval: int | None, eval_mode: str | None, strict: bool, no_report: bool, quiet: bool) -> None:
+        limit_eval: int | None, eval_mode: str | None, strict: bool, dry_run: bool, no_fit_check: bool,
+        no_report: bool, quiet: bool) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     import_plugins(plugins)
     from harness.config import apply_overrides, load_suite
@@ -121,24 +152,48 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
     run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device),
                            sweeps=sweeps, command=command)
+    for section in sorted({text.partition(".")[0].strip() for text in overrides}):
+        if section not in run_plan.methods and section not in ("model", "budget", "evaluation"):
+            _warn(f"--set {section}.…: {section} is not in this run's methods ({', '.join(run_plan.methods)}); "
+                  "the override does nothing")
     n_instances = len(run_plan.trials) // max(1, len(spec.tasks) * len(spec.seeds))
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
                f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
+    from harness.preflight import run_preflight
+
+    checked = run_preflight(run_plan, run_plan.variants)
+    for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
+        _warn(line)
+    if dry_run:
+        from harness.preflight import render_estimates
+
+        click.echo(render_estimates(checked, run_plan))
+        return
+    refusals = {} if no_fit_check else {
+        key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
     try:
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
-                          progress=not quiet)
+                          progress=not quiet, refusals=refusals)
     except (KeyboardInterrupt, runner.Terminated) as exc:
         click.echo(f"bench: interrupted ({exc or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
                    "run the same command again to resume", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     failed = [r for r in rows if r.get("status") != "ok"]
     if not no_report:
         from harness.report import write_report
 
         click.echo(f"report: {write_report([out_dir])}")
     click.echo(f"results: {out_dir / 'results.jsonl'} ({len(rows) - len(failed)} ok, {len(failed)} failed)")
-    if strict and failed:
-        sys.exit(1)
+    sys.exit(run_exit_status(rows, strict))
+
+
+def run_exit_status(rows: list[dict[str, Any]], strict: bool) -> int:
+    """0: some trial ok and no harness error; 1: none ok, a harness error (`error` rows), or --strict and
+    any trial not ok. oom, diverged and timeout rows are results about a method, not harness errors."""
+    statuses = [row.get("status") for row in rows]
+    if "ok" not in statuses or "error" in statuses or (strict and any(s != "ok" for s in statuses)):
+        return TRIALS_FAILED
+    return 0
 
 
 def import_plugins(modules: tuple[str, ...]) -> None:

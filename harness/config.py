@@ -259,11 +259,25 @@ def parse_override(text: str) -> tuple[list[str], str]:
     return parts, value.strip()
 
 
+def check_override_section(section: str, text: str) -> None:
+    """A `--set` section must be a suite section or a registered method: a typo would otherwise change
+    nothing and say nothing."""
+    from methods.base import available_methods
+
+    if section in SUITE_SECTIONS:
+        return
+    methods = available_methods()
+    if section not in methods:
+        raise ConfigError(f"--set {text!r}: {section!r} is neither a suite section ({', '.join(SUITE_SECTIONS)}) "
+                          f"nor a method; methods: {', '.join(sorted(methods))} (a plugin's: pass --plugin MODULE)")
+
+
 def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
     """A new, validated suite with `--set` overrides applied (method options or suite sections)."""
     data = copy.deepcopy(suite.to_data())
     for text in overrides:
         (section, field), value = parse_override(text)
+        check_override_section(section, text)
         if section in SUITE_SECTIONS:
             data[section][field] = value
         else:

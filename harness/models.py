@@ -63,33 +63,39 @@ def build_tokenizer(spec: ModelSpec) -> Any:
     return tokenizer
 
 
+def tiny_llama_config(spec: ModelSpec, tokenizer: Any) -> Any:
+    """The `tiny-llama` kind's LlamaConfig: the suite's shapes over the word tokenizer's vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device | str) -> torch.nn.Module:
     """The trial's starting model: identical for every method given the same spec and seed.
 
     Weights are in the precision policy's storage dtype (float32, or bf16 for both bf16 policies): every
     method starts from the same rounded weights, and `Precision.apply` upcasts those a method trains.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from harness.precision import Precision
 
     dtype = Precision(spec.precision).storage_dtype
     torch.manual_seed(seed)
     if spec.kind == "tiny-llama":
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=spec.max_position_embeddings,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(tiny_llama_config(spec, tokenizer))
         if spec.pretrain_steps:
             load_or_pretrain(model, spec, tokenizer, seed, device)
         for p in model.parameters():  # parameters only: buffers (rotary frequencies) stay float32, as

@@ -1,23 +1,42 @@
 """Result rows: the schema, atomic appends to `results.jsonl`, and reading them back.
 
 One JSON object per trial, one line each. A row is written with a single `write` on a file opened
-for appending, then flushed and fsync'ed, so a crash leaves at most a torn last line; the reader
-skips such a line with a warning and the trial runs again on resume. `pandas.read_json(path,
-lines=True)` reads a file back, and `load_frame` does the same with the torn-line check.
+for appending, then flushed and fsync'ed, so a crash leaves at most a torn last line (no newline);
+`bench run` moves such a fragment aside when it resumes, and the trial runs again. Any other line
+that is not a row (a damaged file, an edit gone wrong) is named with its line number by every reader,
+and `bench run` refuses to append to such a file until it is fixed. A failed append (a full disk, a
+read-only directory) is undone, so the rows before it stay intact. `pandas.read_json(path,
+lines=True)` reads a file back, and `load_frame` does the same with these checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.jsonl"
 
 STATUSES = ("ok", "oom", "diverged", "error", "timeout")
+
+
+class ResultsWarning(UserWarning):
+    """A results file line that is not a row; the CLI prints it as one `bench: warning:` line."""
+
+
+@dataclass
+class Scan:
+    """A results file read line by line: the rows, the numbers of the lines that are not rows, and whether
+    the last line is torn (a write that never finished: no newline)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    corrupt_lines: list[int] = field(default_factory=list)
+    torn_line: int | None = None
 
 #: The columns every row has, in report order. Null where a meter does not apply.
 COLUMNS = [
@@ -56,36 +75,87 @@ def _clean(value: Any) -> Any:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row as one line, durably (flush + fsync)."""
-    line = json.dumps(_clean(row), sort_keys=False) + "\n"
+    """Append one row as one line, durably (flush + fsync). If the write fails (ENOSPC, EROFS, ...), the file
+    is cut back to its length before, so no half row is left behind, and the OSError is raised."""
+    data = (json.dumps(_clean(row), sort_keys=False) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(path, "ab", buffering=0) as f:  # unbuffered: a failure is raised here, not at close
+        size = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+            os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                f.truncate(size)
+            raise
+
+
+def scan_rows(path: Path) -> Scan:
+    """Every line of a results file, classified. A line that does not parse as a JSON object is corrupt,
+    except a last line without its newline, which is torn."""
+    scan = Scan()
+    if not path.exists():
+        return scan
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    tail = lines.pop()  # after the last newline: b"" for a complete file, a fragment for a torn one
+    if tail.strip():
+        lines.append(tail)
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if tail.strip() and lineno == len(lines):
+                scan.torn_line = lineno
+            else:
+                scan.corrupt_lines.append(lineno)
+            continue
+        scan.rows.append(row)
+    return scan
+
+
+def describe_damage(path: Path, scan: Scan) -> list[str]:
+    """One line per problem of a scanned file, naming the file and line."""
+    problems = [f"{path}:{n}: corrupt line (not a JSON row); its trial is missing from what is read" for n in
+                scan.corrupt_lines]
+    if scan.torn_line is not None:
+        problems.append(f"{path}:{scan.torn_line}: torn last line (a write that never finished); ignored")
+    return problems
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Every complete row of a results file; a torn or corrupt line is skipped with a warning.
+    """Every complete row of a results file; each line that is not a row is named in a ResultsWarning.
 
     When a trial has several rows (a retried failure), the last one wins.
     """
-    if not path.exists():
-        return []
+    scan = scan_rows(path)
+    for problem in describe_damage(path, scan):
+        warnings.warn(problem, ResultsWarning, stacklevel=2)
     by_trial: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                warnings.warn(f"{path}:{lineno}: ignoring an incomplete or corrupt row", stacklevel=2)
-                continue
-            by_trial[str(row.get("trial_id", f"line{lineno}"))] = row
+    for index, row in enumerate(scan.rows):
+        by_trial[str(row.get("trial_id", f"row{index}"))] = row
     return list(by_trial.values())
+
+
+def repair_torn_tail(path: Path, scan: Scan) -> Path | None:
+    """Move a torn last line out of the way before appending (an append would glue the next row onto it):
+    the fragment goes to `results.jsonl.torn`, and the file is cut at its last newline."""
+    if scan.torn_line is None:
+        return None
+    with open(path, "rb+") as f:
+        data = f.read()
+        cut = data.rfind(b"\n") + 1
+        aside = path.with_name(path.name + ".torn")
+        with open(aside, "ab") as out:
+            out.write(data[cut:] + b"\n")
+        f.truncate(cut)
+    return aside
 
 
 def results_path(path: str | Path) -> Path:

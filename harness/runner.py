@@ -10,6 +10,7 @@ changing any option makes a new trial instead of silently reusing an old one. Ro
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 from harness.config import SuiteSpec, fingerprint
 from harness.errors import BenchError, ConfigError
-from harness.results import RESULTS_FILE, append_row, empty_row, read_rows
+from harness.results import RESULTS_FILE, append_row, describe_damage, empty_row, repair_torn_tail, scan_rows
 from harness.trial import now
 
 LOCK_FILE = ".lock"
@@ -58,6 +59,8 @@ class RunPlan:
     out_dir: Path
     device: str
     trials: list[Trial] = field(default_factory=list)
+    #: every (method, variant label, validated options) of the run, once: what the pre-flight checks.
+    variants: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> str:
@@ -138,7 +141,7 @@ def plan(
             instances.append((m, label, params))
     suite_data = suite.to_data()
     shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
-    run_plan = RunPlan(suite, methods, out_dir, device)
+    run_plan = RunPlan(suite, methods, out_dir, device, variants=instances)
     for task in suite.tasks:
         for method, label, params in instances:
             for seed in suite.seeds:
@@ -173,8 +176,12 @@ def preflight_data(suite: SuiteSpec) -> None:
 @contextlib.contextmanager
 def run_lock(out_dir: Path) -> Iterator[None]:
     """One `bench run` per output directory at a time: two writers would run the same trials twice."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK_FILE, "w") as handle:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(out_dir / LOCK_FILE, "w")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise BenchError(f"--out {out_dir}: cannot write there ({exc.strerror}); choose another directory") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -314,20 +321,68 @@ def summary_line(row: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+@contextlib.contextmanager
+def stop_on_write_failure(results: Path) -> Iterator[None]:
+    """A full disk or an output directory that became unwritable stops the sweep with one line; the rows
+    already appended stay intact (`append_row` undoes a half-written one) and the same command resumes."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        where = exc.filename or results
+        raise BenchError(f"cannot write {where} ({exc.strerror}): the sweep stopped; the rows already in {results} "
+                         "are intact; free space or make the directory writable, then rerun the same command to "
+                         "resume") from None
+
+
+def readable_rows(results: Path, echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The recorded rows, or a refusal: appending to a file with a corrupt line would bury the damage under
+    new rows. A torn last line (a crash mid-append) is moved aside with a note instead."""
+    scan = scan_rows(results)
+    if scan.corrupt_lines:
+        lines = ", ".join(map(str, scan.corrupt_lines[:10])) + (" ..." if len(scan.corrupt_lines) > 10 else "")
+        raise BenchError(f"{results}: line(s) {lines} are not JSON rows; bench run does not append to a file it "
+                         "cannot read: fix or delete those lines (the others are intact), or move the file away to "
+                         "start over, then rerun")
+    aside = repair_torn_tail(results, scan)
+    if aside is not None:
+        echo(f"{describe_damage(results, scan)[0]}; moved to {aside}, its trial runs again")
+    return scan.rows
+
+
+def refused_row(trial: Trial, reason: str) -> dict[str, Any]:
+    """The row of a trial the pre-flight predicted cannot fit: `oom`, never started."""
+    return empty_row(
+        run_id=trial.spec["run_id"], trial_id=trial.trial_id, suite=trial.spec["suite"]["name"], task=trial.task,
+        method=trial.method, variant=trial.variant or None, method_params=trial.spec["method_params"],
+        seed=trial.seed, device=trial.spec["device"], command=trial.spec.get("command"),
+        precision=trial.spec["suite"]["model"]["precision"], status="oom", reason=reason,
+        started_at=now(), finished_at=now(),
+    )
+
+
 def run(
     run_plan: RunPlan,
     retry_failed: bool = False,
     timeout_s: float | None = None,
     echo: Callable[[str], None] = print,
     progress: bool = True,
+    refusals: dict[tuple[str, str], str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Execute the plan's trials that have no recorded row yet; returns the rows of every planned trial."""
+    """Execute the plan's trials that have no recorded row yet; returns the rows of every planned trial.
+
+    `refusals`: (method, variant) -> why its trials cannot fit (the pre-flight's figures); those trials are
+    recorded as `oom` rows without starting a process."""
     from tqdm import tqdm
 
     out_dir = run_plan.out_dir
     results = out_dir / RESULTS_FILE
-    with run_lock(out_dir), terminate_as_interrupt():
-        recorded = {row["trial_id"]: row for row in read_rows(results)}
+    with run_lock(out_dir), terminate_as_interrupt(), stop_on_write_failure(results):
+        recorded = {row["trial_id"]: row for row in readable_rows(results, echo)}
         todo = [t for t in run_plan.trials if t.trial_id not in recorded
                 or (retry_failed and recorded[t.trial_id].get("status") in FAILED_STATUSES)]
         skipped = len(run_plan.trials) - len(todo)
@@ -337,8 +392,12 @@ def run(
         for trial in bar:
             bar.set_postfix_str(trial.label)
             t0 = time.perf_counter()
-            row = execute(trial, out_dir, timeout_s or run_plan.suite.trial_timeout_s,
-                          on_progress=lambda line, t=trial: bar.set_postfix_str(f"{t.label}: {line}"))
+            refusal = (refusals or {}).get((trial.method, trial.variant))
+            if refusal:
+                row = refused_row(trial, refusal)
+            else:
+                row = execute(trial, out_dir, timeout_s or run_plan.suite.trial_timeout_s,
+                              on_progress=lambda line, t=trial: bar.set_postfix_str(f"{t.label}: {line}"))
             append_row(results, row)
             recorded[trial.trial_id] = row
             line = f"{summary_line(row)} ({time.perf_counter() - t0:.0f}s)"

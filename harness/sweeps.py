@@ -12,7 +12,7 @@ import itertools
 import typing
 from typing import Any
 
-from harness.config import SUITE_SECTIONS, parse_override
+from harness.config import SUITE_SECTIONS, check_override_section, parse_override
 from harness.errors import ConfigError
 
 Sweeps = dict[str, dict[str, list[Any]]]
@@ -33,6 +33,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], Sweeps]:
     sweeps: Sweeps = {}
     for text in overrides:
         (section, field), value = parse_override(text)
+        check_override_section(section, text)
         if section not in SUITE_SECTIONS and "," in value and not _is_list_option(section, field):
             values = [v.strip() for v in value.split(",")]
             if any(not v for v in values):

@@ -185,6 +185,23 @@ class Method(abc.ABC):
         if optimizer is not None:
             optimizer.state.clear()
 
+    def predicted_state_bytes(self) -> dict[str, int] | None:
+        """What `state_bytes()` will report after training, predicted from shapes alone: the pre-flight calls
+        it after `prepare()` and `apply_precision()` on a model whose parameters live on the `meta` device
+        (no memory, no values), so that `bench run --dry-run` can print it and a trial that cannot fit is
+        refused before it starts. None: this method cannot predict it (the estimate then says so)."""
+        return None
+
+    def predicted_weight_bytes(self) -> int | None:
+        """The model's bytes at the end of training when they differ from the prepared model's (a method that
+        re-wraps or re-casts weights mid-training, like SMT); None: the same as after `prepare()`."""
+        return None
+
+    def predicted_workspace_bytes(self) -> int:
+        """Transient bytes one step needs beyond weights, gradients and state at its peak (a projection
+        block, a solver's buffers), from shapes and options; called like `predicted_state_bytes()`."""
+        return 0
+
     def hyperparameters(self) -> dict[str, Any]:
         """What goes into the result row's `method_params`."""
         return to_dict(self.options)
@@ -350,6 +367,26 @@ class OptimizerMethod(Method):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss)
+
+    def predicted_state_bytes(self) -> dict[str, int] | None:
+        """One optimizer step over zero gradients on the meta device creates every state tensor the real first
+        step creates, at its real shape and dtype, without memory; `state_bytes()` then counts them exactly
+        as it will after training. An optimizer that cannot step on meta (custom kernels) gives None."""
+        import torch
+
+        params = [p for _, p in self.trainable_parameters()]
+        if not all(p.device.type == "meta" for p in params):
+            return None
+        try:
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            self.optimizer.step()
+            return self.state_bytes()
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            return None
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.state.clear()
 
     def _trainable_inventory(self) -> tuple[int, int]:
         params = [p for _, p in self.trainable_parameters()]

@@ -62,6 +62,20 @@ class Galore(OptimizerMethod):
             p.requires_grad_(True)
         self.model = model
         self.optimizer = self.build_optimizer()
+        self.warn_clipped_rank()
+
+    def warn_clipped_rank(self) -> None:
+        """galore-torch keeps min(rank, smaller side) singular vectors without a word: say so, so a sweep over
+        ranks does not compare variants that are the same on some weights."""
+        import warnings
+
+        params = dict(self.model.named_parameters()) if self.model is not None else {}
+        clipped = [name for name in self.projected_parameter_names() if min(params[name].shape) < self.options.rank]
+        if clipped:
+            side = min(min(params[name].shape) for name in clipped)
+            warnings.warn(f"methods.galore.rank: {self.options.rank} is larger than a side of {len(clipped)} projected "
+                          f"weight(s) (e.g. {clipped[0]}, smaller side {side}); GaLore clips the rank to that side "
+                          "there", UserWarning, stacklevel=2)
 
     def projected_parameter_names(self) -> list[str]:
         assert self.model is not None

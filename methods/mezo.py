@@ -178,3 +178,11 @@ class Mezo(Method):
 
     def state_bytes(self) -> dict[str, int]:
         return {"trainable_params": sum(p.numel() * p.element_size() for _, p in self.parameters), "gradients": 0}
+
+    def predicted_state_bytes(self) -> dict[str, int] | None:
+        """MeZO keeps no state: the count is of the parameters' shapes and dtypes, which the meta model has."""
+        return self.state_bytes()
+
+    def predicted_workspace_bytes(self) -> int:
+        """A probe holds one module's perturbed parameters and their z at a time: twice the largest parameter."""
+        return 2 * max((p.numel() * p.element_size() for _, p in self.parameters), default=0)

@@ -126,7 +126,10 @@ class Rso(Method):
         if not self.layers:
             raise ConfigError(f"methods.rso.target_modules: no Linear module matches {list(targets)}")
         self.model = model
-        self.generator = torch.Generator(device=self.layers[0].b.device).manual_seed(self.seed + 7919)
+        device = self.layers[0].b.device
+        # A meta model (the pre-flight) has no values to draw: a CPU generator stands in, unused.
+        generator_device = "cpu" if device.type == "meta" else device
+        self.generator = torch.Generator(device=generator_device).manual_seed(self.seed + 7919)
         self.inner = 0
         self.new_subspace()
 
@@ -143,7 +146,8 @@ class Rso(Method):
 
     def new_subspace(self) -> None:
         for layer in self.layers:
-            layer.draw(self.generator)
+            if layer.b.device.type != "meta":
+                layer.draw(self.generator)
         o = self.options
         self.optimizer = torch.optim.Adam([layer.b for layer in self.layers], lr=o.lr, betas=(o.beta1, o.beta2),
                                           eps=o.eps)
@@ -174,3 +178,7 @@ class Rso(Method):
 
     def state_bytes(self) -> dict[str, int]:
         return split_inventory(self._inventory(), 1)
+
+    def predicted_state_bytes(self) -> dict[str, int] | None:
+        """Every tensor of the inventory exists from `prepare()` on, at its shape and dtype."""
+        return self.state_bytes()

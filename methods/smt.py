@@ -233,6 +233,45 @@ class Smt(Method):
     def state_bytes(self) -> dict[str, int]:
         return split_inventory(self._inventory(), 1)
 
+    def _predicted_blocks(self) -> int:
+        bs = self.options.block_size
+        total = sum((lin.weight.shape[0] // bs) * (lin.weight.shape[1] // bs) for _, _, lin in self.targets.values())
+        budget = self.options.num_blocks or max(1, math.floor(self.options.budget_ratio * total))
+        return min(budget, total)
+
+    def predicted_state_bytes(self) -> dict[str, int] | None:
+        """The sparse phase's state (what the trial reads at its end): the selected blocks, their gradients and
+        AdamW's two moments, in the trained dtype. Which blocks are chosen depends on the data; how many does
+        not."""
+        element = self.precision.trained_dtype.itemsize
+        block = self._predicted_blocks() * self.options.block_size ** 2 * element
+        return {"trainable_params": block, "gradients": block, "exp_avg": block, "exp_avg_sq": block}
+
+    def predicted_weight_bytes(self) -> int | None:
+        """After the switch every weight is frozen (storage dtype) and the selected blocks are trained copies."""
+        from harness.memory import model_bytes
+
+        assert self.model is not None
+        storage, trained = self.precision.storage_dtype.itemsize, self.precision.trained_dtype.itemsize
+        floating = sum(p.numel() for p in self.model.parameters() if p.is_floating_point())
+        as_warm_up = model_bytes(self.model)
+        blocks = self._predicted_blocks() * self.options.block_size ** 2
+        return as_warm_up - floating * trained + floating * storage + blocks * trained
+
+    def predicted_workspace_bytes(self) -> int:
+        """The warm-up's full fine-tuning state, transient: every weight's gradient and two AdamW moments, and
+        the two float32 gradient sums of the target weights, beyond the sparse phase's state and weights (the
+        warm-up holds every weight in the trained dtype)."""
+        from harness.memory import model_bytes
+
+        assert self.model is not None
+        weights = sum(p.numel() * self.precision.trained_dtype.itemsize for p in self.model.parameters())
+        sums = 2 * 4 * sum(lin.weight.numel() for _, _, lin in self.targets.values())
+        sparse = self.predicted_state_bytes() or {}
+        warm_up_weights = model_bytes(self.model) - (self.predicted_weight_bytes() or 0)
+        return max(0, 3 * weights + sums + warm_up_weights
+                   - sum(v for k, v in sparse.items() if k != "trainable_params"))
+
     def info(self) -> dict:
         """The accounting is of the phase the trial ended in; the warm-up's full fine-tuning state (gradients,
         Adam moments, gradient sums) is in the measured training peak, and its size is given here."""

@@ -89,6 +89,14 @@ class Subzero(Mezo):
         super().release_training_state()
         self.factors = {}
 
+    def predicted_state_bytes(self) -> dict[str, int] | None:
+        """U (m x r) and V (n x r) of every 2-D weight, float32 as `refresh_subspaces` draws them."""
+        nbytes = super().state_bytes()
+        nbytes["subspace_factors"] = 4 * sum(
+            (p.shape[0] + p.shape[1]) * min(self.options.rank, *p.shape) for _, p in self.parameters if p.dim() == 2
+        )
+        return nbytes
+
     def state_bytes(self) -> dict[str, int]:
         nbytes = super().state_bytes()
         nbytes["subspace_factors"] = sum(

@@ -48,7 +48,7 @@ def test_every_fault_becomes_a_row_and_the_sweep_goes_on(tmp_path):
     methods = "fault-raise,fault-nan,fault-hang,fault-sigkill,fault-oom,full"
     result = _bench("run", "--suite", str(_suite_file(tmp_path)), "--methods", methods, "--plugin", "tests.faults",
                     "--out", str(out), "--trial-timeout", "20", "--quiet")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # `error` rows: a trial hit an error
     rows = _rows(out)
     assert rows["fault-raise"]["status"] == "error" and "injected failure in step" in rows["fault-raise"]["reason"]
     assert rows["fault-nan"]["status"] == "diverged" and "step 1" in rows["fault-nan"]["reason"]

@@ -1,0 +1,165 @@
+"""The pre-flight: a whole sweep's option problems found at once on the meta device, before any trial
+starts, and each trial's memory predicted there equal to what the trial then counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import suite_from_data
+from harness.memory import exact_breakdown
+from harness.models import build_model, build_tokenizer, causal_lm_loss
+from harness.precision import Precision
+from harness.preflight import (
+    CannotBuildOnMeta,
+    Preflight,
+    PreflightError,
+    build_meta_model,
+    check_variant,
+    run_preflight,
+)
+from methods.base import Batch, create
+from tests.conftest import small_suite_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Options that fit the 32-wide test model; two steps reach every method's end-of-training state (SMT's sparse
+# phase, SubZero's subspace, RSO's merge-free inner steps).
+OPTIONS = {
+    "full": {}, "lora": {"r": 2}, "dora": {"r": 2}, "galore": {"rank": 4}, "mezo": {},
+    "subzero": {"rank": 2}, "rso": {"rank": 2, "inner_steps": 5},
+    "smt": {"block_size": 16, "warmup_steps": 1, "num_blocks": 3},
+}
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+def _suite(precision: str = "fp32"):
+    data = small_suite_data()
+    data["model"]["precision"] = precision
+    return suite_from_data(data, "unit")
+
+
+def _batch(vocab: int) -> Batch:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (4, 12), generator=generator)
+    return Batch([{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize("method", sorted(OPTIONS))
+def test_prediction_on_meta_equals_the_accounting_after_real_steps(method, precision):
+    suite = _suite(precision)
+    check, problem = check_variant(build_meta_model(suite.model), suite, method, "", OPTIONS[method])
+    assert problem is None and check.estimate is not None, check.note
+
+    tokenizer = build_tokenizer(suite.model)
+    model = build_model(suite.model, tokenizer, seed=0, device="cpu")
+    real = create(method, OPTIONS[method], causal_lm_loss, seed=0, precision=Precision(precision))
+    real.prepare(model)
+    real.apply_precision()
+    for _ in range(2):
+        real.step(_batch(len(tokenizer)))
+    measured = exact_breakdown(real.model, real.state_elements(), real.state_bytes())
+    predicted = check.estimate.columns()
+    for column in ("mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb"):
+        assert predicted[column] == pytest.approx(measured[column], rel=1e-9, abs=1e-12), column
+
+
+def test_every_problem_of_a_sweep_is_reported_at_once_and_nothing_starts(tmp_path):
+    out = tmp_path / "run"
+    result = _bench("run", "--methods", "lora,smt,sgc,full", "--out", str(out),
+                    "--set", "lora.target_modules=nonexistent_proj", "--set", "smt.block_size=1000",
+                    "--set", "sgc.k=100000")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bench: error: ")]
+    assert len(errors) == 3 and "Traceback" not in result.stderr
+    assert "lora" in errors[0] and "nonexistent_proj" in errors[0]
+    assert "smt" in errors[1] and "block_size" in errors[1]
+    assert "sgc" in errors[2] and "k=100000" in errors[2]
+    assert not (out / "results.jsonl").exists() and not (out / "logs").exists()
+
+
+def test_unknown_set_section_is_an_error_and_a_method_not_run_a_warning(tmp_path):
+    typo = _bench("run", "--set", "nosuch.x=1", "--out", str(tmp_path / "a"))
+    assert typo.returncode == 2 and typo.stderr.count("\n") == 1
+    assert "'nosuch' is neither a suite section (model, budget, evaluation) nor a method" in typo.stderr
+    assert "lora" in typo.stderr  # the valid names are listed
+    not_run = _bench("run", "--dry-run", "--methods", "full", "--set", "lora.r=4", "--out", str(tmp_path / "b"))
+    assert not_run.returncode == 0, not_run.stderr
+    assert "bench: warning: --set lora.…: lora is not in this run's methods (full)" in not_run.stderr
+
+
+def test_dry_run_prints_each_trials_memory_and_starts_nothing(tmp_path):
+    out = tmp_path / "run"
+    result = _bench("run", "--dry-run", "--methods", "full,lora,mezo", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for label in ("kind/full/seed0", "alive/lora/seed0", "alive/mezo/seed0", "free memory on cpu"):
+        assert label in result.stdout
+    assert "Nothing was started" in result.stdout
+    assert not (out / "results.jsonl").exists()
+
+
+def test_a_trial_that_cannot_fit_is_an_oom_row_that_never_started(tmp_path, monkeypatch):
+    from harness import preflight, runner
+
+    monkeypatch.setattr(preflight, "free_memory_bytes", lambda device: 1024)  # 1 KiB free
+    suite = _suite()
+    plan = runner.plan(suite, ["full", "lora"], tmp_path, "cpu")
+    checked = run_preflight(plan, plan.variants)
+    refusals = {key: reason for key in checked.checks if (reason := checked.refusal(*key))}
+    assert set(refusals) == {("full", ""), ("lora", "")}
+    rows = runner.run(plan, progress=False, refusals=refusals, echo=lambda line: None)
+    assert [r["status"] for r in rows] == ["oom", "oom"]
+    assert "pre-flight: predicted" in rows[0]["reason"] and "free on cpu" in rows[0]["reason"]
+    assert not (tmp_path / "logs").exists()  # no trial process was started
+
+
+def test_a_model_that_cannot_be_built_on_meta_skips_the_preflight_with_a_note(tmp_path, monkeypatch):
+    from harness import preflight, runner
+
+    def cannot(spec):
+        raise CannotBuildOnMeta("custom architecture")
+
+    monkeypatch.setattr(preflight, "build_meta_model", cannot)
+    plan = runner.plan(_suite(), ["full"], tmp_path, "cpu")
+    checked = run_preflight(plan, plan.variants)
+    assert checked.checks == {} and "pre-flight skipped" in checked.notes[0]
+
+
+def test_a_method_whose_code_cannot_run_on_meta_gets_a_note_not_a_problem(monkeypatch):
+    from methods.full import FullFineTuning
+
+    suite = _suite()
+    check, problem = check_variant(build_meta_model(suite.model), suite, "full", "", {"rank": 3})
+    assert problem is not None and "unknown option 'rank'" in problem  # a wrong option is a problem
+
+    def needs_values(self, model):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    monkeypatch.setattr(FullFineTuning, "prepare", needs_values)
+    check, problem = check_variant(build_meta_model(suite.model), suite, "full", "", {})
+    assert problem is None and check.estimate is None and "not checked on the meta device" in check.note
+
+
+def test_preflight_error_lists_every_problem():
+    error = PreflightError(["a: one", "b: two"])
+    assert error.problems == ["a: one", "b: two"] and str(error) == "a: one\nb: two"
+    assert Preflight({}, None, "cpu").refusal("full", "") is None
+
+
+@pytest.mark.parametrize(("statuses", "strict", "expected"), [
+    (["ok", "ok"], False, 0), (["ok", "oom", "timeout", "diverged"], False, 0), (["ok", "oom"], True, 1),
+    (["ok", "error"], False, 1), (["oom", "oom"], False, 1), ([], False, 1),
+])
+def test_exit_status_says_what_happened(statuses, strict, expected):
+    from harness.cli import run_exit_status
+
+    assert run_exit_status([{"status": s} for s in statuses], strict) == expected
