@@ -161,7 +161,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
                f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
     from harness.preflight import run_preflight
 
-    checked = run_preflight(run_plan, run_plan.variants)
+    checked = run_preflight(run_plan, run_plan.variants if dry_run else
+                            runner.pending_variants(run_plan, retry_failed))
     for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
         _warn(line)
     if dry_run:

@@ -46,17 +46,23 @@ def build_word_tokenizer(text: str) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def build_tokenizer(spec: ModelSpec) -> Any:
     if spec.kind == "tiny-llama":
         return build_word_tokenizer(vocabulary_text())
     from transformers import AutoTokenizer
 
-    from harness.pretrained import resolve
+    from harness.pretrained import check_model_files, resolve
 
+    local = resolve(spec.path)
+    check_model_files(local)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(spec.path), trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"model.path {spec.path!r}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=spec.trust_remote_code)
+    except Exception as exc:  # tokenizers and sentencepiece raise their own exception types
+        raise BenchError(f"model.path {spec.path!r}: cannot load its tokenizer ({_first_line(exc)})") from None
     if tokenizer.pad_token_id is None:
         # Padding never enters the loss or the scores, so any id serves; EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token else tokenizer.unk_token
@@ -103,14 +109,16 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
     else:
         from transformers import AutoModelForCausalLM
 
-        from harness.pretrained import resolve
+        from harness.pretrained import check_model_files, resolve
 
+        local = resolve(spec.path)
+        check_model_files(local)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                resolve(spec.path), trust_remote_code=spec.trust_remote_code, use_safetensors=True, dtype=dtype
+                local, trust_remote_code=spec.trust_remote_code, use_safetensors=True, dtype=dtype
             )
         except (OSError, ValueError) as exc:
-            raise BenchError(f"model.path {spec.path!r}: cannot load it ({str(exc).splitlines()[0]})") from None
+            raise BenchError(f"model.path {spec.path!r}: cannot load it ({_first_line(exc)})") from None
     model.config.use_cache = False
     return model.to(device)
 

@@ -134,9 +134,11 @@ def build_meta_model(spec: ModelSpec) -> torch.nn.Module:
             with torch.device("meta"):
                 model = LlamaForCausalLM(config)
         else:
-            from harness.pretrained import resolve
+            from harness.pretrained import check_model_files, resolve
 
-            config = AutoConfig.from_pretrained(resolve(spec.path), trust_remote_code=spec.trust_remote_code)
+            local = resolve(spec.path)
+            check_model_files(local)  # a damaged file is a BenchError naming it, not a reason to skip
+            config = AutoConfig.from_pretrained(local, trust_remote_code=spec.trust_remote_code)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
     except BenchError:

@@ -107,3 +107,37 @@ def resolve(path: str) -> str:
             shutil.rmtree(target)
         os.replace(out, target)
     return str(target)
+
+
+def rebuild_hint(directory: Path) -> str:
+    """How to get an intact copy of a damaged model directory: a cached alias is rebuilt by deleting it."""
+    cache = (_cache_root() / "models").resolve()
+    if directory.resolve().parent == cache and directory.name in ALIASES:
+        return f"it is the cache's copy of {directory.name}: delete {directory} and rerun, and it is rebuilt"
+    return "copy or download the model directory again (its files are damaged)"
+
+
+def check_model_files(path: str) -> None:
+    """Read the header of every safetensors file and parse the JSON files of a local model directory, so a
+    truncated or corrupt file is one line naming it (and how to rebuild it) before any trial starts,
+    rather than a library's traceback in each trial. Reading headers costs no weight loading."""
+    import json
+
+    from safetensors import safe_open
+
+    directory = Path(path)
+    if not directory.is_dir():
+        return
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError, not an OSError
+            raise BenchError(f"{file}: damaged ({str(exc).splitlines()[0]}); {rebuild_hint(directory)}") from None
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        file = directory / name
+        if file.is_file():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BenchError(f"{file}: damaged (not valid JSON: {exc}); {rebuild_hint(directory)}") from None

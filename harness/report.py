@@ -76,7 +76,9 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _ratio(table: pd.DataFrame, col: str) -> pd.Series:
+def _ratio(table: pd.DataFrame, col: str | None) -> pd.Series:
+    if col is None:  # no meter measured anything (rows without peaks): no ratio to give
+        return pd.Series(float("nan"), index=table.index)
     base = table.loc[(table["method"] == BASELINE) & (table["variant"] == ""), col]
     if not len(base) or not base.iloc[0] or pd.isna(base.iloc[0]):
         return pd.Series(float("nan"), index=table.index)

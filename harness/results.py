@@ -37,6 +37,7 @@ class Scan:
     rows: list[dict[str, Any]] = field(default_factory=list)
     corrupt_lines: list[int] = field(default_factory=list)
     torn_line: int | None = None
+    reasons: dict[int, str] = field(default_factory=dict)  # line -> why it is not a row
 
 #: The columns every row has, in report order. Null where a meter does not apply.
 COLUMNS = [
@@ -55,6 +56,43 @@ COLUMNS = [
     "method_metrics", "method_info", "meter_notes",
     "started_at", "finished_at", "command", "env",
 ]
+
+
+#: What a readable row's columns hold (null is always allowed but for the identity columns): a line that
+#: parses as JSON but breaks this is damaged too, and is named, not fed to the report's arithmetic.
+IDENTITY = ("trial_id", "method", "task", "status")
+NUMBERS = ("seed", "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step", "accuracy",
+           "accuracy_before", "loss_first", "loss_last", "trainable_params", "optimizer_state_elements",
+           "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb", "peak_mem_rss_mb",
+           "peak_mem_rss_eval_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",
+           "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb", "step_time_ms_median",
+           "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s")
+TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source",
+         "started_at", "finished_at", "command")
+MAPPINGS = ("method_params", "accuracy_per_task", "eval_items", "accuracy_per_task_before", "state_elements",
+            "method_metrics", "method_info", "meter_notes", "env")
+
+
+def row_problem(row: Any) -> str | None:
+    """Why a parsed line is not a row, or None."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    for column in IDENTITY:
+        if not isinstance(row.get(column), str):
+            return f"{column} is not a string"
+    if not isinstance(row.get("seed"), int) or isinstance(row["seed"], bool):
+        return "seed is not an integer"
+    if row["status"] not in STATUSES:
+        return f"status {row['status']!r} is not one of {', '.join(STATUSES)}"
+    for columns, kinds, what in ((NUMBERS, (int, float), "a number"), (TEXTS, (str,), "a string"),
+                                 (MAPPINGS, (dict,), "an object")):
+        for column in columns:
+            value = row.get(column)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and kinds != (str,)):
+                return f"{column} is not {what}"
+    if row.get("loss_curve") is not None and not isinstance(row["loss_curve"], list):
+        return "loss_curve is not a list"
+    return None
 
 
 def empty_row(**known: Any) -> dict[str, Any]:
@@ -108,22 +146,23 @@ def scan_rows(path: Path) -> Scan:
             continue
         try:
             row = json.loads(raw.decode("utf-8"))
-            if not isinstance(row, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if tail.strip() and lineno == len(lines):
-                scan.torn_line = lineno
-            else:
-                scan.corrupt_lines.append(lineno)
-            continue
-        scan.rows.append(row)
+            problem = row_problem(row)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            row, problem = None, "not JSON"
+        if problem is None:
+            scan.rows.append(row)
+        elif problem == "not JSON" and tail.strip() and lineno == len(lines):
+            scan.torn_line = lineno
+        else:
+            scan.corrupt_lines.append(lineno)
+            scan.reasons[lineno] = problem
     return scan
 
 
 def describe_damage(path: Path, scan: Scan) -> list[str]:
     """One line per problem of a scanned file, naming the file and line."""
-    problems = [f"{path}:{n}: corrupt line (not a JSON row); its trial is missing from what is read" for n in
-                scan.corrupt_lines]
+    problems = [f"{path}:{n}: corrupt line ({scan.reasons.get(n, 'not a row')}); left out of what is read"
+                for n in scan.corrupt_lines]
     if scan.torn_line is not None:
         problems.append(f"{path}:{scan.torn_line}: torn last line (a write that never finished); ignored")
     return problems

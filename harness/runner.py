@@ -354,6 +354,15 @@ def readable_rows(results: Path, echo: Callable[[str], None]) -> list[dict[str, 
     return scan.rows
 
 
+def pending_variants(run_plan: RunPlan, retry_failed: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """The variants with a trial still to run: a resumed sweep pre-flights only what it will start."""
+    scan = scan_rows(run_plan.out_dir / RESULTS_FILE)
+    recorded = {row["trial_id"]: row for row in scan.rows}
+    pending = {(t.method, t.variant) for t in run_plan.trials if t.trial_id not in recorded
+               or (retry_failed and recorded[t.trial_id].get("status") in FAILED_STATUSES)}
+    return [v for v in run_plan.variants if (v[0], v[1]) in pending]
+
+
 def refused_row(trial: Trial, reason: str) -> dict[str, Any]:
     """The row of a trial the pre-flight predicted cannot fit: `oom`, never started."""
     return empty_row(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import yaml
 
@@ -89,10 +88,10 @@ def test_end_to_end_run_resume_and_failed_trial(tmp_path):
     assert (out / "report.md").read_text().count("| full") >= 1
 
     # the same command again: every trial is recorded, nothing runs
-    t0 = time.perf_counter()
+    logs_before = {p.name: p.stat().st_mtime_ns for p in (out / "logs").glob("*.log")}
     again = bench("run", "--suite", str(suite_file), "--out", str(out), "--plugin", "tests.faults", "--quiet")
     assert again.returncode == 1 and "4 of 4 trials already recorded" in again.stdout
-    assert time.perf_counter() - t0 < 30
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "logs").glob("*.log")} == logs_before  # nothing started
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
 
     # a fixed option is a different trial; a comma-separated value sweeps; --strict fails only on failures
@@ -100,7 +99,7 @@ def test_end_to_end_run_resume_and_failed_trial(tmp_path):
                   "--quiet", "--strict")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    lora_ok = {r["variant"]: r for r in rows if r["method"] == "lora" and r["status"] == "ok"}
+    lora_ok = {r["variant"]: r for r in rows if r["method"] == "lora" and r["status"] == "ok" and r["variant"]}
     assert set(lora_ok) == {"r=2", "r=4"}
     assert lora_ok["r=4"]["trainable_params"] == 2 * lora_ok["r=2"]["trainable_params"] < 0.2 * full["trainable_params"]
     assert lora_ok["r=2"]["method_params"]["r"] == 2 and lora_ok["r=2"]["command"].startswith("bench run")
