@@ -240,3 +240,27 @@ def test_random_data_files_give_only_our_errors(tmp_path_factory, text):
         (data_dir / task / "test.json").write_text(text, encoding="utf-8")
     with contextlib.suppress(BenchError):
         commonsense.load_test_set(data_dir, commonsense.TASKS[0])
+
+
+def test_damaged_model_files_are_one_line_naming_the_file_and_the_rebuild(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    from harness import pretrained
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"w": torch.zeros(64, 64)}, str(model_dir / "model.safetensors"))
+    pretrained.check_model_files(str(model_dir))  # intact: nothing to say
+    data = (model_dir / "model.safetensors").read_bytes()
+    (model_dir / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(BenchError, match=r"model\.safetensors: damaged \(.*\); copy or download the model"):
+        pretrained.check_model_files(str(model_dir))
+
+    monkeypatch.setattr(pretrained, "_cache_root", lambda: tmp_path / "cache")
+    alias_dir = tmp_path / "cache" / "models" / "smollm2-135m"
+    alias_dir.mkdir(parents=True)
+    (alias_dir / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    with pytest.raises(BenchError, match=rf"tokenizer\.json: damaged .*delete {alias_dir} and rerun"):
+        pretrained.check_model_files(str(alias_dir))
