@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from harness.errors import BenchError
+from harness.execution import Execution, execution_options
 
 USAGE_ERROR = 2
 
@@ -77,11 +78,13 @@ def main() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@execution_options
 @friendly_errors
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
         trust_remote_code: bool, plugins: tuple[str, ...], data_dir: Path | None, limit_train: int | None,
-        limit_eval: int | None, eval_mode: str | None, strict: bool, no_report: bool, quiet: bool) -> None:
+        limit_eval: int | None, eval_mode: str | None, strict: bool, no_report: bool, quiet: bool,
+        execution: Execution) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     import_plugins(plugins)
     from harness.config import apply_overrides, load_suite
@@ -119,19 +122,24 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
 
     out_dir = out or Path("runs") / spec.name
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
-    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device),
+    executor, trial_device = execution.build(spec, device, trial_timeout)
+    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, trial_device,
                            sweeps=sweeps, command=command)
     n_instances = len(run_plan.trials) // max(1, len(spec.tasks) * len(spec.seeds))
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
-               f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
+               f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device}{executor.describe()} "
+               f"-> {out_dir}")
     try:
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
-                          progress=not quiet)
+                          progress=not quiet, executor=executor)
     except (KeyboardInterrupt, runner.Terminated) as exc:
         click.echo(f"bench: interrupted ({exc or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
                    "run the same command again to resume", err=True)
         sys.exit(130)
     failed = [r for r in rows if r.get("status") != "ok"]
+    pending = getattr(executor, "summary", lambda: None)()
+    if pending:
+        click.echo(pending)
     if not no_report:
         from harness.report import write_report
 
