@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -253,6 +254,10 @@ def run_trial_job(spec_path: str, row_path: str, log_path: str, timeout_s: float
     process = TrialProcess(spec, Path(spec_path), own_row, Path(log_path), timeout_s, env)
     try:
         row = process.wait()
+        if process.child.returncode == -signal.SIGTERM and not own_row.is_file():
+            # Slurm sends SIGTERM to every process of a job it ends (scancel, preemption, node drain): write no
+            # row here, so the collector reads the reason from the job's state.
+            raise RuntimeError("the trial received SIGTERM: Slurm is ending this job")
     except UncompletedJobError:  # submitit's signal ahead of the time limit: the job will not be requeued
         process.kill()
         row = failure_row(spec, "timeout", f"slurm job {job_id} on {node} reached its Slurm time limit "
