@@ -194,10 +194,10 @@ def _expand_array(job_id: str, task_ids: str) -> list[str]:
     return out
 
 
-def _scontrol_states() -> dict[str, dict[str, str]]:
-    out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, timeout=60)
+def parse_scontrol(text: str) -> dict[str, dict[str, str]]:
+    """`scontrol show job -o` output -> job id (array tasks as `12_3`) -> {"State", "NodeList"}."""
     states: dict[str, dict[str, str]] = {}
-    for line in out.stdout.splitlines():
+    for line in text.splitlines():
         fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
         if "JobId" not in fields:
             continue
@@ -224,7 +224,8 @@ def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
         states = SlurmInfoWatcher().read_info(out.stdout)
     missing = [j for j in job_ids if j not in states]
     if missing:
-        fallback = _scontrol_states()
+        listing = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, timeout=60)
+        fallback = parse_scontrol(listing.stdout)
         states.update({j: fallback[j] for j in missing if j in fallback})
     return {j: {"State": (states.get(j, {}).get("State") or "UNKNOWN").split()[0].upper(),
                 "NodeList": states.get(j, {}).get("NodeList", "")} for j in job_ids}
