@@ -383,9 +383,11 @@ class SlurmExecutor:
                     item.ended_seen = 0
                     continue
                 row.setdefault("slurm_job_id", job_id)
-                ledger_add(out_dir, "collected", {"trial_id": item.trial.trial_id, "job_id": job_id})
                 del watched[job_id]
                 yield item.trial, row, time.monotonic() - item.t0
+                # after the runner appended the row: a crash in between leaves the job `submitted` in the
+                # ledger, and the next run collects the same row file again rather than losing the row
+                ledger_add(out_dir, "collected", {"trial_id": item.trial.trial_id, "job_id": job_id})
 
     @staticmethod
     def _ended_row(item: _Watched, job_id: str, state: str, node: str) -> dict[str, Any]:

@@ -162,3 +162,19 @@ def test_parallel_trials_ctrl_c_kills_all_in_flight_then_resume(tmp_path):
     rows = {json.loads(line)["method"]: json.loads(line) for line in lines}
     assert len(lines) == 2 and rows["fault-slow"]["status"] == "ok"
     assert rows["fault-sigkill"]["status"] == "error" and "SIGKILL" in rows["fault-sigkill"]["reason"]
+
+
+def test_a_local_run_refuses_trials_that_slurm_jobs_are_running(tmp_path, small_suite):
+    from harness.errors import BenchError
+    from harness.executors import LocalExecutor
+    from harness.runner import plan
+    from harness.slurm import ledger_add
+
+    trials = plan(small_suite, ["full"], tmp_path, "cpu").trials
+    ledger_add(tmp_path, "submitted", {"trial_id": trials[0].trial_id, "job_id": "42_0"})
+    with pytest.raises(BenchError, match=r"Slurm jobs still in flight \(42_0\)"):
+        next(LocalExecutor().rows(trials, tmp_path, None, print))
+    ledger_add(tmp_path, "collected", {"trial_id": trials[0].trial_id, "job_id": "42_0"})
+    from harness.slurm import ledger_in_flight
+
+    assert ledger_in_flight(tmp_path) == {}
