@@ -314,9 +314,11 @@ class SlurmExecutor:
             if self.detach:
                 self.in_flight = len(watched)
                 return
+            waiting_since = time.monotonic()
             while watched:
                 show(self._status(watched))
-                time.sleep(POLL_S)
+                # every 3 s at first, then less often (at most every 30 s): sacct queries load the cluster
+                time.sleep(min(30.0, max(POLL_S, (time.monotonic() - waiting_since) / 10)))
                 yield from self._collect(out_dir, watched)
         except BaseException:  # Ctrl-C, SIGTERM or an error: cancel what this run submitted
             self._withdraw(out_dir, {j: w for j, w in watched.items() if j in mine})
