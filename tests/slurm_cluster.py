@@ -2,9 +2,9 @@
 
 Debian's `slurm-wlm` and `munge` packages (installed by `.ci/run` on a fresh machine) give a real cluster:
 `SelectType=select/cons_tres`, the node's real CPUs and memory, one partition. Its configuration and state
-live in a private directory and are found through `SLURM_CONF`, so nothing under /etc/slurm is touched and
-an existing cluster is never disturbed: when `sinfo` already answers, that cluster is used as it is. Only the
-processes started here are stopped, by their process ids.
+live in a private directory and are found through `SLURM_CONF`, so the system's Slurm configuration is
+never touched and an existing cluster is never disturbed: when `sinfo` already answers, that cluster is
+used as it is. Only the processes started here are stopped, by their process ids.
 
 `python -m tests.slurm_cluster start DIR` / `stop DIR` do the same from a shell.
 """
