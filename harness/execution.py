@@ -53,10 +53,13 @@ class Execution:
             return LocalExecutor(device_slots(devices)), "cuda:0"
         resolved = resolve_device(device)
         if self.jobs is not None and self.jobs > 1:
-            if resolved != "cpu":
-                raise ConfigError(f"--jobs {self.jobs} shares one device between trials, which would mix their memory "
-                                  f"figures on {resolved}; use --devices for GPUs, or --device cpu")
-            return LocalExecutor(cpu_slots(self.jobs)), resolved
+            if resolved == "cpu":
+                return LocalExecutor(cpu_slots(self.jobs)), resolved
+            if device.strip().lower() not in ("auto", "cuda"):
+                raise ConfigError(f"--jobs {self.jobs} with --device {device}: trials sharing one GPU would mix their "
+                                  "memory figures; use --devices 0,1,... (one trial per GPU), or --device cpu")
+            # on GPUs, N at once means one trial on each of the first N GPUs (never two on one)
+            return LocalExecutor(device_slots([str(i) for i in range(self.jobs)])), "cuda:0"
         return LocalExecutor(), resolved
 
     def _slurm(self, suite: Any, device: str, timeout_s: float | None) -> tuple[Any, str]:
@@ -96,7 +99,7 @@ def execution_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--devices", metavar="0,1,...",
                      help="Run one trial per listed GPU at once, each process pinned with CUDA_VISIBLE_DEVICES."),
         click.option("--jobs", type=click.IntRange(min=1), metavar="N",
-                     help="Run N CPU trials at once, the cores split between them."),
+                     help="Run N trials at once: on a CPU with the cores split between them; on GPUs one per GPU."),
         click.option("--detach", is_flag=True,
                      help="With --executor slurm: submit and return; run the same command again to collect rows."),
         click.option("--slurm", multiple=True, metavar="KEY=VALUE",
