@@ -178,3 +178,22 @@ def test_a_local_run_refuses_trials_that_slurm_jobs_are_running(tmp_path, small_
     from harness.slurm import ledger_in_flight
 
     assert ledger_in_flight(tmp_path) == {}
+
+
+def test_jobs_on_gpus_means_one_trial_per_gpu(monkeypatch, small_suite):
+    import torch
+
+    from harness.execution import Execution
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for execution in (Execution(jobs=2), Execution(devices="0,1")):
+        executor, device = execution.build(small_suite, "auto", None)
+        assert device == "cuda:0" and [s.env["CUDA_VISIBLE_DEVICES"] for s in executor.slots] == ["0", "1"]
+    with pytest.raises(ConfigError, match="torch sees 2 GPU"):
+        Execution(jobs=3).build(small_suite, "auto", None)
+    with pytest.raises(ConfigError, match="trials sharing one GPU"):
+        Execution(jobs=2).build(small_suite, "cuda:1", None)
+    executor, device = Execution(jobs=2).build(small_suite, "cpu", None)
+    assert device == "cpu" and "OMP_NUM_THREADS" in executor.slots[0].env
