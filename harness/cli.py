@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from harness.errors import BenchError
+from harness.execution import Execution, execution_options
 
 USAGE_ERROR = 2
 TRIALS_FAILED = 1
@@ -107,12 +108,13 @@ def main() -> None:
               help="Start trials even when their predicted memory exceeds what the device has free.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@execution_options
 @friendly_errors
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
         trust_remote_code: bool, plugins: tuple[str, ...], data_dir: Path | None, limit_train: int | None,
         limit_eval: int | None, eval_mode: str | None, strict: bool, dry_run: bool, no_fit_check: bool,
-        no_report: bool, quiet: bool) -> None:
+        no_report: bool, quiet: bool, execution: Execution) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     import_plugins(plugins)
     from harness.config import apply_overrides, load_suite
@@ -150,7 +152,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
 
     out_dir = out or Path("runs") / spec.name
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
-    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device),
+    executor, trial_device = execution.build(spec, device, trial_timeout)
+    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, trial_device,
                            sweeps=sweeps, command=command)
     for section in sorted({text.partition(".")[0].strip() for text in overrides}):
         if section not in run_plan.methods and section not in ("model", "budget", "evaluation"):
@@ -158,7 +161,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
                   "the override does nothing")
     n_instances = len(run_plan.trials) // max(1, len(spec.tasks) * len(spec.seeds))
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
-               f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
+               f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device}{executor.describe()} "
+               f"-> {out_dir}")
     from harness.preflight import run_preflight
 
     checked = run_preflight(run_plan, run_plan.variants if dry_run else
@@ -170,29 +174,36 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
 
         click.echo(render_estimates(checked, run_plan))
         return
-    refusals = {} if no_fit_check else {
+    # The fit check reads this machine's free memory: meaningless for trials that run on a cluster's nodes.
+    fit_check = not no_fit_check and getattr(executor, "runs_here", True)
+    refusals = {} if not fit_check else {
         key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
     try:
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
-                          progress=not quiet, refusals=refusals)
+                          progress=not quiet, refusals=refusals, executor=executor)
     except (KeyboardInterrupt, runner.Terminated) as exc:
         click.echo(f"bench: interrupted ({exc or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
                    "run the same command again to resume", err=True)
         sys.exit(INTERRUPTED)
     failed = [r for r in rows if r.get("status") != "ok"]
+    pending = getattr(executor, "summary", lambda: None)()
+    if pending:
+        click.echo(pending)
     if not no_report:
         from harness.report import write_report
 
         click.echo(f"report: {write_report([out_dir])}")
     click.echo(f"results: {out_dir / 'results.jsonl'} ({len(rows) - len(failed)} ok, {len(failed)} failed)")
-    sys.exit(run_exit_status(rows, strict))
+    sys.exit(run_exit_status(rows, strict, jobs_in_flight=bool(pending)))
 
 
-def run_exit_status(rows: list[dict[str, Any]], strict: bool) -> int:
-    """0: some trial ok and no harness error; 1: none ok, a harness error (`error` rows), or --strict and
-    any trial not ok. oom, diverged and timeout rows are results about a method, not harness errors."""
+def run_exit_status(rows: list[dict[str, Any]], strict: bool, jobs_in_flight: bool = False) -> int:
+    """0: some trial ok (or, after a detached submission, jobs still in flight) and no harness error; 1: none
+    ok, a harness error (`error` rows), or --strict and any trial not ok. oom, diverged and timeout rows are
+    results about a method, not harness errors."""
     statuses = [row.get("status") for row in rows]
-    if "ok" not in statuses or "error" in statuses or (strict and any(s != "ok" for s in statuses)):
+    if ("ok" not in statuses and not jobs_in_flight) or "error" in statuses \
+            or (strict and any(s != "ok" for s in statuses)):
         return TRIALS_FAILED
     return 0
 

@@ -167,6 +167,7 @@ class SuiteSpec:
     sweeps: dict = option(default_factory=dict,
                           help="method -> option -> list of values: one variant per combination (a size knob)")
     trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
+    slurm: dict = option(default_factory=dict, help="cluster settings for --executor slurm (harness/slurm.py)")
 
     def validate(self, where: str) -> None:
         if not self.tasks:
@@ -182,6 +183,10 @@ class SuiteSpec:
         for method, values in self.sweeps.items():
             if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
                 raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")
+        if self.slurm:
+            from harness.slurm import SlurmSpec
+
+            build(SlurmSpec, self.slurm, f"{where}.slurm")
 
     def to_data(self) -> dict[str, Any]:
         return to_dict(self)

@@ -55,6 +55,7 @@ COLUMNS = [
     "step_time_ms_median", "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s",
     "method_metrics", "method_info", "meter_notes",
     "started_at", "finished_at", "command", "env",
+    "node", "slurm_job_id",  # where a Slurm job ran the trial (null for local runs)
 ]
 
 

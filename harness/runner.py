@@ -12,14 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,66 +240,6 @@ def _last_progress_line(log_path: Path) -> str | None:
     return None
 
 
-def _wait(child: subprocess.Popen, timeout_s: float | None, log_path: Path,
-          on_progress: Callable[[str], None] | None) -> int:
-    """Wait for the child, reporting its progress lines every 2 s; TimeoutExpired past `timeout_s`."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        wait = 2.0 if deadline is None else max(0.0, min(2.0, deadline - time.monotonic()))
-        try:
-            return child.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-            line = _last_progress_line(log_path) if on_progress else None
-            if line and on_progress:
-                on_progress(line)
-
-
-def execute(trial: Trial, out_dir: Path, timeout_s: float | None,
-            on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run one trial in a child process and return its row (a failure row if the child died)."""
-    logs = out_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    log_path = logs / _log_name(trial)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["BENCH_RUNNER_PID"] = str(os.getpid())
-    started = now()
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trial-") as tmp:
-        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "row.json"
-        spec_path.write_text(json.dumps(trial.spec), encoding="utf-8")
-        with open(log_path, "w", encoding="utf-8") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "harness.trial", str(spec_path), str(result_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-            try:
-                returncode = _wait(child, timeout_s, log_path, on_progress)
-                status, reason = _signal_reason(returncode)
-            except subprocess.TimeoutExpired:
-                _kill(child)
-                status, reason = "timeout", f"trial exceeded trial_timeout_s={timeout_s:g} and was stopped"
-            except BaseException:  # Ctrl-C: take the child down with us; the row is not written
-                _kill(child)
-                raise
-        if result_path.is_file():
-            return json.loads(result_path.read_text(encoding="utf-8"))
-    row = empty_row(
-        run_id=trial.spec["run_id"], trial_id=trial.trial_id, suite=trial.spec["suite"]["name"], task=trial.task,
-        method=trial.method, variant=trial.variant or None, method_params=trial.spec["method_params"],
-        seed=trial.seed, device=trial.spec["device"], command=trial.spec.get("command"),
-        status=status, reason=f"{reason}; log: {log_path}", started_at=started, finished_at=now(),
-    )
-    return row
-
-
-def _kill(child: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
-
-
 def summary_line(row: dict[str, Any]) -> str:
     """One line per finished trial for the console."""
     method = f"{row['method']}[{row['variant']}]" if row.get("variant") else row["method"]
@@ -381,12 +317,18 @@ def run(
     echo: Callable[[str], None] = print,
     progress: bool = True,
     refusals: dict[tuple[str, str], str] | None = None,
+    executor: Any = None,
 ) -> list[dict[str, Any]]:
     """Execute the plan's trials that have no recorded row yet; returns the rows of every planned trial.
 
     `refusals`: (method, variant) -> why its trials cannot fit (the pre-flight's figures); those trials are
-    recorded as `oom` rows without starting a process."""
+    recorded as `oom` rows without starting a process. `executor` decides where the others run
+    (harness/executors.py, harness/slurm.py; default: one local process at a time). Trials still in flight
+    on a cluster after a detached submission have no row yet.
+    """
     from tqdm import tqdm
+
+    from harness.executors import LocalExecutor
 
     out_dir = run_plan.out_dir
     results = out_dir / RESULTS_FILE
@@ -397,21 +339,25 @@ def run(
         skipped = len(run_plan.trials) - len(todo)
         if skipped:
             echo(f"{skipped} of {len(run_plan.trials)} trials already recorded in {results}; skipping them")
-        bar = tqdm(todo, desc="trials", unit="trial", disable=not progress or not todo, file=sys.stderr)
-        for trial in bar:
-            bar.set_postfix_str(trial.label)
-            t0 = time.perf_counter()
-            refusal = (refusals or {}).get((trial.method, trial.variant))
-            if refusal:
-                row = refused_row(trial, refusal)
-            else:
-                row = execute(trial, out_dir, timeout_s or run_plan.suite.trial_timeout_s,
-                              on_progress=lambda line, t=trial: bar.set_postfix_str(f"{t.label}: {line}"))
+        refused = [t for t in todo if (t.method, t.variant) in (refusals or {})]
+        for trial in refused:
+            row = refused_row(trial, (refusals or {})[(trial.method, trial.variant)])
             append_row(results, row)
             recorded[trial.trial_id] = row
-            line = f"{summary_line(row)} ({time.perf_counter() - t0:.0f}s)"
-            if progress:
-                bar.write(line, file=sys.stderr)
-            else:
-                echo(line)
-    return [recorded[t.trial_id] for t in run_plan.trials]
+            echo(summary_line(row))
+        todo = [t for t in todo if t not in refused]
+        executor = executor or LocalExecutor()
+        bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress or not todo, file=sys.stderr)
+        timeout = timeout_s or run_plan.suite.trial_timeout_s
+        with contextlib.closing(executor.rows(todo, out_dir, timeout, bar.set_postfix_str)) as finished:
+            for trial, row, seconds in finished:
+                append_row(results, row)
+                recorded[trial.trial_id] = row
+                bar.update()
+                line = f"{summary_line(row)} ({seconds:.0f}s)"
+                if progress:
+                    bar.write(line, file=sys.stderr)
+                else:
+                    echo(line)
+        bar.close()
+    return [recorded[t.trial_id] for t in run_plan.trials if t.trial_id in recorded]

@@ -339,7 +339,7 @@ def extractor(task, test_name: str):
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # concurrent trials may write the same file
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
         f.flush()
