@@ -69,7 +69,7 @@ NUMBERS = ("seed", "steps", "batch_size", "tokens_seen", "target_tokens_seen", "
            "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb", "step_time_ms_median",
            "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s")
 TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source",
-         "started_at", "finished_at", "command")
+         "started_at", "finished_at", "command", "node", "slurm_job_id")
 MAPPINGS = ("method_params", "accuracy_per_task", "eval_items", "accuracy_per_task_before", "state_elements",
             "method_metrics", "method_info", "meter_notes", "env")
 
