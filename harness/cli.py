@@ -121,6 +121,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
     run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, runner.resolve_device(device),
                            sweeps=sweeps, command=command)
+    for note in run_plan.notes:
+        click.echo(note)
     n_instances = len(run_plan.trials) // max(1, len(spec.tasks) * len(spec.seeds))
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
                f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")

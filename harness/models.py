@@ -69,27 +69,14 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
     Weights are in the precision policy's storage dtype (float32, or bf16 for both bf16 policies): every
     method starts from the same rounded weights, and `Precision.apply` upcasts those a method trains.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from harness.precision import Precision
 
     dtype = Precision(spec.precision).storage_dtype
     torch.manual_seed(seed)
     if spec.kind == "tiny-llama":
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=spec.max_position_embeddings,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(tiny_llama_config(spec, tokenizer))
         if spec.pretrain_steps:
             load_or_pretrain(model, spec, tokenizer, seed, device)
         for p in model.parameters():  # parameters only: buffers (rotary frequencies) stay float32, as
@@ -107,6 +94,46 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
             raise BenchError(f"model.path {spec.path!r}: cannot load it ({str(exc).splitlines()[0]})") from None
     model.config.use_cache = False
     return model.to(device)
+
+
+def tiny_llama_config(spec: ModelSpec, tokenizer: Any) -> Any:
+    """The `LlamaConfig` of a tiny-llama suite model (shared by `build_model` and shape-only meta models)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def meta_model(spec: ModelSpec) -> torch.nn.Module:
+    """The suite's model with every parameter on the `meta` device: its shapes without memory or weights,
+    for what is resolved from shapes before trials run (state budgets)."""
+    if spec.kind == "tiny-llama":
+        from transformers import LlamaForCausalLM
+
+        config = tiny_llama_config(spec, build_tokenizer(spec))
+        with torch.device("meta"):
+            return LlamaForCausalLM(config)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.pretrained import resolve
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(spec.path), trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"model.path {spec.path!r}: cannot read its config ({str(exc).splitlines()[0]})") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
 
 
 def pretrain(model: torch.nn.Module, spec: ModelSpec, tokenizer: Any, seed: int) -> None:
