@@ -60,6 +60,8 @@ def test_multiple_of_lora_resolves_k_and_s_from_shapes():
     assert resolution.budget_elements == budget
     assert 2 * values["k"] * blocks <= budget < 2 * (values["k"] + 1) * blocks
     assert values["s"] == round(0.125 * values["k"]) and values["lr"] == 1e-3
+    default, _ = budgets.resolve(_suite({"sgc": {"state": "0.4x lora"}}), "sgc", {})
+    assert default["k"] == values["k"] and default["s"] == round(values["k"] / 64)
     assert "k=" in resolution.note and "0.4x lora" in resolution.note
 
 
