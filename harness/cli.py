@@ -159,6 +159,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         if section not in run_plan.methods and section not in ("model", "budget", "evaluation"):
             _warn(f"--set {section}.…: {section} is not in this run's methods ({', '.join(run_plan.methods)}); "
                   "the override does nothing")
+    for note in run_plan.notes:
+        click.echo(note)
     n_instances = len(run_plan.trials) // max(1, len(spec.tasks) * len(spec.seeds))
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
                f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device}{executor.describe()} "

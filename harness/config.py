@@ -168,6 +168,9 @@ class SuiteSpec:
                           help="method -> option -> list of values: one variant per combination (a size knob)")
     trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
     slurm: dict = option(default_factory=dict, help="cluster settings for --executor slurm (harness/slurm.py)")
+    state_budgets: dict = option(
+        default_factory=dict, help='method -> {state: "0.4x lora" or "0.08%", s_ratio}: SGC\'s k and s resolved '
+        "from an optimizer-state budget and the model's shapes before trials run (harness/budgets.py)")
 
     def validate(self, where: str) -> None:
         if not self.tasks:
@@ -180,6 +183,9 @@ class SuiteSpec:
         for method, values in self.methods.items():
             if values is not None and not isinstance(values, dict):
                 raise ConfigError(f"{where}.methods.{method}: expected a mapping of options, got {values!r}")
+        from harness.budgets import parse_budgets
+
+        parse_budgets(self.state_budgets, f"{where}.state_budgets")
         for method, values in self.sweeps.items():
             if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
                 raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")

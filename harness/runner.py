@@ -57,6 +57,7 @@ class RunPlan:
     trials: list[Trial] = field(default_factory=list)
     #: every (method, variant label, validated options) of the run, once: what the pre-flight checks.
     variants: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the plan resolved (state budgets), for the log
 
 
 def resolve_device(device: str) -> str:
@@ -113,6 +114,7 @@ def plan(
     command: str | None = None,
 ) -> RunPlan:
     """Validate every method, variant and option, then list the trials (task-major, as reports read)."""
+    from harness.budgets import resolve as resolve_budget
     from harness.options import to_dict
     from harness.sweeps import merge, variant_label, variants
     from methods.base import build_options
@@ -129,15 +131,21 @@ def plan(
         if swept not in methods:
             raise ConfigError(f"--set {swept}.…: {swept} is swept but not run (add it to --methods)")
     instances: list[tuple[str, str, dict[str, Any]]] = []  # (method, variant label, validated params)
+    run_plan_notes: list[str] = []
     for m in methods:
         for values in variants(all_sweeps, m):
             label = variant_label(values)
             where = f"{suite.name}: methods.{m}" + (f" [{label}]" if label else "")
-            params = to_dict(build_options(m, {**(suite.methods.get(m) or {}), **values}, where))
+            merged = {**(suite.methods.get(m) or {}), **values}
+            if m in suite.state_budgets:  # SGC's k and s from a state budget and the model's shapes
+                merged, resolution = resolve_budget(suite, m, merged)
+                if resolution is not None:
+                    run_plan_notes.append(resolution.note)
+            params = to_dict(build_options(m, merged, where))
             instances.append((m, label, params))
     suite_data = suite.to_data()
     shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
-    run_plan = RunPlan(suite, methods, out_dir, device, variants=instances)
+    run_plan = RunPlan(suite, methods, out_dir, device, variants=instances, notes=run_plan_notes)
     for task in suite.tasks:
         for method, label, params in instances:
             for seed in suite.seeds:

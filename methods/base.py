@@ -216,13 +216,18 @@ class Method(abc.ABC):
         self.lr_scale = scale
 
     # -- helpers for subclasses ----------------------------------------------------------------
-    def forward_backward(self, batch: Batch) -> float:
-        """Run forward and backward over all micro-batches; gradients are of the batch's mean loss."""
+    def forward_backward(self, batch: Batch, before_backward: Callable[[int], None] | None = None) -> float:
+        """Run forward and backward over all micro-batches; gradients are of the batch's mean loss.
+
+        `before_backward(i)` runs before micro-batch i's backward (per-layer updates arm their hooks for
+        the last one only, so gradient accumulation stays exact)."""
         assert self.model is not None, "prepare() must run before step()"
         total = max(batch.target_tokens, 1)
         loss_total = 0.0
-        for mb in batch.micro_batches:
+        for i, mb in enumerate(batch.micro_batches):
             loss_sum, _ = self.loss_fn(self.model, mb)
+            if before_backward is not None:
+                before_backward(i)
             (loss_sum / total).backward()
             loss_total += float(loss_sum.detach())
         return loss_total / total

@@ -1,4 +1,8 @@
-"""`full`: AdamW on every weight, the baseline every ratio in a report is taken against."""
+"""`full`: AdamW on every weight, the baseline every ratio in a report is taken against.
+
+`layerwise: true` fuses the update into backward (one AdamW per parameter, stepped from its
+post-accumulate-grad hook, `methods/fused.py`): the same update, with one gradient held instead of all.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,20 @@ from dataclasses import dataclass
 import torch
 
 from harness.options import option
-from methods.base import AdamOptions, OptimizerMethod, adamw, register
+from methods.base import AdamOptions, adamw, register
+from methods.fused import LayerwiseOptimizerMethod
 
 
 @dataclass
 class FullOptions(AdamOptions):
     lr: float = option(2e-5, "peak learning rate", min=0.0)
+    layerwise: bool = option(
+        False, "step each parameter's AdamW inside backward as soon as its gradient is complete (one gradient "
+        "held instead of all; the same update, gradient accumulation included)")
 
 
 @register("full")
-class FullFineTuning(OptimizerMethod):
+class FullFineTuning(LayerwiseOptimizerMethod):
     """AdamW (torch.optim.AdamW) on all parameters; state 2 elements per weight."""
 
     Options = FullOptions
@@ -26,7 +34,7 @@ class FullFineTuning(OptimizerMethod):
         for p in model.parameters():
             p.requires_grad_(True)
         self.model = model
-        self.optimizer = self.build_optimizer()
+        self.finish_prepare()
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        return adamw([p for _, p in self.trainable_parameters()], self.options)
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return adamw(params, self.options)

@@ -7,6 +7,10 @@ weights of attention and MLP through the projection, the rest (embeddings, norms
 Adam in the same `GaLoreAdamW`, as in the authors' training script. State per projected weight
 (m x n, m >= n): P (r x n) plus 2 m r moments. Defaults: the GaLore paper's fine-tuning settings
 (rank 8, T 200, scale 2); `GaLoreAdamW`'s own eps 1e-6 and no weight decay.
+
+`layerwise: true` is galore-torch's layer-wise mode: one `GaLoreAdamW` per parameter (projected or
+not, with the same group options), stepped from the parameter's post-accumulate-grad hook, so one
+gradient is held instead of all (`methods/fused.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from harness.options import option
-from methods.base import AdamOptions, OptimizerMethod, register
+from methods.base import AdamOptions, register
+from methods.fused import LayerwiseOptimizerMethod
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -35,6 +40,9 @@ class GaloreOptions(AdamOptions):
         default_factory=lambda: list(DEFAULT_TARGETS), help="2-D weights (by module name) to project"
     )
     eps: float = option(1e-6, "Adam's epsilon (GaLoreAdamW's default)", gt=0.0)
+    layerwise: bool = option(
+        False, "galore-torch's layer-wise mode: one GaLoreAdamW per parameter, stepped inside backward as soon as "
+        "its gradient is complete (one gradient held instead of all; gradient accumulation stays exact)")
 
 
 def _import_galore_adamw() -> type[torch.optim.Optimizer]:
@@ -51,7 +59,7 @@ def _import_galore_adamw() -> type[torch.optim.Optimizer]:
 
 
 @register("galore")
-class Galore(OptimizerMethod):
+class Galore(LayerwiseOptimizerMethod):
     """GaLore: `GaLoreAdamW` with the attention/MLP 2-D weights in a projected param group."""
 
     Options = GaloreOptions
@@ -61,7 +69,14 @@ class Galore(OptimizerMethod):
         for p in model.parameters():
             p.requires_grad_(True)
         self.model = model
-        self.optimizer = self.build_optimizer()
+        projected = set(self.projected_parameter_names())
+        if not projected:
+            from harness.errors import ConfigError
+
+            raise ConfigError(
+                f"methods.galore.target_modules: no 2-D weight matches {self.options.target_modules}")
+        self._projected = {id(p) for n, p in model.named_parameters() if n in projected}
+        self.finish_prepare()
         self.warn_clipped_rank()
 
     def warn_clipped_rank(self) -> None:
@@ -87,25 +102,18 @@ class Galore(OptimizerMethod):
                 names.append(name)
         return names
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """`GaLoreAdamW` over `params`: the projected weights in a group with GaLore's options, the rest
+        (embeddings, norms, head) in a plain Adam group; a group left empty is not passed."""
         o = self.options
-        projected = set(self.projected_parameter_names())
-        if not projected:
-            from harness.errors import ConfigError
-
-            raise ConfigError(f"methods.galore.target_modules: no 2-D weight matches {o.target_modules}")
-        galore_params = [p for n, p in self.trainable_parameters() if n in projected]
-        regular_params = [p for n, p in self.trainable_parameters() if n not in projected]
-        groups = [
-            {"params": regular_params},
-            {
-                "params": galore_params,
-                "rank": o.rank,
-                "update_proj_gap": o.update_proj_gap,
-                "scale": o.scale,
-                "proj_type": o.proj_type,
-            },
-        ]
+        galore_params = [p for p in params if id(p) in self._projected]
+        regular_params = [p for p in params if id(p) not in self._projected]
+        groups: list[dict] = []
+        if regular_params:
+            groups.append({"params": regular_params})
+        if galore_params:
+            groups.append({"params": galore_params, "rank": o.rank, "update_proj_gap": o.update_proj_gap,
+                           "scale": o.scale, "proj_type": o.proj_type})
         GaLoreAdamW = _import_galore_adamw()
         return GaLoreAdamW(
             groups,

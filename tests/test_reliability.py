@@ -118,7 +118,7 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     [
         (["--set", "full.lr=-1"], "methods.full.lr: must be >= 0"),
         (["--set", "lora.r=0"], "methods.lora.r: must be >= 1"),
-        (["--set", "sgc.s=500"], "methods.sgc.s: must be smaller than k"),
+        (["--set", "sgc.s=5000"], "methods.sgc.s: must be smaller than k"),
         (["--set", "budget.steps=ten"], "budget.steps"),
         (["--set", "model.precision=float8"], "model.precision: must be one of fp32, bf16-mixed, bf16"),
         (["--set", "model.precision=fp16"], "model.precision: fp16 is not supported: float16 needs loss scaling"),
