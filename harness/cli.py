@@ -73,7 +73,8 @@ def main() -> None:
               help="Commonsense data: DIR/<task>/{train,test}.json (default: $BENCH_DATA_DIR).")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on a seeded subset of N records of the mix.")
 @click.option("--limit-eval", type=click.IntRange(min=1), help="Score a seeded subset of N items per test set.")
-@click.option("--eval-mode", type=click.Choice(["loglik", "generate"]), help="Override the suite's evaluation mode.")
+@click.option("--eval-mode", type=click.Choice(["loglik", "generate", "llm-adapters"]),
+              help="Override the suite's evaluation mode (llm-adapters: their prompts and 4-beam decoding, slow).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -102,11 +102,15 @@ class TrainingMix:
     source: str  # what the mix was built from, for the report
 
 
+def seeded_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """Which of n items a seeded subset of `limit` keeps, in file order (all when no limit)."""
+    if not limit or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
 def seeded_subset(records: list[Any], limit: int | None, seed: int) -> list[Any]:
-    if not limit or limit >= len(records):
-        return list(records)
-    rng = random.Random(seed)
-    return [records[i] for i in sorted(rng.sample(range(len(records)), limit))]
+    return [records[i] for i in seeded_indices(len(records), limit, seed)]
 
 
 def training_mix(data_dir: Path, seed: int, limit: int | None = None, tasks: tuple[str, ...] = TASKS) -> TrainingMix:
@@ -128,7 +132,16 @@ def training_mix(data_dir: Path, seed: int, limit: int | None = None, tasks: tup
 
 
 def load_test_set(data_dir: Path, task: str, limit: int | None = None, seed: int = 0) -> list[dict[str, str]]:
-    return seeded_subset(read_records(data_dir / task / "test.json", task), limit, seed)
+    return load_test_items(data_dir, task, limit, seed)[1]
+
+
+def load_test_items(data_dir: Path, task: str, limit: int | None = None,
+                    seed: int = 0) -> tuple[list[int], list[dict[str, str]]]:
+    """(each kept item's index in the test file, the records): the index names an item in per-item records,
+    so two runs, or two methods, are paired on the same test items."""
+    records = read_records(data_dir / task / "test.json", task)
+    indices = seeded_indices(len(records), limit, seed)
+    return indices, [records[i] for i in indices]
 
 
 # -- the Hugging Face hub's versions, converted to the same records ------------------------------------
