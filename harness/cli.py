@@ -211,13 +211,16 @@ def env() -> None:
               help="A directory (REPORT.md + PNG figures) or a .md file; default DIR/report.md.")
 @click.option("--title", help="Report title.")
 @click.option("--no-figures", is_flag=True, help="Tables only.")
+@click.option("--reference", default="full", show_default=True,
+              help="Method every other one is compared with, paired item by item (a variant as `lora (r=4)`).")
 @click.option("--quiet", "-q", is_flag=True, help="Only write the file; do not print the report.")
 @friendly_errors
-def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_figures: bool, quiet: bool) -> None:
+def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_figures: bool, reference: str,
+           quiet: bool) -> None:
     """Print and write a Markdown comparison report of one or more runs, with figures."""
     from harness.report import write_report
 
-    path = write_report(list(run_dirs), out, title, with_figures=not no_figures)
+    path = write_report(list(run_dirs), out, title, with_figures=not no_figures, reference=reference)
     if not quiet:
         click.echo(path.read_text(encoding="utf-8"))
     click.echo(f"report written to {path}")

@@ -60,10 +60,13 @@ def record_options(task: str, record: dict[str, str]) -> tuple[str, ...]:
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:
+    """--data-dir, else $BENCH_DATA_DIR, else LLM-Adapters' published files, fetched once into the cache
+    (`harness.fetch`; offline, one error line says how to bring the data)."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        raise BenchError(f"no commonsense data directory: pass --data-dir DIR or set ${DATA_DIR_ENV} "
-                         "(the LLM-Adapters layout DIR/<task>/{train,test}.json)")
+        from harness.fetch import fetch_commonsense
+
+        return fetch_commonsense()
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise BenchError(f"--data-dir {chosen}: not a directory")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,25 @@ def mcnemar(a: Sequence[float], b: Sequence[float]) -> tuple[int, int, float]:
     return only_a, only_b, min(1.0, 2 * tail)
 
 
-def normal_difference(a: Mapping[str, tuple[float, int]], b: Mapping[str, tuple[float, int]],
+def _average_moments(side: Mapping[Any, tuple[float, int]]) -> tuple[float, float]:
+    """Mean over tasks of per-task accuracies, and its variance as a sum of binomial variances p(1-p)/n."""
+    tasks = [(p, n) for p, n in side.values() if n]
+    if not tasks:
+        raise ValueError("no items")
+    mean = sum(p for p, _ in tasks) / len(tasks)
+    variance = sum(p * (1 - p) / n for p, n in tasks) / len(tasks) ** 2
+    return mean, variance
+
+
+def normal_average(counts: Mapping[Any, tuple[float, int]], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(average over tasks, lower, upper) from per-task (accuracy, items), by the normal approximation: for
+    rows that kept no per-item records to bootstrap."""
+    mean, variance = _average_moments(counts)
+    half = _z(confidence) * math.sqrt(variance)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def normal_difference(a: Mapping[Any, tuple[float, int]], b: Mapping[Any, tuple[float, int]],
                       confidence: float = 0.95) -> PairedDifference:
     """Unpaired interval of (average of b) - (average of a) from per-task (accuracy, items).
 
@@ -158,16 +177,8 @@ def normal_difference(a: Mapping[str, tuple[float, int]], b: Mapping[str, tuple[
     the sum of those over T^2; the two runs are treated as independent (no per-item records to pair), which
     overstates the noise of a difference between methods scored on the same items: a conservative check.
     """
-    def moments(side: Mapping[str, tuple[float, int]]) -> tuple[float, float]:
-        tasks = [(p, n) for p, n in side.values() if n]
-        if not tasks:
-            raise ValueError("normal_difference: no items")
-        mean = sum(p for p, _ in tasks) / len(tasks)
-        variance = sum(p * (1 - p) / n for p, n in tasks) / len(tasks) ** 2
-        return mean, variance
-
-    mean_a, var_a = moments(a)
-    mean_b, var_b = moments(b)
+    mean_a, var_a = _average_moments(a)
+    mean_b, var_b = _average_moments(b)
     half = _z(confidence) * math.sqrt(var_a + var_b)
     difference = mean_b - mean_a
     items = sum(n for _, n in b.values())
