@@ -126,6 +126,9 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
                f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device} -> {out_dir}")
     try:
+        from harness.estimate import announce
+
+        announce(run_plan, click.echo)  # a long run on a CPU: how long it will take here, and the CPU preset
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
                           progress=not quiet)
     except (KeyboardInterrupt, runner.Terminated) as exc:
