@@ -5,7 +5,8 @@ Trials are matched by (task, method, variant, seed). Each metric has a rule:
   significant: the 95% interval of the difference excludes 0. The interval is a paired bootstrap over the
   items both runs scored when both rows kept per-item records that reproduce their accuracies, else an
   unpaired normal interval from the per-task accuracies and item counts (older rows without records);
-  a drop inside the sampling noise of the items is reported as `within noise`, never as a regression;
+  a drop inside the sampling noise of the items is reported as `within noise`, a significant one within the
+  tolerance as `within tolerance`, neither as a regression;
 - exact memory accounting (state elements, weights, gradients, optimizer state): any increase, since
   these figures are deterministic;
 - measured peaks (RSS, CUDA allocator, NVML): an increase by more than `peak_rel` (relative);
@@ -48,7 +49,7 @@ class Finding:
     metric: str
     baseline: Any
     current: Any
-    verdict: str  # "regression", "better", "same", "within noise"
+    verdict: str  # "regression", "better", "same", "within noise", "within tolerance"
     interval: str = ""  # accuracy: the difference and its interval
 
 
@@ -141,8 +142,11 @@ def _accuracy(name: str, base: pd.Series, now: pd.Series, tol: Tolerance) -> Fin
         return finding
     finding.interval = (f"{difference.difference:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}] "
                         f"{difference.method}")
-    if finding.verdict == "regression" and not difference.high < 0:
-        finding.verdict = "within noise"
+    if float(finding.current) < float(finding.baseline):  # every drop is listed, with its interval
+        if not difference.high < 0:
+            finding.verdict = "within noise"
+        elif finding.verdict != "regression":
+            finding.verdict = "within tolerance"
     return finding
 
 
