@@ -169,20 +169,17 @@ def ranking(frame: pd.DataFrame, confidence: float = 0.95) -> list[tuple[str, fl
     data = collect(frame)
     summary = accuracies(frame, confidence)
     names = sorted(summary, key=lambda n: -summary[n].average)
-    out = []
-    for name in names:
-        tied = []
-        for other in names:
-            if other == name:
-                continue
+    ties: dict[str, list[str]] = {name: [] for name in names}
+    for i, name in enumerate(names):
+        for other in names[i + 1:]:  # significance is symmetric: one bootstrap per pair
             try:
                 difference, _ = compare_methods(data[name], data[other], confidence)
             except ValueError:
                 continue
             if not difference.significant:
-                tied.append(other)
-        out.append((name, summary[name].average, tied))
-    return out
+                ties[name].append(other)
+                ties[other].append(name)
+    return [(name, summary[name].average, [n for n in names if n in ties[name]]) for name in names]
 
 
 def row_difference(base: dict, now: dict, confidence: float = 0.95) -> stats.PairedDifference | None:
