@@ -146,3 +146,14 @@ def test_compare_of_baseline_rows_without_records_still_works(run_dir, tmp_path)
             f.write(json.dumps(row) + "\n")
     result = CliRunner().invoke(main, ["compare", str(bare), str(run_dir)])
     assert result.exit_code == 0, result.output
+
+
+def test_every_planned_trial_has_its_own_predictions_file(tmp_path):
+    from harness import runner
+    from harness.config import load_suite
+
+    plan = runner.plan(load_suite("tiny"), ["full", "lora"], tmp_path / "run", "cpu")
+    files = [t.spec["predictions_file"] for t in plan.trials]
+    assert len(set(files)) == len(files) == len(plan.trials)
+    for t in plan.trials:
+        assert t.spec["predictions_file"] == str(tmp_path / "run" / predictions.relative_path(t.trial_id))
