@@ -69,7 +69,8 @@ def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path,
             ax.set_xscale("log")
         else:  # zero-state methods (MeZO) stay on the axis
             ax.set_xscale("symlog", linthresh=float(positive.min()))
-    _label_axes(ax, xlabel, "accuracy (mean over tasks)", legend_size=8)
+    ylabel = "accuracy (mean over tasks" + ("; bars: 95% interval)" if intervals else ")")
+    _label_axes(ax, xlabel, ylabel, legend_size=8)
     return _save(fig, path)
 
 
