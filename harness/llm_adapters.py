@@ -99,7 +99,8 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict[str, str]],
     correct = 0
     with torch.no_grad():
         for record in records:
-            input_ids = tokenizer(eval_prompt(record), return_tensors="pt")["input_ids"].to(device)
+            prompt = eval_prompt(record)
+            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                  num_beams=NUM_BEAMS, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -107,6 +108,8 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict[str, str]],
             answer = extract(record, text)
             predictions.append(answer or "")
             correct += answer == record["answer"]
-            details.append({"output": text, "prediction": answer or "", "correct": answer == record["answer"]})
+            # the exact prompt too: in this mode the records show what the model was asked, byte for byte
+            details.append({"prompt": prompt, "output": text, "prediction": answer or "",
+                            "correct": answer == record["answer"]})
     model.train(was_training)
     return EvalResult(correct / len(records) if records else 0.0, len(records), predictions, details)

@@ -98,5 +98,6 @@ def test_llm_adapters_mode_end_to_end_writes_the_generated_text(tmp_path):
     assert row["status"] == "ok", row["reason"]
     lines = read(path)
     assert len(lines) == 4 and all("output" in line for line in lines)
+    assert all(line["prompt"].startswith(EVAL_HEAD + "\n\n" + PAD + "### Instruction:\n") for line in lines)
     assert row["accuracy"] == sum(line["correct"] for line in lines) / 4
     assert row["predictions"] == "predictions/kind__lora__seed0__x.jsonl"
