@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.uncertainty import MethodAccuracy
+from harness.uncertainty import Analysis, MethodAccuracy
 
 BASELINE = "full"
 NUMERIC = [
@@ -243,10 +243,11 @@ def environment_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str] | None = None,
-           reference: str = BASELINE) -> str:
+           reference: str = BASELINE, analysis: Analysis | None = None) -> str:
     """The Markdown report of a frame of result rows; `figures` maps captions to PNG file names; methods are
-    compared, paired on their items, with `reference`."""
+    compared, paired on their items, with `reference` (`analysis`: that comparison, when already computed)."""
     from harness import significance
+    from harness.uncertainty import analyse
 
     if frame.empty:
         return "# Benchmark report\n\nNo results.\n"
@@ -254,11 +255,10 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
     lines = [f"# {title or f'Benchmark report: {suites}'}", "", *environment_lines(frame), ""]
     summary = summarise(frame)
     if not summary.empty:
-        from harness.uncertainty import accuracies
-
-        intervals = accuracies(frame)
+        analysis = analysis or analyse(frame, reference)
+        intervals = analysis.accuracies
         lines += ["## Accuracy", "", accuracy_table(summary, intervals), "", significance.interval_note(intervals), ""]
-        lines += significance.sections(frame, reference)
+        lines += significance.sections(frame, analysis)
         lines += ["## Memory", "",
                   "Peaks are measured (each meter that applied; RSS includes the Python runtime itself); "
                   "*weights, gradients, optimizer state* are the exact accounting from each method's "
@@ -298,14 +298,17 @@ def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str
     else:
         target = out / "REPORT.md"
     target.parent.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(frame, target.parent) if with_figures else {}
+    from harness.uncertainty import analyse
+
+    analysis = analyse(frame, reference) if not frame.empty else None
+    figures = draw_figures(frame, target.parent, analysis) if with_figures else {}
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(render(frame, title, figures, reference), encoding="utf-8")
+    tmp.write_text(render(frame, title, figures, reference, analysis), encoding="utf-8")
     tmp.replace(target)
     return target
 
 
-def draw_figures(frame: pd.DataFrame, directory: Path) -> dict[str, str]:
+def draw_figures(frame: pd.DataFrame, directory: Path, analysis: Analysis | None = None) -> dict[str, str]:
     """The report's PNGs; an empty dict when matplotlib is missing or nothing finished."""
     try:
         import matplotlib  # noqa: F401
@@ -319,7 +322,8 @@ def draw_figures(frame: pd.DataFrame, directory: Path) -> dict[str, str]:
     from harness.uncertainty import accuracies
 
     made: dict[str, str] = {}
-    bars = {name: acc.average_interval for name, acc in accuracies(frame).items()}
+    intervals = analysis.accuracies if analysis else accuracies(frame)
+    bars = {name: acc.average_interval for name, acc in intervals.items()}
     peak = next((c for c, _ in PEAK_METERS if summary[c].notna().any()), None)
     if peak:
         figures.frontier(summary, peak, f"peak memory, {dict(PEAK_METERS)[peak]}", directory / "accuracy_vs_peak.png",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.uncertainty import MethodAccuracy, against_reference, ranking
+from harness.uncertainty import Analysis, MethodAccuracy
 
 SIGNIFICANCE = 0.05
 
@@ -30,9 +30,10 @@ def _signed(value: float) -> str:
     return f"{value:+.3f}"
 
 
-def comparison_table(frame: pd.DataFrame, reference: str) -> str | None:
+def comparison_table(analysis: Analysis) -> str | None:
+    reference = analysis.reference
     rows = []
-    for c in against_reference(frame, reference):
+    for c in analysis.comparisons:
         d = c.difference
         flagged = [f"{t} (p={p:.3f})" for t, (_, _, p) in c.mcnemar.items() if p < SIGNIFICANCE]
         rows.append({
@@ -46,8 +47,8 @@ def comparison_table(frame: pd.DataFrame, reference: str) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
 
 
-def ranking_table(frame: pd.DataFrame) -> str | None:
-    ranked = ranking(frame)
+def ranking_table(analysis: Analysis) -> str | None:
+    ranked = analysis.ranking
     if len(ranked) < 2:
         return None
     rows, rank = [], 0
@@ -60,10 +61,11 @@ def ranking_table(frame: pd.DataFrame) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
-def sections(frame: pd.DataFrame, reference: str) -> list[str]:
+def sections(frame: pd.DataFrame, analysis: Analysis) -> list[str]:
     """The report's "Paired comparison" and "Ranking" sections (nothing when fewer than two methods)."""
+    reference = analysis.reference
     lines: list[str] = []
-    table = comparison_table(frame, reference)
+    table = comparison_table(analysis)
     if table:
         lines += [f"### Paired comparison against `{reference}`", "",
                   "Every method of a run is scored on the same test items, so differences are paired item by "
@@ -72,10 +74,10 @@ def sections(frame: pd.DataFrame, reference: str) -> list[str]:
                   "The McNemar column names the tasks where the exact McNemar test on the items only one of the "
                   "two got right gives p < 0.05. Rows without per-item records fall back to an unpaired normal "
                   "interval, which overstates the noise.", "", table, ""]
-    elif reference not in set(frame.get("method", pd.Series(dtype=object))):
+    elif reference not in analysis.accuracies:
         lines += [f"(No paired comparison: the reference method `{reference}` is not in these results; "
                   "choose one with `--reference`.)", ""]
-    ranked = ranking_table(frame)
+    ranked = ranking_table(analysis)
     if ranked:
         lines += ["### Ranking", "",
                   "By average accuracy. Methods share a rank with the one above them when their paired "

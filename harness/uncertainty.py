@@ -148,8 +148,9 @@ def compare_methods(a: dict[int, tuple[dict, Items | None]], b: dict[int, tuple[
     return stats.normal_difference(counts_a, counts_b, confidence), tests
 
 
-def against_reference(frame: pd.DataFrame, reference: str, confidence: float = 0.95) -> list[Comparison]:
-    data = collect(frame)
+def against_reference(frame: pd.DataFrame, reference: str, confidence: float = 0.95,
+                      data: dict | None = None) -> list[Comparison]:
+    data = collect(frame) if data is None else data
     if reference not in data:
         return []
     out = []
@@ -164,10 +165,11 @@ def against_reference(frame: pd.DataFrame, reference: str, confidence: float = 0
     return out
 
 
-def ranking(frame: pd.DataFrame, confidence: float = 0.95) -> list[tuple[str, float, list[str]]]:
+def ranking(frame: pd.DataFrame, confidence: float = 0.95, data: dict | None = None,
+            summary: dict[str, MethodAccuracy] | None = None) -> list[tuple[str, float, list[str]]]:
     """(name, average, names tied with it) from best to worst; tied: no significant paired difference."""
-    data = collect(frame)
-    summary = accuracies(frame, confidence)
+    data = collect(frame) if data is None else data
+    summary = {n: summarise_method(n, seeds, confidence) for n, seeds in data.items()} if summary is None else summary
     names = sorted(summary, key=lambda n: -summary[n].average)
     ties: dict[str, list[str]] = {name: [] for name in names}
     for i, name in enumerate(names):
@@ -206,3 +208,20 @@ def row_difference(base: dict, now: dict, confidence: float = 0.95) -> stats.Pai
     difference = float(now["accuracy"]) - float(base["accuracy"])
     half = spread.high - spread.difference
     return stats.PairedDifference(difference, difference - half, difference + half, spread.items, spread.method)
+
+
+@dataclass
+class Analysis:
+    """Everything a report says about accuracy uncertainty, computed once (per-item records read once)."""
+
+    accuracies: dict[str, MethodAccuracy]
+    comparisons: list[Comparison]
+    ranking: list[tuple[str, float, list[str]]]
+    reference: str
+
+
+def analyse(frame: pd.DataFrame, reference: str, confidence: float = 0.95) -> Analysis:
+    data = collect(frame)
+    summary = {name: summarise_method(name, seeds, confidence) for name, seeds in data.items()}
+    return Analysis(summary, against_reference(frame, reference, confidence, data),
+                    ranking(frame, confidence, data, summary), reference)
