@@ -43,17 +43,16 @@ def main() -> None:
                                                            commonsense.extract_answer(t, _o)),
     }
     n = sum(len(r) for r in tests.values())
+    print(f"{args.model} on {args.device} ({torch.get_num_threads()} torch threads), {n} items "
+          f"({args.items} per test set)\n", flush=True)
+    print("| mode | s/item | × loglik |\n|---|---:|---:|", flush=True)
     seconds = {}
-    for mode, run in modes.items():
+    for mode, run in modes.items():  # each line as soon as its mode is done
         t0 = time.perf_counter()
         for task, records in tests.items():
             run(task, records)
         seconds[mode] = time.perf_counter() - t0
-    print(f"{args.model} on {args.device} ({torch.get_num_threads()} torch threads), {n} items "
-          f"({args.items} per test set)\n")
-    print("| mode | s/item | × loglik |\n|---|---:|---:|")
-    for mode, s in seconds.items():
-        print(f"| {mode} | {s / n:.3f} | {s / seconds['loglik']:.1f} |")
+        print(f"| {mode} | {seconds[mode] / n:.3f} | {seconds[mode] / seconds['loglik']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
