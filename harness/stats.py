@@ -153,7 +153,7 @@ def mcnemar(a: Sequence[float], b: Sequence[float]) -> tuple[int, int, float]:
 
 def _average_moments(side: Mapping[Any, tuple[float, int]]) -> tuple[float, float]:
     """Mean over tasks of per-task accuracies, and its variance as a sum of binomial variances p(1-p)/n."""
-    tasks = [(p, n) for p, n in side.values() if n]
+    tasks = [(min(1.0, max(0.0, p)), n) for p, n in side.values() if n]  # an edited row may leave [0, 1]
     if not tasks:
         raise ValueError("no items")
     mean = sum(p for p, _ in tasks) / len(tasks)
