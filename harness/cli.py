@@ -100,7 +100,8 @@ def main() -> None:
               help="Commonsense data: DIR/<task>/{train,test}.json (default: $BENCH_DATA_DIR).")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on a seeded subset of N records of the mix.")
 @click.option("--limit-eval", type=click.IntRange(min=1), help="Score a seeded subset of N items per test set.")
-@click.option("--eval-mode", type=click.Choice(["loglik", "generate"]), help="Override the suite's evaluation mode.")
+@click.option("--eval-mode", type=click.Choice(["loglik", "generate", "llm-adapters"]),
+              help="Override the suite's evaluation mode (llm-adapters: their prompts and 4-beam decoding, slow).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--dry-run", is_flag=True,
               help="Check every trial on the meta device and print its predicted memory; start nothing.")
@@ -181,6 +182,9 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     refusals = {} if not fit_check else {
         key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
     try:
+        from harness.estimate import announce
+
+        announce(run_plan, click.echo)  # a long run on a CPU: how long it will take here, and the CPU preset
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
                           progress=not quiet, refusals=refusals, executor=executor)
     except (KeyboardInterrupt, runner.Terminated) as exc:
@@ -279,13 +283,16 @@ def env() -> None:
               help="A directory (REPORT.md + PNG figures) or a .md file; default DIR/report.md.")
 @click.option("--title", help="Report title.")
 @click.option("--no-figures", is_flag=True, help="Tables only.")
+@click.option("--reference", default="full", show_default=True,
+              help="Method every other one is compared with, paired item by item (a variant as `lora (r=4)`).")
 @click.option("--quiet", "-q", is_flag=True, help="Only write the file; do not print the report.")
 @friendly_errors
-def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_figures: bool, quiet: bool) -> None:
+def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_figures: bool, reference: str,
+           quiet: bool) -> None:
     """Print and write a Markdown comparison report of one or more runs, with figures."""
     from harness.report import write_report
 
-    path = write_report(list(run_dirs), out, title, with_figures=not no_figures)
+    path = write_report(list(run_dirs), out, title, with_figures=not no_figures, reference=reference)
     if not quiet:
         click.echo(path.read_text(encoding="utf-8"))
     click.echo(f"report written to {path}")

@@ -60,10 +60,13 @@ def record_options(task: str, record: dict[str, str]) -> tuple[str, ...]:
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:
+    """--data-dir, else $BENCH_DATA_DIR, else LLM-Adapters' published files, fetched once into the cache
+    (`harness.fetch`; offline, one error line says how to bring the data)."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        raise BenchError(f"no commonsense data directory: pass --data-dir DIR or set ${DATA_DIR_ENV} "
-                         "(the LLM-Adapters layout DIR/<task>/{train,test}.json)")
+        from harness.fetch import fetch_commonsense
+
+        return fetch_commonsense()
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise BenchError(f"--data-dir {chosen}: not a directory")
@@ -102,11 +105,15 @@ class TrainingMix:
     source: str  # what the mix was built from, for the report
 
 
+def seeded_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """Which of n items a seeded subset of `limit` keeps, in file order (all when no limit)."""
+    if not limit or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
 def seeded_subset(records: list[Any], limit: int | None, seed: int) -> list[Any]:
-    if not limit or limit >= len(records):
-        return list(records)
-    rng = random.Random(seed)
-    return [records[i] for i in sorted(rng.sample(range(len(records)), limit))]
+    return [records[i] for i in seeded_indices(len(records), limit, seed)]
 
 
 def training_mix(data_dir: Path, seed: int, limit: int | None = None, tasks: tuple[str, ...] = TASKS) -> TrainingMix:
@@ -128,7 +135,16 @@ def training_mix(data_dir: Path, seed: int, limit: int | None = None, tasks: tup
 
 
 def load_test_set(data_dir: Path, task: str, limit: int | None = None, seed: int = 0) -> list[dict[str, str]]:
-    return seeded_subset(read_records(data_dir / task / "test.json", task), limit, seed)
+    return load_test_items(data_dir, task, limit, seed)[1]
+
+
+def load_test_items(data_dir: Path, task: str, limit: int | None = None,
+                    seed: int = 0) -> tuple[list[int], list[dict[str, str]]]:
+    """(each kept item's index in the test file, the records): the index names an item in per-item records,
+    so two runs, or two methods, are paired on the same test items."""
+    records = read_records(data_dir / task / "test.json", task)
+    indices = seeded_indices(len(records), limit, seed)
+    return indices, [records[i] for i in indices]
 
 
 # -- the Hugging Face hub's versions, converted to the same records ------------------------------------

@@ -1,7 +1,12 @@
 """`bench compare BASELINE CURRENT`: regressions of accuracy, memory and speed, for CI.
 
 Trials are matched by (task, method, variant, seed). Each metric has a rule:
-- accuracy: a regression when it drops by more than `accuracy_abs` (absolute);
+- accuracy: a regression when it drops by more than `accuracy_abs` (absolute) *and* the drop is
+  significant: the 95% interval of the difference excludes 0. The interval is a paired bootstrap over the
+  items both runs scored when both rows kept per-item records that reproduce their accuracies, else an
+  unpaired normal interval from the per-task accuracies and item counts (older rows without records);
+  a drop inside the sampling noise of the items is reported as `within noise`, a significant one within the
+  tolerance as `within tolerance`, neither as a regression;
 - exact memory accounting (state elements, weights, gradients, optimizer state): any increase, since
   these figures are deterministic;
 - measured peaks (RSS, CUDA allocator, NVML): an increase by more than `peak_rel` (relative);
@@ -30,7 +35,9 @@ PEAKS = ["peak_mem_rss_mb", "peak_mem_allocated_mb", "peak_mem_nvml_mb"]
 
 @dataclass
 class Tolerance:
-    accuracy_abs: float = option(0.0, "allowed drop in accuracy (absolute)", min=0.0)
+    accuracy_abs: float = option(0.0, "allowed drop in accuracy (absolute), beyond which a significant drop "
+                                 "is a regression", min=0.0)
+    confidence: float = option(0.95, "level of the accuracy difference's interval", min=0.5, max=0.999)
     peak_rel: float = option(0.25, "allowed relative increase of a measured memory peak", min=0.0)
     time_ratio_rel: float = option(0.5, "allowed relative increase of step time / full's step time", min=0.0)
     exact_rel: float = option(0.0, "allowed relative increase of the exact memory accounting", min=0.0)
@@ -42,7 +49,8 @@ class Finding:
     metric: str
     baseline: Any
     current: Any
-    verdict: str  # "regression", "better", "same"
+    verdict: str  # "regression", "better", "same", "within noise", "within tolerance"
+    interval: str = ""  # accuracy: the difference and its interval
 
 
 @dataclass
@@ -109,8 +117,7 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> Co
         if now["status"] != "ok":
             result.findings.append(Finding(name, "status", "ok", f"{now['status']}: {now['reason']}", "regression"))
             continue
-        result.findings.append(_check(name, "accuracy", base["accuracy"], now["accuracy"],
-                                      lambda b, c: c < b - tol.accuracy_abs - 1e-12, higher_is_better=True))
+        result.findings.append(_accuracy(name, base, now, tol))
         for metric in EXACT:
             result.findings.append(_check(name, metric, base[metric], now[metric],
                                           lambda b, c: c > b * (1 + tol.exact_rel) + 1e-9))
@@ -120,6 +127,27 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> Co
         result.findings.append(_check(name, "step_time / full", base["time_ratio"], now["time_ratio"],
                                       lambda b, c: c > b * (1 + tol.time_ratio_rel)))
     return Comparison([f for f in result.findings if f is not None])
+
+
+def _accuracy(name: str, base: pd.Series, now: pd.Series, tol: Tolerance) -> Finding | None:
+    """Accuracy: a regression only when the drop is beyond the tolerance and outside the noise."""
+    from harness.uncertainty import row_difference
+
+    finding = _check(name, "accuracy", base["accuracy"], now["accuracy"],
+                     lambda b, c: c < b - tol.accuracy_abs - 1e-12, higher_is_better=True)
+    if finding is None or _missing(finding.current):
+        return finding
+    difference = row_difference(base.to_dict(), now.to_dict(), tol.confidence)
+    if difference is None:
+        return finding
+    finding.interval = (f"{difference.difference:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}] "
+                        f"{difference.method}")
+    if float(finding.current) < float(finding.baseline):  # every drop is listed, with its interval
+        if not difference.high < 0:
+            finding.verdict = "within noise"
+        elif finding.verdict != "regression":
+            finding.verdict = "within tolerance"
+    return finding
 
 
 def _missing(value: Any) -> bool:
@@ -146,7 +174,9 @@ def render(comparison: Comparison, show_all: bool = False) -> str:
     if rows:
         table = pd.DataFrame([{"trial": f.trial, "metric": f.metric, "baseline": _fmt(f.baseline),
                                "current": _fmt(f.current), "verdict": f.verdict.upper() if f.verdict == "regression"
-                               else f.verdict} for f in rows])
+                               else f.verdict, "difference [95% interval]": f.interval or ""} for f in rows])
+        if not table["difference [95% interval]"].any():
+            table = table.drop(columns="difference [95% interval]")
         lines.append(table.to_markdown(index=False))
     return "\n".join(lines) + "\n"
 

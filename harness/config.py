@@ -146,7 +146,9 @@ class BudgetSpec:
 class EvalSpec:
     mode: str = option(
         "loglik", "loglik: pick the answer option with the highest log-likelihood (batched, fast); generate: "
-        "greedy decoding, then LLM-Adapters' answer extraction", choices=("loglik", "generate"))
+        "greedy decoding, then LLM-Adapters' answer extraction; llm-adapters: their protocol exactly (their "
+        "prompts, 4-beam search, 32 new tokens, batch 1, no truncation; slow)",
+        choices=("loglik", "generate", "llm-adapters"))
     batch_size: int = option(32, "sequences per scoring or generation batch", min=1)
     max_new_tokens: int = option(32, "generate: tokens decoded per answer", min=1)
     before_training: bool = option(False, "also score the untrained model (accuracy_before columns)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,11 @@ class TaskData:
     tests: dict[str, list[dict[str, str]]]
     options: Callable[[str, dict[str, str]], tuple[str, ...]]
     source: str = ""
+    #: test set name -> each item's index in its source file (default: its position in `tests`)
+    test_indices: dict[str, list[int]] = field(default_factory=dict)
+
+    def indices(self, test_name: str) -> list[int]:
+        return self.test_indices.get(test_name) or list(range(len(self.tests[test_name])))
 
 
 def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
@@ -44,18 +49,22 @@ def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
 
     data_dir = commonsense.resolve_data_dir(task.data_dir)
     mix = commonsense.training_mix(data_dir, seed, task.limit_train or None)
-    tests = {name: commonsense.load_test_set(data_dir, name, task.limit_eval or None, suite.data_seed)
+    items = {name: commonsense.load_test_items(data_dir, name, task.limit_eval or None, suite.data_seed)
              for name in task.eval_tasks}
-    return TaskData(task.name, mix.records, tests, commonsense.record_options, f"{data_dir}: {mix.source}")
+    tests = {name: records for name, (_, records) in items.items()}
+    return TaskData(task.name, mix.records, tests, commonsense.record_options, f"{data_dir}: {mix.source}",
+                    {name: indices for name, (indices, _) in items.items()})
 
 
-def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int) -> dict[str, list[int]]:
+def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int,
+                   prompt_of: Callable[[dict[str, str]], str] = build_prompt) -> dict[str, list[int]]:
     """Token ids and labels of prompt + output (+ EOS), with the prompt's labels masked.
 
     As LLM-Adapters does it: the full text is tokenised with truncation to `cutoff_len`, EOS is
-    appended when there is room, and the first len(tokenise(prompt)) labels become -100.
+    appended when there is room, and the first len(tokenise(prompt)) labels become -100. `prompt_of`
+    is the Alpaca prompt, or LLM-Adapters' own whitespace under `--eval-mode llm-adapters`.
     """
-    prompt = build_prompt(record)
+    prompt = prompt_of(record)
     full_ids = tokenizer(prompt + record["output"], truncation=True, max_length=cutoff_len)["input_ids"]
     if tokenizer.eos_token_id is not None and len(full_ids) < cutoff_len and (
         not full_ids or full_ids[-1] != tokenizer.eos_token_id

@@ -15,7 +15,7 @@ as LLM-Adapters does (`harness.commonsense.extract_answer`); `extract_answer` is
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +30,9 @@ class EvalResult:
     accuracy: float
     n_items: int
     predictions: list[str]
+    #: One dict per item, for the per-item records: the extracted `prediction`, `correct`, and the option
+    #: `scores` (loglik) or the generated `output` text (generate).
+    details: list[dict[str, Any]] = field(default_factory=list)
 
 
 def candidate_response(record: dict[str, str], option: str) -> str:
@@ -115,14 +118,15 @@ def evaluate_loglik(
         for option in opts:
             sequences.append(_encode_pair(tokenizer, prompt, candidate_response(record, option), max_len))
     scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
-    predictions, correct = [], 0
+    predictions, details, correct = [], [], 0
     for (start, opts), record in zip(spans, records):
         row = scores[start : start + len(opts)]
         best = opts[max(range(len(opts)), key=row.__getitem__)]  # ties: the first option
         predictions.append(best)
         correct += best == record["answer"]
+        details.append({"scores": dict(zip(opts, row)), "prediction": best, "correct": best == record["answer"]})
     model.train(was_training)
-    return EvalResult(correct / len(records) if records else 0.0, len(records), predictions)
+    return EvalResult(correct / len(records) if records else 0.0, len(records), predictions, details)
 
 
 def first_option_in(text: str, options: Sequence[str]) -> str | None:
@@ -150,6 +154,7 @@ def evaluate_generate(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     predictions: list[str] = []
+    details: list[dict[str, Any]] = []
     correct = 0
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
@@ -164,5 +169,6 @@ def evaluate_generate(
             answer = extract(record, text)
             predictions.append(answer or "")
             correct += answer == record["answer"]
+            details.append({"output": text, "prediction": answer or "", "correct": answer == record["answer"]})
     model.train(was_training)
-    return EvalResult(correct / len(records) if records else 0.0, len(records), predictions)
+    return EvalResult(correct / len(records) if records else 0.0, len(records), predictions, details)

@@ -1,7 +1,8 @@
 """PNG figures of a report, drawn with matplotlib's Agg backend (no display) from the report's DataFrame.
 
 - accuracy against measured peak memory, and against optimizer-state size (the memory/accuracy
-  frontier; the variants of one swept method are joined by a line, in order of size);
+  frontier; the variants of one swept method are joined by a line, in order of size; error bars are the
+  average's 95% interval, as the report's accuracy table gives it);
 - loss curves per method (one panel per task);
 - a stacked bar per method of the exact memory breakdown (weights, gradients, optimizer state, other).
 """
@@ -41,15 +42,23 @@ def _label_axes(ax, xlabel: str, ylabel: str, legend_size: int) -> None:
     ax.legend(fontsize=legend_size)
 
 
-def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path) -> Path:
-    """Accuracy (mean over tasks) against `x`; variants of a method joined by a line."""
+def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path,
+             intervals: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Accuracy (mean over tasks) against `x`; variants of a method joined by a line; error bars from
+    `intervals` (report name -> the average's 95% interval) where given."""
     plt = _pyplot()
-    per_method = summary.groupby(["method", "variant"], sort=False).agg(
+    per_method = summary.groupby(["method", "variant", "name"], sort=False).agg(
         accuracy=("accuracy", "mean"), x=(x, "mean")).reset_index()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for method, points in per_method.groupby("method", sort=False):
         points = points.sort_values("x")
-        ax.plot(points["x"], points["accuracy"], marker="o", label=method)
+        line = ax.plot(points["x"], points["accuracy"], marker="o", label=method)[0]
+        bounds = [(intervals or {}).get(n, (float("nan"), float("nan"))) for n in points["name"]]
+        if intervals and any(not pd.isna(lo) for lo, _ in bounds):
+            below = [max(0.0, a - lo) if not pd.isna(lo) else 0.0 for a, (lo, _) in zip(points["accuracy"], bounds)]
+            above = [max(0.0, hi - a) if not pd.isna(hi) else 0.0 for a, (_, hi) in zip(points["accuracy"], bounds)]
+            ax.errorbar(points["x"], points["accuracy"], yerr=[below, above], fmt="none", ecolor=line.get_color(),
+                        capsize=3, alpha=0.7)
         for _, p in points.iterrows():
             if p["variant"]:
                 ax.annotate(p["variant"], (p["x"], p["accuracy"]), textcoords="offset points", xytext=(4, 4),
@@ -60,7 +69,8 @@ def frontier(summary: pd.DataFrame, x: str, xlabel: str, path: Path) -> Path:
             ax.set_xscale("log")
         else:  # zero-state methods (MeZO) stay on the axis
             ax.set_xscale("symlog", linthresh=float(positive.min()))
-    _label_axes(ax, xlabel, "accuracy (mean over tasks)", legend_size=8)
+    ylabel = "accuracy (mean over tasks" + ("; bars: 95% interval)" if intervals else ")")
+    _label_axes(ax, xlabel, ylabel, legend_size=8)
     return _save(fig, path)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.uncertainty import Analysis, MethodAccuracy
+
 BASELINE = "full"
 NUMERIC = [
     "accuracy", "accuracy_before", "peak_mem_rss_mb", "peak_mem_rss_eval_mb", "peak_mem_allocated_mb",
@@ -85,23 +87,43 @@ def _ratio(table: pd.DataFrame, col: str | None) -> pd.Series:
     return table[col] / base.iloc[0]
 
 
-def accuracy_table(summary: pd.DataFrame) -> str:
+def _interval(value: float, low: float, high: float, std: float | None = None) -> str:
+    """`0.342 [0.190, 0.530]`, or `0.342 ± 0.010 [0.320, 0.360]` over seeds."""
+    cell = _fmt(value, ".3f")
+    if std is not None and not pd.isna(std):
+        cell += f" ± {_fmt(std, '.3f')}"
+    if not (pd.isna(low) or pd.isna(high)):
+        cell += f" [{low:.3f}, {high:.3f}]"
+    return cell
+
+
+def accuracy_table(summary: pd.DataFrame, intervals: dict[str, MethodAccuracy] | None = None) -> str:
+    """Method x task accuracies with their 95% intervals (`intervals`, from `harness.uncertainty`)."""
     tasks = list(summary["task"].unique())
+    intervals = intervals or {}
     rows = []
     for name, group in summary.groupby("name", sort=False):
         row = {"method": name}
         by_task = group.set_index("task")
+        acc = intervals.get(name)
         for task in tasks:
             if task not in by_task.index:
                 row[task] = "–"
                 continue
             r = by_task.loc[task]
+            if acc is not None and task in acc.per_task_interval:
+                row[task] = _interval(r["accuracy"], *acc.per_task_interval[task], acc.per_task_std.get(task))
+                continue
             cell = _fmt(r["accuracy"], ".3f")
             if r["seeds"] > 1:
                 cell += f" ± {_fmt(r['accuracy_std'], '.3f')}"
             row[task] = cell
         complete = all(t in by_task.index for t in tasks)
-        row["average"] = _fmt(by_task["accuracy"].mean(), ".3f") if complete else "–"
+        if complete and acc is not None:
+            row["average"] = _interval(by_task["accuracy"].mean(), *acc.average_interval,
+                                       acc.average_std if acc.seeds > 1 else None)
+        else:
+            row["average"] = _fmt(by_task["accuracy"].mean(), ".3f") if complete else "–"
         if group["accuracy_before"].notna().any():
             row["untrained"] = _fmt(by_task["accuracy_before"].mean(), ".3f")
         row["seeds"] = int(group["seeds"].max())
@@ -222,15 +244,23 @@ def environment_lines(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str] | None = None) -> str:
-    """The Markdown report of a frame of result rows; `figures` maps captions to PNG file names."""
+def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str] | None = None,
+           reference: str = BASELINE, analysis: Analysis | None = None) -> str:
+    """The Markdown report of a frame of result rows; `figures` maps captions to PNG file names; methods are
+    compared, paired on their items, with `reference` (`analysis`: that comparison, when already computed)."""
+    from harness import significance
+    from harness.uncertainty import analyse
+
     if frame.empty:
         return "# Benchmark report\n\nNo results.\n"
     suites = ", ".join(sorted(frame["suite"].dropna().astype(str).unique()))
     lines = [f"# {title or f'Benchmark report: {suites}'}", "", *environment_lines(frame), ""]
     summary = summarise(frame)
     if not summary.empty:
-        lines += ["## Accuracy", "", accuracy_table(summary), ""]
+        analysis = analysis or analyse(frame, reference)
+        intervals = analysis.accuracies
+        lines += ["## Accuracy", "", accuracy_table(summary, intervals), "", significance.interval_note(intervals), ""]
+        lines += significance.sections(frame, analysis)
         lines += ["## Memory", "",
                   "Peaks are measured (each meter that applied; RSS includes the Python runtime itself); "
                   "*weights, gradients, optimizer state* are the exact accounting from each method's "
@@ -253,7 +283,7 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
 
 
 def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str | None = None,
-                 with_figures: bool = True) -> Path:
+                 with_figures: bool = True, reference: str = BASELINE) -> Path:
     """Write the report; `out` is a directory (REPORT.md + PNGs) or a .md file (figures beside it)."""
     from harness.errors import BenchError
     from harness.results import RESULTS_FILE, load_frame, results_path
@@ -270,14 +300,17 @@ def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str
     else:
         target = out / "REPORT.md"
     target.parent.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(frame, target.parent) if with_figures else {}
+    from harness.uncertainty import analyse
+
+    analysis = analyse(frame, reference) if not frame.empty else None
+    figures = draw_figures(frame, target.parent, analysis) if with_figures else {}
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(render(frame, title, figures), encoding="utf-8")
+    tmp.write_text(render(frame, title, figures, reference, analysis), encoding="utf-8")
     tmp.replace(target)
     return target
 
 
-def draw_figures(frame: pd.DataFrame, directory: Path) -> dict[str, str]:
+def draw_figures(frame: pd.DataFrame, directory: Path, analysis: Analysis | None = None) -> dict[str, str]:
     """The report's PNGs; an empty dict when matplotlib is missing or nothing finished."""
     try:
         import matplotlib  # noqa: F401
@@ -288,12 +321,18 @@ def draw_figures(frame: pd.DataFrame, directory: Path) -> dict[str, str]:
     summary = summarise(frame)
     if summary.empty:
         return {}
+    from harness.uncertainty import accuracies
+
     made: dict[str, str] = {}
+    intervals = analysis.accuracies if analysis else accuracies(frame)
+    bars = {name: acc.average_interval for name, acc in intervals.items()}
     peak = next((c for c, _ in PEAK_METERS if summary[c].notna().any()), None)
     if peak:
-        figures.frontier(summary, peak, f"peak memory, {dict(PEAK_METERS)[peak]}", directory / "accuracy_vs_peak.png")
+        figures.frontier(summary, peak, f"peak memory, {dict(PEAK_METERS)[peak]}", directory / "accuracy_vs_peak.png",
+                         bars)
         made["accuracy against peak memory"] = "accuracy_vs_peak.png"
-    figures.frontier(summary, "mem_optimizer_mb", "optimizer state (MB, exact)", directory / "accuracy_vs_state.png")
+    figures.frontier(summary, "mem_optimizer_mb", "optimizer state (MB, exact)", directory / "accuracy_vs_state.png",
+                     bars)
     made["accuracy against optimizer-state size"] = "accuracy_vs_state.png"
     figures.loss_curves(prepare(frame), directory / "loss_curves.png")
     made["training loss"] = "loss_curves.png"

@@ -45,7 +45,8 @@ COLUMNS = [
     "precision", "dtype",
     "status", "reason",
     "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
-    "accuracy", "accuracy_per_task", "eval_items", "accuracy_before", "accuracy_per_task_before", "data_source",
+    "accuracy", "accuracy_per_task", "eval_items", "predictions", "accuracy_before", "accuracy_per_task_before",
+    "data_source",
     "loss_first", "loss_last", "loss_curve",
     "trainable_params", "optimizer_state_elements", "state_elements",
     "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
@@ -69,7 +70,7 @@ NUMBERS = ("seed", "steps", "batch_size", "tokens_seen", "target_tokens_seen", "
            "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb", "step_time_ms_median",
            "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s")
 TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source",
-         "started_at", "finished_at", "command", "node", "slurm_job_id")
+         "started_at", "finished_at", "command", "node", "slurm_job_id", "predictions")
 MAPPINGS = ("method_params", "accuracy_per_task", "eval_items", "accuracy_per_task_before", "state_elements",
             "method_metrics", "method_info", "meter_notes", "env")
 
@@ -208,7 +209,8 @@ def load_frame(paths: list[str | Path]):
     """A pandas DataFrame of the rows of one or more run directories / results files."""
     import pandas as pd
 
-    rows = [row for p in paths for row in read_rows(results_path(p))]
+    # source_dir: the run directory a row came from, where its per-item records (`predictions`) lie
+    rows = [{**row, "source_dir": str(results_path(p).parent)} for p in paths for row in read_rows(results_path(p))]
     frame = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in frame.columns:

@@ -114,6 +114,7 @@ def plan(
     command: str | None = None,
 ) -> RunPlan:
     """Validate every method, variant and option, then list the trials (task-major, as reports read)."""
+    from harness import predictions
     from harness.budgets import resolve as resolve_budget
     from harness.options import to_dict
     from harness.sweeps import merge, variant_label, variants
@@ -159,6 +160,7 @@ def plan(
                     "method_module": modules[method], "method_params": params, "seed": seed, "device": device,
                     "run_id": out_dir.name, "trial_id": f"{task.name}/{name}/seed{seed}/{key}", "command": command,
                 }
+                spec["predictions_file"] = str(out_dir / predictions.relative_path(spec["trial_id"]))
                 run_plan.trials.append(Trial(task.name, method, seed, spec, label))
     return run_plan
 

@@ -149,8 +149,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
+    from harness import llm_adapters
     from harness.config import suite_from_data
-    from harness.data import encode_example, load_task, training_batches
+    from harness.data import build_prompt, encode_example, load_task, training_batches
     from harness.env import environment
     from harness.memory import exact_breakdown
     from harness.models import build_model, build_tokenizer, causal_lm_loss
@@ -210,7 +211,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             before = untrained_score(method.model, precision, tokenizer, task, suite, None, spec["trial_id"])
         if suite.evaluation.before_training:
             row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
-        examples = [encode_example(tokenizer, r, budget.cutoff_len) for r in task.train]
+        prompt_of = llm_adapters.train_prompt if suite.evaluation.mode == "llm-adapters" else build_prompt
+        examples = [encode_example(tokenizer, r, budget.cutoff_len, prompt_of) for r in task.train]
         batches = training_batches(
             examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, device
         )
@@ -235,11 +237,17 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             del batches
             meters.start()
             t0 = time.perf_counter()
-            per_task, items = evaluate_all(method.model, tokenizer, task, suite, precision)
+            per_task, items, lines = evaluate_all(method.model, tokenizer, task, suite, precision,
+                                                  spec["trial_id"])
             row["eval_time_s"] = time.perf_counter() - t0
             row.update(accuracy=sum(per_task.values()) / len(per_task), accuracy_per_task=per_task,
                        eval_items=items)
             peaks = meters.stop()
+            if spec.get("predictions_file"):
+                from harness import predictions
+
+                predictions.write(Path(spec["predictions_file"]), lines)
+                row["predictions"] = predictions.relative_path(spec["trial_id"])
             row.update(peak_mem_rss_eval_mb=peaks["rss"], peak_mem_allocated_eval_mb=peaks["allocated"],
                        peak_mem_nvml_eval_mb=peaks["nvml"])
     except BenchError as exc:
@@ -277,21 +285,28 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def evaluate_all(model, tokenizer, task, suite, precision) -> tuple[dict[str, float], dict[str, int]]:
-    """Accuracy and item count of every test set of the trial's task, in the suite's evaluation mode,
-    under the precision policy's autocast (the model holds weights of two dtypes under bf16-mixed)."""
+def evaluate_all(model, tokenizer, task, suite, precision,
+                 trial_id: str) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
+    """Accuracy and item count of every test set of the trial's task, and the per-item records, in the
+    suite's evaluation mode, under the precision policy's autocast (the model holds weights of two dtypes
+    under bf16-mixed)."""
     from harness.precision import device_type
 
     with precision.autocast(device_type(model)):
-        return _evaluate_all(model, tokenizer, task, suite)
+        return _evaluate_all(model, tokenizer, task, suite, trial_id)
 
 
-def _evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict[str, int]]:
+def _evaluate_all(model, tokenizer, task, suite,
+                  trial_id: str) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
+    from harness import llm_adapters
     from harness.evaluate import evaluate_generate, evaluate_loglik
+    from harness.predictions import item_lines
 
-    per_task, items = {}, {}
+    per_task, items, lines = {}, {}, []
     for test_name, records in task.tests.items():
-        if suite.evaluation.mode == "generate":
+        if suite.evaluation.mode == "llm-adapters":
+            result = llm_adapters.evaluate(model, tokenizer, records, extractor(task, test_name))
+        elif suite.evaluation.mode == "generate":
             result = evaluate_generate(model, tokenizer, records, extractor(task, test_name),
                                        suite.evaluation.batch_size, suite.budget.cutoff_len,
                                        suite.evaluation.max_new_tokens)
@@ -299,8 +314,9 @@ def _evaluate_all(model, tokenizer, task, suite) -> tuple[dict[str, float], dict
             result = evaluate_loglik(model, tokenizer, records, lambda r, n=test_name: task.options(n, r),
                                      suite.evaluation.batch_size, suite.budget.cutoff_len)
         per_task[test_name], items[test_name] = result.accuracy, result.n_items
+        lines += item_lines(trial_id, test_name, task.indices(test_name), records, result.details)
         print(f"evaluated {test_name}: accuracy {result.accuracy:.4f} on {result.n_items} items", flush=True)
-    return per_task, items
+    return per_task, items, lines
 
 
 def untrained_score(model, precision, tokenizer, task, suite, shared_file: str | None,
@@ -320,9 +336,12 @@ def untrained_score(model, precision, tokenizer, task, suite, shared_file: str |
             return saved["accuracy_per_task"]
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: measure again and overwrite
-    per_task, items = evaluate_all(model, tokenizer, task, suite, precision)
+    per_task, items, lines = evaluate_all(model, tokenizer, task, suite, precision, trial_id)
     if path is not None:
+        from harness import predictions
+
         path.parent.mkdir(parents=True, exist_ok=True)
+        predictions.write(path.with_suffix(".predictions.jsonl"), lines)  # the untrained model's items
         write_json_atomic(path, {"accuracy_per_task": per_task, "eval_items": items,
                                  "trial_id": trial_id})
     return per_task

@@ -1,0 +1,125 @@
+"""harness.fetch against a stand-in of LLM-Adapters' file server that the test starts on localhost."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness import fetch
+from harness.errors import BenchError
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data beside the project (a git worktree one level deeper finds it two levels up)
+SHARED = next((p / "shared" / "data" / "commonsense" for p in (ROOT.parent, ROOT.parent.parent)
+               if (p / "shared" / "data" / "commonsense").is_dir()), ROOT.parent / "shared" / "data" / "commonsense")
+
+
+def _files(root: Path) -> tuple[fetch.DataFile, ...]:
+    """Two small files laid out as the repository lays them out, with their ids computed by git itself."""
+    made = []
+    for local, remote, records in [("boolq/test.json", "dataset/boolq/test.json", [{"answer": "true"}]),
+                                   ("commonsense_170k.json", "ft-training_set/commonsense_170k.json",
+                                    [{"answer": "false"}] * 500)]:
+        path = root / remote
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records), encoding="utf-8")
+        blob = subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True)
+        made.append(fetch.DataFile(local, remote, blob.stdout.strip()))
+    return tuple(made)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(base URL, served root, a list of the paths requested) of a local HTTP server."""
+    root = tmp_path / "served"
+    root.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            requests.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", root, requests
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    monkeypatch.delenv(fetch.OFFLINE_ENV, raising=False)
+
+
+def test_git_blob_id_is_gits(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_bytes(b'[{"a": 1}]\n')
+    expected = subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True)
+    assert fetch.git_blob_id(path) == expected.stdout.strip()
+
+
+def test_downloads_verifies_and_then_reuses_without_the_network(server, tmp_path):
+    url, root, requests = server
+    files = _files(root)
+    target = tmp_path / "cache" / "commonsense"
+    assert fetch.fetch_commonsense(target, url, progress=False, files=files) == target
+    for f in files:
+        assert (target / f.local).read_bytes() == (root / f.remote).read_bytes()
+    assert fetch.is_complete(target, files)
+    assert not list(target.rglob("*.part"))
+    n = len(requests)
+    assert n == len(files)
+    fetch.fetch_commonsense(target, url, progress=False, files=files)
+    assert len(requests) == n  # once: the second call reads the marker and downloads nothing
+
+
+def test_a_file_that_does_not_match_its_checksum_is_refused_and_discarded(server, tmp_path):
+    url, root, _ = server
+    files = _files(root)
+    (root / files[1].remote).write_text("[]", encoding="utf-8")  # the server now serves other bytes
+    target = tmp_path / "cache"
+    with pytest.raises(BenchError, match="does not match LLM-Adapters' file"):
+        fetch.fetch_commonsense(target, url, progress=False, files=files)
+    assert not (target / files[1].local).exists() and not list(target.rglob("*.part"))
+    assert not fetch.is_complete(target, files)
+
+
+def test_unreachable_server_is_one_line_that_says_how_to_copy_the_data(tmp_path):
+    with pytest.raises(BenchError) as info:
+        fetch.fetch_commonsense(tmp_path / "c", "http://127.0.0.1:9/", progress=False)  # the discard port
+    message = str(info.value)
+    assert "\n" not in message and "--data-dir DIR" in message and "downloading" in message
+
+
+def test_offline_switch_never_touches_the_network(monkeypatch, tmp_path):
+    monkeypatch.setenv(fetch.OFFLINE_ENV, "1")
+    with pytest.raises(BenchError, match="--data-dir DIR"):
+        fetch.fetch_commonsense(tmp_path / "c", "http://127.0.0.1:9/", progress=False)
+
+
+def test_run_without_a_data_dir_uses_the_fetched_cache(server, tmp_path, monkeypatch):
+    """resolve_data_dir with nothing given fetches into the cache (here from the stand-in server)."""
+    from harness import commonsense
+
+    url, root, _ = server
+    files = _files(root)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(commonsense.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(fetch.URL_ENV, url)
+    monkeypatch.setattr(fetch, "FILES", files)
+    monkeypatch.setattr(fetch.fetch_commonsense, "__defaults__", (None, None, False, files))
+    assert commonsense.resolve_data_dir(None) == tmp_path / "cache" / "data" / "commonsense"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared commonsense data")
+@pytest.mark.parametrize("f", fetch.FILES[1:], ids=lambda f: f.local)
+def test_pinned_ids_are_those_of_the_published_test_files(f):
+    """The shared copies of the test sets are LLM-Adapters' files byte for byte: their ids are the pinned ones."""
+    assert fetch.git_blob_id(SHARED / f.local) == f.blob
