@@ -42,6 +42,20 @@ class BadamOptions(AdamOptions):
         require("badam", where)
 
 
+def conversion_peak(params: list[torch.Tensor]) -> int:
+    """Bytes of gradients alive at once while the package replaces the block's gradients, in order, by
+    float32 ones (`lp.grad.float()` is the same tensor when the weight is float32: nothing is added)."""
+    remaining = sum(p.numel() * p.element_size() for p in params)
+    peak, converted = remaining, 0
+    for p in params:
+        low = p.numel() * p.element_size()
+        high = p.numel() * 4 if p.dtype != torch.float32 else 0
+        peak = max(peak, converted + high + remaining)
+        converted += high or low
+        remaining -= low
+    return peak
+
+
 @register("badam")
 class Badam(OptimizerMethod):
     """BAdam (`badam.BlockOptimizer` around AdamW): one block of layers trains at a time, switched every K steps."""
@@ -83,18 +97,8 @@ class Badam(OptimizerMethod):
         return list(zip(self.optimizer.param_idx2lp.values(), self.optimizer.param_idx2hp.values()))
 
     def _gradient_peak(self) -> tuple[int, int]:
-        """(elements, bytes) of gradients alive at once while `_grad_to_hp` replaces the block's gradients by
-        float32 ones in order (a float32 gradient's `.float()` is the same tensor: nothing is added)."""
-        pairs = self._pairs()
-        remaining = sum(lp.numel() * lp.element_size() for lp, _ in pairs)
-        peak, converted = remaining, 0
-        for lp, _ in pairs:
-            low = lp.numel() * lp.element_size()
-            high = lp.numel() * 4 if lp.dtype != torch.float32 else 0  # a new float32 tensor, or the same one
-            peak = max(peak, converted + high + remaining)
-            converted += high or low
-            remaining -= low
-        return sum(lp.numel() for lp, _ in pairs), peak
+        params = [lp for lp, _ in self._pairs()]
+        return sum(p.numel() for p in params), conversion_peak(params)
 
     def _counts(self) -> dict[str, tuple[int, int]]:
         pairs = self._pairs()
@@ -121,14 +125,14 @@ class Badam(OptimizerMethod):
         self.optimizer.param_idx2lp = {}
 
     def predicted_state_bytes(self) -> dict[str, int] | None:
-        """The largest block's figures (exact when the blocks are equal, as a decoder's layers are)."""
+        """The largest block's figures, as if its Adam state exists (exact when the blocks are equal, as a
+        decoder's layers are, and training did not end on a switch, which drops the state)."""
         sizes = []
         for prefixes in self.optimizer.block_prefix_list:
             params = [p for n, p in self.model.named_parameters() if any(x in n for x in prefixes)]
             low = sum(p.numel() * p.element_size() for p in params)
             n = sum(p.numel() for p in params)
-            grads = low if all(p.dtype == torch.float32 for p in params) else max(low, 4 * n + max(
-                (p.numel() * p.element_size() for p in params), default=0))
+            grads = conversion_peak(params)
             sizes.append({"trainable_params": low, "gradients": grads, "master_weights": 4 * n,
                           "exp_avg": 4 * n, "exp_avg_sq": 4 * n})
         return max(sizes, key=lambda s: s["trainable_params"], default=None)

@@ -120,6 +120,13 @@ class AdamW8bit(_AllWeights):
     RENAME = {"state1": "exp_avg", "qmap1": "exp_avg", "absmax1": "exp_avg",
               "state2": "exp_avg_sq", "qmap2": "exp_avg_sq", "absmax2": "exp_avg_sq"}
 
+    def _inventory(self) -> dict[str, tuple[int, int]]:
+        """The state per weight, plus the two quantisation maps the optimizer creates when it is built (held
+        even when no weight is large enough to use them); each storage once."""
+        maps = self.optimizer.name2qmap
+        shared = {"qmap1": maps["dynamic"], "qmap2": maps["udynamic"]} if "dynamic" in maps else {}
+        return state_inventory([*self.optimizer.state.values(), shared], rename=self.RENAME)
+
     def build_optimizer(self) -> torch.optim.Optimizer:
         o = self.options
         bnb = _quiet_bitsandbytes()
@@ -129,23 +136,15 @@ class AdamW8bit(_AllWeights):
 
     def _predicted_moments(self, params: list[torch.nn.Parameter]) -> dict[str, int]:
         sizes = {"exp_avg": 0, "exp_avg_sq": 0, "exp_avg_paged": 0, "exp_avg_sq_paged": 0}
-        quantised_any = {"": False, "_paged": False}
         for p in params:
             n = p.numel()
             suffix = "_paged" if self.paged and p.device.type == "cuda" and n >= BNB_PAGED_MIN else ""
-            if n < self.options.min_8bit_size:
-                per_moment = 4 * n
-            else:
-                per_moment = n + 4 * math.ceil(n / BNB_BLOCK)
-                quantised_any[suffix] = True
+            per_moment = 4 * n if n < self.options.min_8bit_size else n + 4 * math.ceil(n / BNB_BLOCK)
             sizes[f"exp_avg{suffix}"] += per_moment
             sizes[f"exp_avg_sq{suffix}"] += per_moment
-        # one signed and one unsigned quantisation map, shared by every weight; counted with the kind of the
-        # first weight that used it
-        first_suffix = "" if quantised_any[""] else "_paged"
-        if quantised_any[""] or quantised_any["_paged"]:
-            sizes[f"exp_avg{first_suffix}"] += 4 * BNB_QMAP_ENTRIES
-            sizes[f"exp_avg_sq{first_suffix}"] += 4 * BNB_QMAP_ENTRIES
+        # one signed and one unsigned quantisation map, created with the optimizer and shared by every weight
+        sizes["exp_avg"] += 4 * BNB_QMAP_ENTRIES
+        sizes["exp_avg_sq"] += 4 * BNB_QMAP_ENTRIES
         return sizes
 
     def info(self) -> dict[str, Any]:
