@@ -41,8 +41,8 @@ REFUSED = {
     "POLY": "Poly needs a task id per example",
 }
 #: tuners whose fresh adapters leave the model's function unchanged (tests/test_peft_tuners.py checks each)
-IDENTITY_AT_INIT = {"LORA", "ADALORA", "VERA", "LOHA", "LOKR", "IA3", "BOFT", "OFT", "HRA", "FOURIERFT",
-                    "LN_TUNING", "RANDLORA"}
+IDENTITY_AT_INIT = {"LORA", "ADALORA", "VERA", "LOHA", "LOKR", "IA3", "BOFT", "OFT", "HRA", "LN_TUNING",
+                    "RANDLORA"}
 IDENTITY_LORA_INITS = ("true", "gaussian", "pissa", "olora")
 
 

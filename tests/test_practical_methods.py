@@ -195,12 +195,13 @@ def test_low_bit_state_counted_at_real_byte_sizes_with_scales(name, wide):
     state = method.state_bytes()
     assert state["exp_avg"] == state["exp_avg_sq"] == expected
     fp32_state = 4 * sum(p.numel() for p in params)
-    quantised = [p for p in params if p.numel() >= 4096]
+    block = 256 if "8bit" in name else 128
+    quantised = [p for p in params if p.numel() >= 4096 and ("ao" not in name or p.numel() % block == 0)]
     assert quantised, "the test model must have weights large enough to quantise"
-    # the quantised weights' moments: a quarter (8-bit) or an eighth (4-bit) of float32, plus the scales
+    # the quantised weights' moments: a quarter (8-bit) or an eighth (4-bit) of float32, plus scales and maps
     big = sum(p.numel() for p in quantised)
     bits = 4 if "4bit" in name else 8
-    assert state["exp_avg"] - 4 * (sum(p.numel() for p in params) - big) < big * (bits / 8 + 0.1)
+    assert big * bits / 8 < state["exp_avg"] - 4 * (sum(p.numel() for p in params) - big) < big * (bits / 8 + 0.2)
     assert state["exp_avg"] < fp32_state
     assert method.predicted_state_bytes() == state
     if name == "paged-adamw8bit":
@@ -266,10 +267,16 @@ def test_adalomo_on_a_cpu_is_one_line(wide):
 # -- BAdam -----------------------------------------------------------------------------------------------
 def test_badam_trains_one_block_and_drops_the_state_it_leaves(wide):
     base, batches = wide
-    method = _run_ours("badam", {"lr": LR, "switch_every": 2}, copy.deepcopy(base), batches)
-    # descending from the last layer: steps 1-2 train layer 1, step 3 layer 0
+    method = create("badam", {"lr": LR, "switch_every": 2}, causal_lm_loss)
+    method.prepare(copy.deepcopy(base))
+    layers = method.model.model.layers
+    assert all(p.requires_grad for p in layers[1].parameters())  # descending: the last layer first
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    method.step(batches[0])  # the package switches after its step when (steps + 1) % K == 0: after step 1
+    assert not method.optimizer.base_optimizer.state  # layer 1's state dropped with the switch
+    method.step(batches[1])
     trainable = {n for n, p in method.model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith("model.layers.0.") for n in trainable)
+    assert trainable == {f"model.layers.0.{n}" for n, _ in layers[0].named_parameters()}
     state = method.optimizer.base_optimizer.state
     assert len(state) == len(trainable)  # only the active block's Adam state
     masters = method.trained_parameters()
@@ -374,7 +381,7 @@ def test_peft_model_equals_get_peft_model_with_that_config(peft_type, tuner_opti
 
 
 @pytest.mark.parametrize("peft_type", ["VERA", "LOHA", "LOKR", "IA3", "ADALORA", "BOFT", "OFT", "HRA",
-                                       "FOURIERFT", "LN_TUNING", "RANDLORA"])
+                                       "LN_TUNING", "RANDLORA"])
 def test_peft_tuners_claimed_to_start_at_the_base_function_do(peft_type, wide):
     from methods.peft_tuners import IDENTITY_AT_INIT
 
