@@ -242,8 +242,10 @@ def list_methods(verbose: bool, plugins: tuple[str, ...]) -> None:
 
     methods = available_methods()
     width = max(map(len, methods), default=0)
+    from methods.package_check import install_note
+
     for name, summary in sorted(methods.items()):
-        click.echo(f"{name:<{width}}  {summary}")
+        click.echo(f"{name:<{width}}  {summary} {install_note(name)}".rstrip())
         if verbose:
             from harness.options import describe
             from methods.base import get_method_class

@@ -273,6 +273,7 @@ def exact_breakdown(model: torch.nn.Module, state_elements: dict[str, int], stat
         "trainable_params": state_elements.get("trainable_params", 0),
         "optimizer_state_elements": sum(state_elements[k] for k in optimizer_keys),
         "state_elements": dict(state_elements),
+        "state_bytes": dict(state_bytes),  # by kind: 8/4-bit state is not elements x 4 bytes
         "mem_weights_mb": model_bytes(model) / MB,
         "mem_grads_mb": state_bytes.get("gradients", 0) / MB,
         "mem_optimizer_mb": sum(state_bytes.get(k, 0) for k in optimizer_keys) / MB,

@@ -264,7 +264,9 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
         lines += ["## Memory", "",
                   "Peaks are measured (each meter that applied; RSS includes the Python runtime itself); "
                   "*weights, gradients, optimizer state* are the exact accounting from each method's "
-                  "`state_elements()`; *other* is the allocator peak minus those (GPU only). Means over tasks.", "",
+                  "`state_bytes()` (the bytes of the tensors that hold it: 8-bit and 4-bit state with its "
+                  "quantisation scales, not elements x 4); *other* is the allocator peak minus those (GPU only). "
+                  "Means over tasks.", "",
                   memory_table(summary), ""]
         lines += ["## Speed", "", f"Ratios are to `{BASELINE}` measured in the same run. Means over tasks.", "",
                   speed_table(summary), ""]

@@ -48,7 +48,7 @@ COLUMNS = [
     "accuracy", "accuracy_per_task", "eval_items", "predictions", "accuracy_before", "accuracy_per_task_before",
     "data_source",
     "loss_first", "loss_last", "loss_curve",
-    "trainable_params", "optimizer_state_elements", "state_elements",
+    "trainable_params", "optimizer_state_elements", "state_elements", "state_bytes",
     "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
     "peak_mem_rss_mb", "peak_mem_rss_eval_mb",
     "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",

@@ -195,6 +195,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         row["data_source"] = task.source
         model = build_model(suite.model, tokenizer, spec["seed"], device)
         method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"], precision)
+        method.total_steps = budget.steps  # a schedule that needs the budget (peft's AdaLoRA) reads it in prepare()
         row["forward_passes_per_step"] = method.forward_passes_per_step
         if suite.evaluation.before_training and method.keeps_base_function:
             # The base model as built (storage dtype), before any method touched it: the same measurement

@@ -23,3 +23,23 @@ BUILTIN_METHODS: dict[str, tuple[str, str]] = {
     "rso": ("methods.rso", "RSO: Adam on small factors in random subspaces, merged and redrawn (Chen et al. 2025)"),
     "smt": ("methods.smt", "SMT: warm-up, then Adam on the top-scored weight blocks only (He et al. 2024)"),
 }
+# The methods practitioners reach for first, through their authors' packages (the `methods` extra; a method
+# whose package is missing is listed with how to install it: methods/package_check.py).
+BUILTIN_METHODS.update({
+    "adamw8bit": ("methods.quantized_adamw", "AdamW with block-wise 8-bit moments: bitsandbytes AdamW8bit"),
+    "paged-adamw8bit": ("methods.quantized_adamw",
+                        "paged 8-bit AdamW: bitsandbytes PagedAdamW8bit (CUDA unified memory; unpaged on a CPU)"),
+    "ao-adamw8bit": ("methods.quantized_adamw", "AdamW with 8-bit block-quantised moments: torchao AdamW8bit"),
+    "ao-adamw4bit": ("methods.quantized_adamw", "AdamW with 4-bit block-quantised moments: torchao AdamW4bit"),
+    "apollo": ("methods.apollo_adamw",
+               "APOLLO: AdamW rescaled by random-projection low-rank moments, apollo-torch (Zhu et al. 2024)"),
+    "apollo-mini": ("methods.apollo_adamw", "APOLLO-Mini: rank 1, tensor-wise scaling, apollo-torch (Zhu et al. 2024)"),
+    "badam": ("methods.block_adam", "BAdam: Adam on one transformer block at a time, badam (Luo et al. 2024)"),
+    "adam-mini": ("methods.adam_mini_opt",
+                  "Adam-mini: one second moment per head/neuron block, adam-mini (Zhang et al. 2024)"),
+    "lomo": ("methods.lomo_fused", "LOMO: SGD fused into the backward pass, lomo-optim (Lv et al. 2023)"),
+    "adalomo": ("methods.lomo_fused", "AdaLomo: LOMO with factored adaptive rates, lomo-optim; CUDA only"),
+    "lisa": ("methods.lisa", "LISA: AdamW on gamma random layers plus embeddings and head (Pan et al. 2024)"),
+    "adafactor": ("methods.adafactor", "Adafactor, factored second moment: torch.optim.Adafactor"),
+    "peft": ("methods.peft_tuners", "any peft tuner by peft_type (VERA, LOHA, LOKR, IA3, ADALORA...)"),
+})

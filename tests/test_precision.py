@@ -13,6 +13,7 @@ import types
 
 import pytest
 import torch
+from torch.nn import Parameter
 
 from harness.data import encode_example, load_task, training_batches
 from harness.memory import exact_breakdown, model_bytes
@@ -29,11 +30,19 @@ OPTIONS = {  # small sizes that fit the 32-wide test model; everything else at t
     "rso": {"inner_steps": 2},
     "lora": {"r": 4},
     "dora": {"r": 4},
+    "apollo": {"rank": 4},
 }
 NOT_OPTIMIZER_STATE = ("trainable_params", "gradients")
+CUDA_ONLY = {"adalomo"}  # lomo-optim's AdaLomo creates its state with .cuda()
+# Gradients held at a peak other than "all of them after backward": LOMO frees each as it applies it,
+# BAdam converts the block's to float32 copies; tests/test_practical_methods.py checks those peaks.
+OWN_GRADIENT_PEAK = {"lomo", "badam"}
+NO_ACCUMULATION = {"lomo"}  # its update is fused into the backward pass
 
 
 def _setup(suite, name: str, precision: str):
+    if name in CUDA_ONLY:
+        pytest.skip(f"{name} runs on CUDA only")
     spec = dataclasses.replace(suite.model, precision=precision)
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer, seed=0, device="cpu")
@@ -42,7 +51,8 @@ def _setup(suite, name: str, precision: str):
     method.apply_precision()
     task = load_task(suite.tasks[0], suite)
     examples = [encode_example(tokenizer, r, 64) for r in task.train[:16]]
-    return method, training_batches(examples, 4, 2, 0, tokenizer.pad_token_id, "cpu")
+    accumulate = 1 if name in NO_ACCUMULATION else 2
+    return method, training_batches(examples, 4, accumulate, 0, tokenizer.pad_token_id, "cpu")
 
 
 def _reachable_state_bytes(method) -> int:
@@ -59,6 +69,9 @@ def _reachable_state_bytes(method) -> int:
         if id(obj) in seen or isinstance(obj, skip):
             continue
         seen.add(id(obj))
+        if isinstance(obj, torch.Tensor) and hasattr(obj, "__tensor_flatten__") and type(obj) is not Parameter:
+            stack.extend(getattr(obj, name) for name in obj.__tensor_flatten__()[0])  # torchao's 8/4-bit state
+            continue
         if isinstance(obj, torch.Tensor):
             ptr = obj.untyped_storage().data_ptr()
             if obj.dim() > 0 and obj.numel() and ptr not in model_storages:
@@ -101,7 +114,8 @@ def test_exact_accounting_equals_the_real_tensors(name, precision, small_suite):
     assert set(state) == set(elements)
     optimizer_bytes = sum(v for k, v in state.items() if k not in NOT_OPTIMIZER_STATE)
     assert optimizer_bytes == _reachable_state_bytes(method)
-    assert state["gradients"] == grads
+    if name not in OWN_GRADIENT_PEAK or (name == "badam" and precision == "fp32"):
+        assert state["gradients"] == grads
     row = exact_breakdown(method.model, elements, state)
     assert row["mem_weights_mb"] * 2**20 == model_bytes(method.model)
     assert row["mem_optimizer_mb"] * 2**20 == optimizer_bytes

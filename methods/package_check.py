@@ -1,0 +1,68 @@
+"""Optional packages of the methods that run through their authors' code, checked without importing them.
+
+The 8-bit optimizers, APOLLO, BAdam, Adam-mini and LOMO live in packages outside the core dependencies
+(the `methods` extra of pyproject.toml). A method whose package is missing is still listed, with how to
+install it, and choosing it is refused with one line before any trial starts: each such method's options
+call `require()` from their `validate()`, which runs wherever options are built (suite load, `--set`).
+`importlib.util.find_spec` answers without importing the package, so `bench list` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from harness.errors import ConfigError
+
+INSTALL_HINT = 'pip install -e ".[methods]"'
+
+#: method name -> (module that must import, its PyPI distribution)
+PACKAGES: dict[str, tuple[str, str]] = {
+    "adamw8bit": ("bitsandbytes", "bitsandbytes"),
+    "paged-adamw8bit": ("bitsandbytes", "bitsandbytes"),
+    "ao-adamw8bit": ("torchao", "torchao"),
+    "ao-adamw4bit": ("torchao", "torchao"),
+    "apollo": ("apollo_torch", "apollo-torch"),
+    "apollo-mini": ("apollo_torch", "apollo-torch"),
+    "badam": ("badam", "badam"),
+    "adam-mini": ("adam_mini", "adam-mini"),
+    "lomo": ("lomo_optim", "lomo-optim"),
+    "adalomo": ("lomo_optim", "lomo-optim"),
+}
+
+#: licences that restrict use, shown by `bench list methods`
+LICENCES: dict[str, str] = {
+    "apollo": "apollo-torch is CC BY-NC 4.0: non-commercial use only",
+    "apollo-mini": "apollo-torch is CC BY-NC 4.0: non-commercial use only",
+}
+
+
+def missing(method: str) -> str | None:
+    """The PyPI name of `method`'s package when it is not installed, else None."""
+    if method not in PACKAGES:
+        return None
+    module, distribution = PACKAGES[method]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else distribution
+
+
+def install_note(method: str) -> str:
+    """What `bench list methods` appends to a method's line: its missing package, its licence."""
+    notes = []
+    distribution = missing(method)
+    if distribution:
+        notes.append(f"[not installed: {INSTALL_HINT} or pip install {distribution}]")
+    if method in LICENCES:
+        notes.append(f"[licence: {LICENCES[method]}]")
+    return " ".join(notes)
+
+
+def require(method: str, where: str) -> None:
+    """Refuse with one line when `method`'s package is missing (called from its options' validate; `where`
+    names the method as the user chose it)."""
+    distribution = missing(method)
+    if distribution:
+        raise ConfigError(f"{where}: this method needs the package {distribution}, which is not installed; "
+                          f"install it with {INSTALL_HINT} (or pip install {distribution})")
