@@ -30,6 +30,8 @@ Entry points:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 BACKENDS = ("auto", "torch", "cupy")
@@ -63,28 +65,73 @@ def batched_omp_torch(
     support indices (b, n_nonzero) in selection order (-1 where a problem stopped early).
     """
     b, m, d, n, shared = _problem_size(A, Y, n_nonzero)
+    A = A.to(Y.dtype)
+    rows = torch.arange(b, device=Y.device)
+    if shared:
+        select = _SharedSelect(A, b)
+        columns = lambda j: A[:, j].T  # noqa: E731
+    else:
+        At = A.transpose(1, 2)
+
+        def select(residual: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+            corr = torch.bmm(At, residual.unsqueeze(-1)).squeeze(-1).abs_()
+            return _masked_argmax(corr, exclude)
+
+        columns = lambda j: A[rows, :, j]  # noqa: E731
+    X_coef, support = omp_core(Y, n, select, columns)
+    X = scatter_solution(X_coef, support, d)
+    return (X, support) if return_support else X
+
+
+class _SharedSelect:
+    """argmax_j |a_j^T r| for a shared A, into one reused (b, d) buffer (a fresh multi-megabyte tensor per
+    iteration costs page faults that a matmul of these shapes does not amortise)."""
+
+    def __init__(self, A: torch.Tensor, b: int) -> None:
+        self.A = A
+        self.buffer = torch.empty((b, A.shape[1]), dtype=A.dtype, device=A.device)
+
+    def __call__(self, residual: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+        corr = torch.matmul(residual, self.A, out=self.buffer).abs_()
+        return _masked_argmax(corr, exclude)
+
+
+def _masked_argmax(corr: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax of a non-negative (b, d) `corr` (modified) after setting the `exclude` (b, t)
+    columns (-1 entries ignored) to -1; ties go to the lowest index, as NumPy's argmax."""
+    if exclude.shape[1]:
+        corr.scatter_(1, exclude.clamp_min(0), -1.0)
+    return corr.argmax(dim=1)
+
+
+def omp_core(
+    Y: torch.Tensor,
+    n: int,
+    select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    columns: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The OMP iterations, independent of how A is held: `select(residual (b, m), support so far (b, t))`
+    returns each problem's next column index (argmax |a_j^T r| over the columns not in the support) and
+    `columns(j)` those columns (b, m). Returns the coefficients (b, n) and the support (b, n), -1 where a
+    problem stopped. A dense A, a streamed block operator (`kernels/sensing.py`) or per-problem A's plug in."""
+    b, m = Y.shape
     dtype, device = Y.dtype, Y.device
-    A = A.to(dtype)
-    At = A.transpose(-1, -2)  # (d, m) or (b, d, m)
     rows = torch.arange(b, device=device)
     support = torch.full((b, n), -1, dtype=torch.long, device=device)
     atoms = torch.zeros((b, m, n), dtype=dtype, device=device)  # the selected columns A_S
     l_inv = torch.zeros((b, n, n), dtype=dtype, device=device)  # inverse Cholesky factor of A_S^T A_S
-    taken = torch.zeros((b, d), dtype=torch.bool, device=device)
     active = torch.ones(b, dtype=torch.bool, device=device)
     residual = Y.clone()
     y_norm = Y.norm(dim=1)
     coef = torch.zeros((b, n), dtype=dtype, device=device)
     eps = _tiny(dtype)
     for t in range(n):
-        corr = (At @ residual.unsqueeze(-1)).squeeze(-1) if not shared else residual @ A
-        corr = corr.abs().masked_fill(taken, -1.0)
-        j = corr.argmax(dim=1)
-        col = A[:, j].T if shared else A[rows, :, j]  # (b, m)
+        j = select(residual, support[:, :t])
+        col = columns(j)  # (b, m)
         # New Cholesky row: w = L^-1 A_S^T a_j, delta = sqrt(||a_j||^2 - ||w||^2).
         w = (l_inv[:, :t, :t] @ (atoms[:, :, :t].transpose(1, 2) @ col.unsqueeze(-1))).squeeze(-1)
-        delta_sq = (col * col).sum(dim=1) - (w * w).sum(dim=1)
         col_norm_sq = (col * col).sum(dim=1)
+        delta_sq = col_norm_sq - (w * w).sum(dim=1)
         ok = active & (delta_sq > eps * col_norm_sq.clamp_min(eps)) & (residual.norm(dim=1) > eps * y_norm)
         active = ok
         delta = torch.where(ok, delta_sq.clamp_min(eps).sqrt(), torch.ones_like(delta_sq))
@@ -95,19 +142,25 @@ def batched_omp_torch(
         l_inv[:, t, :t] = -(w.unsqueeze(1) @ l_inv[:, :t, :t]).squeeze(1) / delta.unsqueeze(1)
         l_inv[:, t, t] = 1.0 / delta
         support[:, t] = torch.where(ok, j, torch.full_like(j, -1))
-        taken[rows[ok], j[ok]] = True
         # Least squares on the support: x_S = L^-T L^-1 A_S^T y; residual r = y - A_S x_S.
         rhs = atoms[:, :, : t + 1].transpose(1, 2) @ Y.unsqueeze(-1)
         li = l_inv[:, : t + 1, : t + 1]
-        coef = (li.transpose(1, 2) @ (li @ rhs)).squeeze(-1)
-        residual = Y - (atoms[:, :, : t + 1] @ coef.unsqueeze(-1)).squeeze(-1)
+        coef[:, : t + 1] = (li.transpose(1, 2) @ (li @ rhs)).squeeze(-1)
+        residual = Y - (atoms[:, :, : t + 1] @ coef[:, : t + 1].unsqueeze(-1)).squeeze(-1)
         if not bool(active.any()):
             break
-    X = torch.zeros((b, d), dtype=dtype, device=device)
-    used = support[:, : coef.shape[1]]
-    valid = used >= 0
-    X[rows.unsqueeze(1).expand_as(used)[valid], used[valid]] = coef[valid]
-    return (X, support) if return_support else X
+    del rows
+    return coef * (support >= 0), support
+
+
+def scatter_solution(coef: torch.Tensor, support: torch.Tensor, d: int) -> torch.Tensor:
+    """Dense (b, d) solutions from coefficients and supports (b, n) (-1 slots unused)."""
+    b = coef.shape[0]
+    X = torch.zeros((b, d), dtype=coef.dtype, device=coef.device)
+    valid = support >= 0
+    rows = torch.arange(b, device=coef.device).unsqueeze(1).expand_as(support)
+    X[rows[valid], support[valid]] = coef[valid]
+    return X
 
 
 def cupy_available() -> bool:
