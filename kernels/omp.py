@@ -6,10 +6,13 @@ column most correlated with the residual, re-fit the coefficients on the support
 update the residual. This is what SGC (`methods/sgc.py`) runs every step to turn compressed optimizer
 moments back into a sparse full-dimension update, with one problem per weight (or per chunk).
 
-The least-squares re-fit is not solved from scratch: the inverse of the Cholesky factor of the Gram
-matrix A_S^T A_S grows by one row per iteration (the new row follows from the previous inverse in one
-matrix-vector product), so every operation is a batched matmul on (b, s, s) or (b, m, s) tensors and
-the whole batch advances in lock-step on a CPU or a GPU. Selection matches scikit-learn's
+The least-squares re-fit is not solved from scratch: the torch kernel keeps an orthonormal basis Q of
+the selected columns (A_S = Q R, grown by one Gram-Schmidt step, done twice so that Q stays orthogonal
+in float32) and updates the residual by one projection, r <- r - q (q^T r); the coefficients come from
+one triangular solve R x = Q^T y at the end. The CuPy kernel grows the inverse Cholesky factor of
+A_S^T A_S instead (the same least squares). Every operation is a batched matmul on (b, m, s) or (b, s, s)
+tensors, so the whole batch advances in lock-step on a CPU or a GPU, and the correlation A^T r, the only
+O(k d) work of an iteration, is one matmul into a reused buffer. Selection matches scikit-learn's
 `orthogonal_mp` (argmax |A^T r|, columns not normalised); a problem whose residual vanishes, or whose
 next column is linearly dependent on its support, stops growing (its remaining slots get zero
 coefficients), as scikit-learn stops early.
@@ -116,40 +119,38 @@ def omp_core(
     problem stopped. A dense A, a streamed block operator (`kernels/sensing.py`) or per-problem A's plug in."""
     b, m = Y.shape
     dtype, device = Y.dtype, Y.device
-    rows = torch.arange(b, device=device)
     support = torch.full((b, n), -1, dtype=torch.long, device=device)
-    atoms = torch.zeros((b, m, n), dtype=dtype, device=device)  # the selected columns A_S
-    l_inv = torch.zeros((b, n, n), dtype=dtype, device=device)  # inverse Cholesky factor of A_S^T A_S
-    active = torch.ones(b, dtype=torch.bool, device=device)
+    Q = torch.zeros((b, m, n), dtype=dtype, device=device)  # orthonormal basis of the selected columns
+    R = torch.eye(n, dtype=dtype, device=device).repeat(b, 1, 1)  # A_S = Q R, R upper triangular; unit
+    # diagonal in the slots a problem never fills, so their coefficients solve to 0
     residual = Y.clone()
-    y_norm = Y.norm(dim=1)
-    coef = torch.zeros((b, n), dtype=dtype, device=device)
+    floor = _tiny(dtype) * Y.norm(dim=1)  # a residual this small relative to y has vanished
     eps = _tiny(dtype)
+    active = torch.ones(b, dtype=torch.bool, device=device)
     for t in range(n):
         j = select(residual, support[:, :t])
         col = columns(j)  # (b, m)
-        # New Cholesky row: w = L^-1 A_S^T a_j, delta = sqrt(||a_j||^2 - ||w||^2).
-        w = (l_inv[:, :t, :t] @ (atoms[:, :, :t].transpose(1, 2) @ col.unsqueeze(-1))).squeeze(-1)
-        col_norm_sq = (col * col).sum(dim=1)
-        delta_sq = col_norm_sq - (w * w).sum(dim=1)
-        ok = active & (delta_sq > eps * col_norm_sq.clamp_min(eps)) & (residual.norm(dim=1) > eps * y_norm)
-        active = ok
-        delta = torch.where(ok, delta_sq.clamp_min(eps).sqrt(), torch.ones_like(delta_sq))
-        col = col * ok.unsqueeze(1)
-        w = w * ok.unsqueeze(1)
-        atoms[:, :, t] = col
-        # Row t of L^-1: [-(w^T L^-1) / delta, 1 / delta] (zero row and unit diagonal when stopped).
-        l_inv[:, t, :t] = -(w.unsqueeze(1) @ l_inv[:, :t, :t]).squeeze(1) / delta.unsqueeze(1)
-        l_inv[:, t, t] = 1.0 / delta
-        support[:, t] = torch.where(ok, j, torch.full_like(j, -1))
-        # Least squares on the support: x_S = L^-T L^-1 A_S^T y; residual r = y - A_S x_S.
-        rhs = atoms[:, :, : t + 1].transpose(1, 2) @ Y.unsqueeze(-1)
-        li = l_inv[:, : t + 1, : t + 1]
-        coef[:, : t + 1] = (li.transpose(1, 2) @ (li @ rhs)).squeeze(-1)
-        residual = Y - (atoms[:, :, : t + 1] @ coef[:, : t + 1].unsqueeze(-1)).squeeze(-1)
+        Qt = Q[:, :, :t]
+        # Gram-Schmidt twice (numerically orthogonal Q in float32 too): w = Q^T a, v = a - Q w.
+        w = (col.unsqueeze(1) @ Qt).squeeze(1)
+        v = col - (Qt @ w.unsqueeze(-1)).squeeze(-1)
+        w2 = (v.unsqueeze(1) @ Qt).squeeze(1)
+        v = v - (Qt @ w2.unsqueeze(-1)).squeeze(-1)
+        delta_sq = (v * v).sum(dim=1)
+        # Stop a problem whose new column depends on its support or whose residual vanished (as
+        # scikit-learn stops early); its remaining slots keep a zero column and a unit diagonal.
+        active = active & (delta_sq > eps * (col * col).sum(dim=1).clamp_min(eps)) & (residual.norm(dim=1) > floor)
+        delta = torch.where(active, delta_sq.clamp_min(eps).sqrt(), torch.ones_like(delta_sq))
+        q = v * (active / delta).unsqueeze(1)
+        Q[:, :, t] = q
+        R[:, :t, t] = (w + w2) * active.unsqueeze(1)
+        R[:, t, t] = delta
+        support[:, t] = torch.where(active, j, -1)
+        residual = residual - q * (q * residual).sum(dim=1, keepdim=True)
         if not bool(active.any()):
             break
-    del rows
+    # Least squares on the support: A_S x = Q R x = Q Q^T y, so x = R^-1 Q^T y (one triangular solve).
+    coef = torch.linalg.solve_triangular(R, (Y.unsqueeze(1) @ Q).transpose(1, 2), upper=True).squeeze(-1)
     return coef * (support >= 0), support
 
 

@@ -386,7 +386,13 @@ class Sgc(Method):
             chunks = max(b.chunks for b in self.blocks if b.length == length)
             problems = min(self._problems_per_call(op), sum(b.chunks for b in self.blocks if b.length == length))
             compress_rows = min(chunks, max(1, self.workspace_bytes // 4 // (8 * length)))
-            compress = 8 * compress_rows * length + 4 * compress_rows * self.options.s * self.options.k
+            if compress_rows == 1 and length > op.B:  # one long row: |g| searched in pieces of B entries
+                compress = 4 * op.B + 8 * self.options.s * (length // op.B + 1)
+                if any(b.param.dtype != torch.float32 for b in self.blocks if b.length == length):
+                    compress += 4 * length  # the float32 copy of a lower-precision gradient
+            else:  # |g| of the rows, and a padded or float32 copy of them
+                compress = 8 * compress_rows * length
+            compress += 4 * compress_rows * self.options.s * self.options.k  # the s columns of A per row
             omp = op.workspace_bytes(problems) + problems * self._problem_bytes(op)
             worst = max(worst, omp, compress + (4 * op.k * op.B))
         return worst
