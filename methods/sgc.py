@@ -13,9 +13,26 @@ In the paper's notation, per adapted weight with gradient g (d entries) at step 
    recovering them separately picks different supports and can give v^ <= 0), and
        W <- W - lr (m^ / (sqrt(v^) + eps) on the coordinates where v^ > 0) - lr wd W.
 
-A has i.i.d. N(0, 1/k) entries, drawn from a seed; with `store_projection: false` (the default) it is
-regenerated from that seed every step and never stored (the MeZO seed trick applied to A), so it is not
-optimizer state; with `true` it is kept and counted. One A serves every block of the same length.
+A is never materialised beyond one block (`kernels/sensing.py`): its columns come in blocks of B columns,
+a quarter of `workspace_mb` (k x B float32; 64 MiB gives B = 32768 at k = 128). Block 0 has i.i.d.
+N(0, 1/k) entries from a seed, so for a block length d <= B, A is the paper's Gaussian A. Beyond it,
+`sensing: block-permuted` (default) makes block b a random row permutation of block 0, so each OMP
+iteration's correlations A^T r are one GEMM with no random draws (2 k d flops, linear in d), and
+`sensing: gaussian` draws every block anew (the paper's A at any size, s k d draws per step: minutes per
+step on a LLaMA-7B MLP weight on a CPU). The compression A g_s of the s-sparse g_s reads only s columns
+of A. With `store_projection: false` (default) block 0 and the permutations are regenerated from the
+seed every step and are not state (the MeZO seed trick applied to A); with `true` they are kept and
+counted. One operator serves every block of the same length. OMP's problems run in groups whose buffers
+fit half the workspace, and the streamed correlation buffer another quarter, so the transient memory of a
+step is bounded by `workspace_mb` whatever d is (`predicted_workspace_bytes()`).
+
+Gradients (`fused: true`, default): each adapted weight's gradient is sparsified and compressed in a
+`register_post_accumulate_grad_hook` as soon as backward has accumulated it, then freed, so at most one
+full gradient exists at a time; OMP and the updates run after backward, batched over the weights of one
+block length (the update needs no gradient, and a batch keeps the kernel efficient on small weights).
+With several micro-batches the hooks act only in the last one's backward: top_s of a sum is not the sum
+of top_s, so the accumulated gradients are all held until then, and `gradients` counts them all.
+`fused: false` compresses after the whole backward, as before, for comparison.
 
 Variants:
 - `mesgc` (memory-efficient; "gradient chunking"): g is split into chunks of `chunk_size` entries that
@@ -31,7 +48,6 @@ and the Section 5.2 rule for k and s) could not be consulted here: the shared-su
 and the v^ > 0 restriction are our adjustment (see docs/methods.md: recovering v^ on its own support can
 give v^ <= 0, whose square root is undefined); k and s
 are options with small defaults, validated so that OMP can recover s entries (s < k <= block length).
-SGC still computes the full gradient of each adapted weight; it is freed right after the update.
 """
 
 from __future__ import annotations
