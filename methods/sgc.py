@@ -238,21 +238,8 @@ class Sgc(Method):
     # -- the step ---------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepResult:
         assert self.model is not None, "prepare() must run before step()"
-        o = self.options
         self.t += 1
-        micro = list(batch.micro_batches)
-        self._max_micro_batches = max(self._max_micro_batches, len(micro))
-        total = max(batch.target_tokens, 1)
-        loss_total = 0.0
-        try:
-            for i, mb in enumerate(micro):
-                # The hooks compress only once the last micro-batch has completed each gradient.
-                self._compress_now = o.fused and i == len(micro) - 1
-                loss_sum, _ = self.loss_fn(self.model, mb)
-                (loss_sum / total).backward()
-                loss_total += float(loss_sum.detach())
-        finally:
-            self._compress_now = False
+        loss = self.forward_backward(batch)
         for block in self.blocks:
             if block.param.grad is not None:  # unfused, or a weight the hook did not see
                 self.compress(block, block.param.grad)
@@ -261,7 +248,25 @@ class Sgc(Method):
         self._diagnostics = diagnostics
         # Read back lazily, after the step timer stopped: the figures cost no host-device synchronisation
         # inside the timed step (the training loop's ExtrasRecorder resolves them).
-        return StepResult(loss_total / total, diagnostics.lazy())
+        return StepResult(loss, diagnostics.lazy())
+
+    def forward_backward(self, batch: Batch) -> float:
+        """Forward and backward over the micro-batches; with `fused`, the hooks compress (and free) each
+        gradient during the last micro-batch's backward only, once it holds the whole step's sum."""
+        assert self.model is not None, "prepare() must run before step()"
+        micro = list(batch.micro_batches)
+        self._max_micro_batches = max(self._max_micro_batches, len(micro))
+        total = max(batch.target_tokens, 1)
+        loss_total = 0.0
+        try:
+            for i, mb in enumerate(micro):
+                self._compress_now = self.options.fused and i == len(micro) - 1
+                loss_sum, _ = self.loss_fn(self.model, mb)
+                (loss_sum / total).backward()
+                loss_total += float(loss_sum.detach())
+        finally:
+            self._compress_now = False
+        return loss_total / total
 
     def recover_and_update(self) -> _Diagnostics:
         """3-4: OMP on the bias-corrected moments of every chunk (batched over the weights of one block
