@@ -4,7 +4,9 @@
     python -m pytest benchmarks --benchmark-enable --benchmark-compare   # against the last saved run
 
 On a CPU: the batched torch kernel against a loop of scikit-learn `orthogonal_mp` calls (one per
-problem, as a straightforward implementation would run them) at several (batch, d, s, k). On a GPU
+problem, as a straightforward implementation would run them) and against scikit-learn's strongest form,
+one multi-target call with the precomputed Gram matrix, at several (batch, d, s, k); and the kernel's
+correlation step against a plain matmul of the same shapes. On a GPU
 (marked `gpu`): the CuPy kernel against the torch kernel on the same problems. `benchmarks/omp_ratio.py`
 prints the ratios measured in one process, which is what `reports/` records.
 """
@@ -43,6 +45,29 @@ def test_sklearn_loop(benchmark, b, d, s, k):
     A, Y = _problems(b, d, s, k)
     A32, Y32 = A.astype(np.float32), Y.astype(np.float32)
     benchmark(lambda: [orthogonal_mp(A32, Y32[i], n_nonzero_coefs=s) for i in range(b)])
+
+
+@pytest.mark.parametrize(("b", "d", "s", "k"), SHAPES)
+def test_sklearn_multi_target_gram(benchmark, b, d, s, k):
+    A, Y = _problems(b, d, s, k)
+    A32, Y32 = A.astype(np.float32), Y.astype(np.float32)
+    benchmark(lambda: orthogonal_mp(A32, Y32.T, n_nonzero_coefs=s, precompute=True))
+
+
+@pytest.mark.parametrize("part", ["correlation_step", "plain_matmul"])
+@pytest.mark.parametrize(("b", "d", "s", "k"), SHAPES)
+def test_correlation_step_against_matmul(benchmark, part, b, d, s, k):
+    from kernels.omp import _SharedSelect
+
+    A = torch.randn(k, d)
+    residual = torch.randn(b, k)
+    if part == "plain_matmul":
+        out = torch.empty(b, d)
+        benchmark(lambda: torch.matmul(residual, A, out=out))
+    else:
+        select = _SharedSelect(A, b)
+        exclude = torch.randint(0, d, (b, s))
+        benchmark(lambda: select(residual, exclude))
 
 
 @pytest.mark.gpu

@@ -6,10 +6,13 @@ column most correlated with the residual, re-fit the coefficients on the support
 update the residual. This is what SGC (`methods/sgc.py`) runs every step to turn compressed optimizer
 moments back into a sparse full-dimension update, with one problem per weight (or per chunk).
 
-The least-squares re-fit is not solved from scratch: the inverse of the Cholesky factor of the Gram
-matrix A_S^T A_S grows by one row per iteration (the new row follows from the previous inverse in one
-matrix-vector product), so every operation is a batched matmul on (b, s, s) or (b, m, s) tensors and
-the whole batch advances in lock-step on a CPU or a GPU. Selection matches scikit-learn's
+The least-squares re-fit is not solved from scratch: the torch kernel keeps an orthonormal basis Q of
+the selected columns (A_S = Q R, grown by one Gram-Schmidt step, done twice so that Q stays orthogonal
+in float32) and updates the residual by one projection, r <- r - q (q^T r); the coefficients come from
+one triangular solve R x = Q^T y at the end. The CuPy kernel grows the inverse Cholesky factor of
+A_S^T A_S instead (the same least squares). Every operation is a batched matmul on (b, m, s) or (b, s, s)
+tensors, so the whole batch advances in lock-step on a CPU or a GPU, and the correlation A^T r, the only
+O(k d) work of an iteration, is one matmul into a reused buffer. Selection matches scikit-learn's
 `orthogonal_mp` (argmax |A^T r|, columns not normalised); a problem whose residual vanishes, or whose
 next column is linearly dependent on its support, stops growing (its remaining slots get zero
 coefficients), as scikit-learn stops early.
@@ -29,6 +32,8 @@ Entry points:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -63,51 +68,100 @@ def batched_omp_torch(
     support indices (b, n_nonzero) in selection order (-1 where a problem stopped early).
     """
     b, m, d, n, shared = _problem_size(A, Y, n_nonzero)
+    A = A.to(Y.dtype)
+    rows = torch.arange(b, device=Y.device)
+    if shared:
+        select = _SharedSelect(A, b)
+        columns = lambda j: A[:, j].T  # noqa: E731
+    else:
+        At = A.transpose(1, 2)
+
+        def select(residual: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+            corr = torch.bmm(At, residual.unsqueeze(-1)).squeeze(-1).abs_()
+            return _masked_argmax(corr, exclude)
+
+        columns = lambda j: A[rows, :, j]  # noqa: E731
+    X_coef, support = omp_core(Y, n, select, columns)
+    X = scatter_solution(X_coef, support, d)
+    return (X, support) if return_support else X
+
+
+class _SharedSelect:
+    """argmax_j |a_j^T r| for a shared A, into one reused (b, d) buffer (a fresh multi-megabyte tensor per
+    iteration costs page faults that a matmul of these shapes does not amortise)."""
+
+    def __init__(self, A: torch.Tensor, b: int) -> None:
+        self.A = A
+        self.buffer = torch.empty((b, A.shape[1]), dtype=A.dtype, device=A.device)
+
+    def __call__(self, residual: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+        corr = torch.matmul(residual, self.A, out=self.buffer).abs_()
+        return _masked_argmax(corr, exclude)
+
+
+def _masked_argmax(corr: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax of a non-negative (b, d) `corr` (modified) after setting the `exclude` (b, t)
+    columns (-1 entries ignored) to -1; ties go to the lowest index, as NumPy's argmax."""
+    if exclude.shape[1]:
+        corr.scatter_(1, exclude.clamp_min(0), -1.0)
+    return corr.argmax(dim=1)
+
+
+def omp_core(
+    Y: torch.Tensor,
+    n: int,
+    select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    columns: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The OMP iterations, independent of how A is held: `select(residual (b, m), support so far (b, t))`
+    returns each problem's next column index (argmax |a_j^T r| over the columns not in the support) and
+    `columns(j)` those columns (b, m). Returns the coefficients (b, n) and the support (b, n), -1 where a
+    problem stopped. A dense A, a streamed block operator (`kernels/sensing.py`) or per-problem A's plug in."""
+    b, m = Y.shape
     dtype, device = Y.dtype, Y.device
-    A = A.to(dtype)
-    At = A.transpose(-1, -2)  # (d, m) or (b, d, m)
-    rows = torch.arange(b, device=device)
     support = torch.full((b, n), -1, dtype=torch.long, device=device)
-    atoms = torch.zeros((b, m, n), dtype=dtype, device=device)  # the selected columns A_S
-    l_inv = torch.zeros((b, n, n), dtype=dtype, device=device)  # inverse Cholesky factor of A_S^T A_S
-    taken = torch.zeros((b, d), dtype=torch.bool, device=device)
-    active = torch.ones(b, dtype=torch.bool, device=device)
+    Q = torch.zeros((b, m, n), dtype=dtype, device=device)  # orthonormal basis of the selected columns
+    R = torch.eye(n, dtype=dtype, device=device).repeat(b, 1, 1)  # A_S = Q R, R upper triangular; unit
+    # diagonal in the slots a problem never fills, so their coefficients solve to 0
     residual = Y.clone()
-    y_norm = Y.norm(dim=1)
-    coef = torch.zeros((b, n), dtype=dtype, device=device)
+    floor = _tiny(dtype) * Y.norm(dim=1)  # a residual this small relative to y has vanished
     eps = _tiny(dtype)
+    active = torch.ones(b, dtype=torch.bool, device=device)
     for t in range(n):
-        corr = (At @ residual.unsqueeze(-1)).squeeze(-1) if not shared else residual @ A
-        corr = corr.abs().masked_fill(taken, -1.0)
-        j = corr.argmax(dim=1)
-        col = A[:, j].T if shared else A[rows, :, j]  # (b, m)
-        # New Cholesky row: w = L^-1 A_S^T a_j, delta = sqrt(||a_j||^2 - ||w||^2).
-        w = (l_inv[:, :t, :t] @ (atoms[:, :, :t].transpose(1, 2) @ col.unsqueeze(-1))).squeeze(-1)
-        delta_sq = (col * col).sum(dim=1) - (w * w).sum(dim=1)
-        col_norm_sq = (col * col).sum(dim=1)
-        ok = active & (delta_sq > eps * col_norm_sq.clamp_min(eps)) & (residual.norm(dim=1) > eps * y_norm)
-        active = ok
-        delta = torch.where(ok, delta_sq.clamp_min(eps).sqrt(), torch.ones_like(delta_sq))
-        col = col * ok.unsqueeze(1)
-        w = w * ok.unsqueeze(1)
-        atoms[:, :, t] = col
-        # Row t of L^-1: [-(w^T L^-1) / delta, 1 / delta] (zero row and unit diagonal when stopped).
-        l_inv[:, t, :t] = -(w.unsqueeze(1) @ l_inv[:, :t, :t]).squeeze(1) / delta.unsqueeze(1)
-        l_inv[:, t, t] = 1.0 / delta
-        support[:, t] = torch.where(ok, j, torch.full_like(j, -1))
-        taken[rows[ok], j[ok]] = True
-        # Least squares on the support: x_S = L^-T L^-1 A_S^T y; residual r = y - A_S x_S.
-        rhs = atoms[:, :, : t + 1].transpose(1, 2) @ Y.unsqueeze(-1)
-        li = l_inv[:, : t + 1, : t + 1]
-        coef = (li.transpose(1, 2) @ (li @ rhs)).squeeze(-1)
-        residual = Y - (atoms[:, :, : t + 1] @ coef.unsqueeze(-1)).squeeze(-1)
+        j = select(residual, support[:, :t])
+        col = columns(j)  # (b, m)
+        Qt = Q[:, :, :t]
+        # Gram-Schmidt twice (numerically orthogonal Q in float32 too): w = Q^T a, v = a - Q w.
+        w = (col.unsqueeze(1) @ Qt).squeeze(1)
+        v = col - (Qt @ w.unsqueeze(-1)).squeeze(-1)
+        w2 = (v.unsqueeze(1) @ Qt).squeeze(1)
+        v = v - (Qt @ w2.unsqueeze(-1)).squeeze(-1)
+        delta_sq = (v * v).sum(dim=1)
+        # Stop a problem whose new column depends on its support or whose residual vanished (as
+        # scikit-learn stops early); its remaining slots keep a zero column and a unit diagonal.
+        active = active & (delta_sq > eps * (col * col).sum(dim=1).clamp_min(eps)) & (residual.norm(dim=1) > floor)
+        delta = torch.where(active, delta_sq.clamp_min(eps).sqrt(), torch.ones_like(delta_sq))
+        q = v * (active / delta).unsqueeze(1)
+        Q[:, :, t] = q
+        R[:, :t, t] = (w + w2) * active.unsqueeze(1)
+        R[:, t, t] = delta
+        support[:, t] = torch.where(active, j, -1)
+        residual = residual - q * (q * residual).sum(dim=1, keepdim=True)
         if not bool(active.any()):
             break
-    X = torch.zeros((b, d), dtype=dtype, device=device)
-    used = support[:, : coef.shape[1]]
-    valid = used >= 0
-    X[rows.unsqueeze(1).expand_as(used)[valid], used[valid]] = coef[valid]
-    return (X, support) if return_support else X
+    # Least squares on the support: A_S x = Q R x = Q Q^T y, so x = R^-1 Q^T y (one triangular solve).
+    coef = torch.linalg.solve_triangular(R, (Y.unsqueeze(1) @ Q).transpose(1, 2), upper=True).squeeze(-1)
+    return coef * (support >= 0), support
+
+
+def scatter_solution(coef: torch.Tensor, support: torch.Tensor, d: int) -> torch.Tensor:
+    """Dense (b, d) solutions from coefficients and supports (b, n) (-1 slots unused)."""
+    b = coef.shape[0]
+    X = torch.zeros((b, d), dtype=coef.dtype, device=coef.device)
+    valid = support >= 0
+    rows = torch.arange(b, device=coef.device).unsqueeze(1).expand_as(support)
+    X[rows[valid], support[valid]] = coef[valid]
+    return X
 
 
 def cupy_available() -> bool:

@@ -13,9 +13,26 @@ In the paper's notation, per adapted weight with gradient g (d entries) at step 
    recovering them separately picks different supports and can give v^ <= 0), and
        W <- W - lr (m^ / (sqrt(v^) + eps) on the coordinates where v^ > 0) - lr wd W.
 
-A has i.i.d. N(0, 1/k) entries, drawn from a seed; with `store_projection: false` (the default) it is
-regenerated from that seed every step and never stored (the MeZO seed trick applied to A), so it is not
-optimizer state; with `true` it is kept and counted. One A serves every block of the same length.
+A is never materialised beyond one block (`kernels/sensing.py`): its columns come in blocks of B columns,
+a quarter of `workspace_mb` (k x B float32; 64 MiB gives B = 32768 at k = 128). Block 0 has i.i.d.
+N(0, 1/k) entries from a seed, so for a block length d <= B, A is the paper's Gaussian A. Beyond it,
+`sensing: block-permuted` (default) makes block b a random row permutation of block 0, so each OMP
+iteration's correlations A^T r are one GEMM with no random draws (2 k d flops, linear in d), and
+`sensing: gaussian` draws every block anew (the paper's A at any size, s k d draws per step: minutes per
+step on a LLaMA-7B MLP weight on a CPU). The compression A g_s of the s-sparse g_s reads only s columns
+of A. With `store_projection: false` (default) block 0 and the permutations are regenerated from the
+seed every step and are not state (the MeZO seed trick applied to A); with `true` they are kept and
+counted. One operator serves every block of the same length. OMP's problems run in groups whose buffers
+fit half the workspace, and the streamed correlation buffer another quarter, so the transient memory of a
+step is bounded by `workspace_mb` whatever d is (`predicted_workspace_bytes()`).
+
+Gradients (`fused: true`, default): each adapted weight's gradient is sparsified and compressed in a
+`register_post_accumulate_grad_hook` as soon as backward has accumulated it, then freed, so at most one
+full gradient exists at a time; OMP and the updates run after backward, batched over the weights of one
+block length (the update needs no gradient, and a batch keeps the kernel efficient on small weights).
+With several micro-batches the hooks act only in the last one's backward: top_s of a sum is not the sum
+of top_s, so the accumulated gradients are all held until then, and `gradients` counts them all.
+`fused: false` compresses after the whole backward, as before, for comparison.
 
 Variants:
 - `mesgc` (memory-efficient; "gradient chunking"): g is split into chunks of `chunk_size` entries that
@@ -31,7 +48,6 @@ and the Section 5.2 rule for k and s) could not be consulted here: the shared-su
 and the v^ > 0 restriction are our adjustment (see docs/methods.md: recovering v^ on its own support can
 give v^ <= 0, whose square root is undefined); k and s
 are options with small defaults, validated so that OMP can recover s entries (s < k <= block length).
-SGC still computes the full gradient of each adapted weight; it is freed right after the update.
 """
 
 from __future__ import annotations
@@ -39,7 +55,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +63,12 @@ import torch
 from harness.errors import ConfigError
 from harness.options import option
 from kernels.omp import BACKENDS, OmpSolver
+from kernels.sensing import SENSING, BlockSensing
+from kernels.sensing import omp as streamed_omp
 from methods.base import AdamOptions, Batch, Method, StepResult, register, split_inventory, tensor_counts
 from methods.lora import DEFAULT_TARGETS
+
+MIB = 2**20
 
 
 @dataclass
@@ -59,9 +79,17 @@ class SgcOptions(AdamOptions):
     target_modules: list[str] = option(
         default_factory=lambda: list(DEFAULT_TARGETS), help="2-D weights (by module name) to adapt; the rest is frozen"
     )
-    store_projection: bool = option(False, "keep A in memory (counted as state) instead of regenerating it")
+    store_projection: bool = option(False, "keep A's first block (and its permutations) in memory, counted as "
+                                    "state, instead of regenerating it every step")
     projection_seed: int = option(0, "seed of A (added to the trial seed)", min=0)
     backend: str = option("auto", "OMP kernel: auto (CuPy on a GPU when installed), torch or cupy", choices=BACKENDS)
+    sensing: str = option("block-permuted", "A beyond its first block: block-permuted (row permutations of the "
+                          "first Gaussian block: one GEMM per OMP iteration) or gaussian (every block drawn anew: "
+                          "the paper's A at any size, s*k*d draws per step)", choices=SENSING)
+    workspace_mb: float = option(64.0, "bound on SGC's transient memory in a step (A's block, the correlation "
+                                 "buffer, the OMP and compression buffers): a quarter holds A's block", gt=0.0)
+    fused: bool = option(True, "compress each weight's gradient in a post-accumulate hook as soon as backward "
+                         "has accumulated it, then free it (at most one full gradient held); false: after backward")
 
     def validate(self, where: str) -> None:
         if self.s >= self.k:
@@ -108,101 +136,195 @@ class Sgc(Method):
     options: SgcOptions
 
     def prepare(self, model: torch.nn.Module) -> None:
-        targets = tuple(self.options.target_modules)
+        o = self.options
+        targets = tuple(o.target_modules)
         model.requires_grad_(False)
         self.blocks: list[_Block] = []
+        self.operators: dict[int, BlockSensing] = {}
         for name, p in model.named_parameters():
             if p.dim() == 2 and name.rsplit(".", 1)[0].split(".")[-1] in targets:
                 p.requires_grad_(True)
                 length, chunks = self.block_shape(p)
-                if not self.options.s < self.options.k <= length:
+                if not o.s < o.k <= length:
                     raise ConfigError(
                         f"methods.{self.name}: need s < k <= {length} (the block length of {name}); "
-                        f"got s={self.options.s}, k={self.options.k}"
+                        f"got s={o.s}, k={o.k}"
                     )
-                zeros = torch.zeros(chunks, self.options.k, device=p.device, dtype=torch.float32)
+                zeros = torch.zeros(chunks, o.k, device=p.device, dtype=torch.float32)
                 self.blocks.append(_Block(name, p, length, chunks, zeros, zeros.clone()))
+                if length not in self.operators:
+                    self.operators[length] = BlockSensing(
+                        o.k, length, self.block_columns, self._seed(length), o.sensing, p.device,
+                        chunk_bytes=self.workspace_bytes // 4)
         if not self.blocks:
             raise ConfigError(f"methods.{self.name}.target_modules: no 2-D weight matches {list(targets)}")
+        if self.block_columns < 1:
+            raise ConfigError(f"methods.{self.name}.workspace_mb: {o.workspace_mb} MiB cannot hold one column of A "
+                              f"({4 * o.k * 4} bytes needed at k={o.k})")
         self.model = model
         self.t = 0
-        self.stored: dict[int, torch.Tensor] = {}
-        self.omp = OmpSolver(self.options.backend)
+        self.omp = OmpSolver(o.backend)
         self._diagnostics: _Diagnostics | None = None
+        self._compress_now = False
+        self._max_micro_batches = 1
+        self._hooks = []
+        if o.fused:
+            for block in self.blocks:
+                self._hooks.append(block.param.register_post_accumulate_grad_hook(self._hook(block)))
 
-    # -- shapes and the projection ---------------------------------------------------------
+    # -- shapes, budgets and the projection ------------------------------------------------------
+    @property
+    def workspace_bytes(self) -> int:
+        return int(self.options.workspace_mb * MIB)
+
+    @property
+    def block_columns(self) -> int:
+        """Columns of A per block: a quarter of the workspace holds one k x B float32 block."""
+        return self.workspace_bytes // 4 // (4 * self.options.k)
+
+    def _seed(self, length: int) -> int:
+        return (self.seed + self.options.projection_seed) * 1_000_003 + length
+
     def block_shape(self, p: torch.Tensor) -> tuple[int, int]:
         """(entries per chunk, chunks) of the vector SGC compresses for weight p."""
         return p.numel(), 1
 
-    def projection(self, length: int, device: torch.device) -> torch.Tensor:
-        """A (k x length), N(0, 1/k) entries from a seed: regenerated identically every call unless stored."""
-        if length in self.stored:
-            return self.stored[length]
-        generator = torch.Generator(device=device).manual_seed(
-            (self.seed + self.options.projection_seed) * 1_000_003 + length
-        )
-        A = torch.randn(self.options.k, length, generator=generator, device=device) / math.sqrt(self.options.k)
-        if self.options.store_projection:
-            self.stored[length] = A
-        return A
+    def projection(self, length: int, device: torch.device | None = None) -> torch.Tensor:
+        """The whole A (k x length) of a block length, as the operator defines it (for tests and small sizes)."""
+        return self.operators[length].dense()
 
-    def gradient_vector(self, block: _Block, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient as (chunks, length) rows, zero-padded at the end."""
-        flat = grad.reshape(-1).float()
-        pad = block.chunks * block.length - flat.numel()
+    def _row_groups(self, rows: int, bytes_per_row: int) -> Iterator[tuple[int, int]]:
+        """Consecutive (start, end) row ranges whose buffers fit a quarter of the workspace."""
+        step = max(1, self.workspace_bytes // 4 // max(1, bytes_per_row))
+        for start in range(0, rows, step):
+            yield start, min(rows, start + step)
+
+    def gradient_rows(self, block: _Block, grad: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Chunks start..end of the gradient as (end - start, length) float32 rows, zero-padded at the end."""
+        flat = grad.reshape(-1)
+        piece = flat[start * block.length: end * block.length].float()
+        pad = (end - start) * block.length - piece.numel()
         if pad:
-            flat = torch.cat([flat, flat.new_zeros(pad)])
-        return flat.view(block.chunks, block.length)
+            piece = torch.cat([piece, piece.new_zeros(pad)])
+        return piece.view(end - start, block.length)
 
     def to_update(self, block: _Block, direction: torch.Tensor) -> torch.Tensor:
-        """(chunks, length) recovered direction -> the weight's shape."""
+        """(chunks, length) recovered direction -> the weight's shape (CESGC: projected back)."""
         return direction.reshape(-1)[: block.param.numel()].view_as(block.param)
+
+    # -- 1-2: sparsify and compress, as soon as a weight's gradient is complete ---------------------
+    def _hook(self, block: _Block) -> Callable[[torch.Tensor], None]:
+        def hook(param: torch.Tensor) -> None:
+            if self._compress_now and param.grad is not None:
+                self.compress(block, param.grad)
+                param.grad = None  # the full gradient is not needed any more: free it now
+
+        return hook
+
+    def compress(self, block: _Block, grad: torch.Tensor) -> None:
+        """g_s = top_s(g) of each chunk; p += (1-b1)(A g_s - p), q likewise with g_s^2, from s columns of A."""
+        o = self.options
+        op = self.operators[block.length]
+        with torch.no_grad():
+            for start, end in self._row_groups(block.chunks, 8 * block.length):
+                g = self.gradient_rows(block, grad, start, end)
+                values, index = _top_s(g, o.s, op.B)
+                atoms = op.columns(index)  # (rows, s, k)
+                p = (values.unsqueeze(1) @ atoms).squeeze(1)
+                q = ((values * values).unsqueeze(1) @ atoms).squeeze(1)
+                block.exp_avg[start:end].mul_(o.beta1).add_(p, alpha=1 - o.beta1)
+                block.exp_avg_sq[start:end].mul_(o.beta2).add_(q, alpha=1 - o.beta2)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepResult:
-        assert self.model is not None
-        loss = self.forward_backward(batch)
+        assert self.model is not None, "prepare() must run before step()"
         self.t += 1
-        o = self.options
-        lr = o.lr * self.lr_scale
-        diagnostics = _Diagnostics()
-        groups: dict[int, list[_Block]] = {}
+        loss = self.forward_backward(batch)
         for block in self.blocks:
-            groups.setdefault(block.length, []).append(block)
-        for length, blocks in groups.items():
-            device = blocks[0].param.device
-            A = self.projection(length, device)
-            # 1-2: sparsify each chunk to s entries, compress both moments with A.
-            for block in blocks:
-                g = self.gradient_vector(block, block.param.grad)
-                top = g.abs().topk(o.s, dim=1).indices
-                g_sparse = torch.zeros_like(g).scatter_(1, top, g.gather(1, top))
-                block.exp_avg.mul_(o.beta1).add_(g_sparse @ A.T, alpha=1 - o.beta1)
-                block.exp_avg_sq.mul_(o.beta2).add_((g_sparse * g_sparse) @ A.T, alpha=1 - o.beta2)
-                block.param.grad = None  # the full gradient is not needed any more
-            # 3: recover every chunk of every weight of this length in one batched OMP call.
-            p_hat = torch.cat([b.exp_avg for b in blocks]) / (1 - o.beta1**self.t)
-            q_hat = torch.cat([b.exp_avg_sq for b in blocks]) / (1 - o.beta2**self.t)
-            with diagnostics.omp_timer(device):
-                m_hat, support = self.omp(A, p_hat, o.s, return_support=True)
-            v_hat = least_squares_on_support(A, q_hat, support)
-            valid = v_hat > 0
-            direction = torch.where(valid, m_hat / (v_hat.clamp_min(0).sqrt() + o.eps), torch.zeros_like(m_hat))
-            diagnostics.add(A, p_hat, m_hat, v_hat, support)
-            row = 0
-            for block in blocks:
-                d = direction[row : row + block.chunks]
-                row += block.chunks
-                with torch.no_grad():
-                    if o.weight_decay:
-                        block.param.mul_(1 - lr * o.weight_decay)
-                    block.param.sub_(self.to_update(block, d).to(block.param.dtype), alpha=lr)
-        diagnostics.total = sum(b.param.numel() for b in self.blocks)
+            if block.param.grad is not None:  # unfused, or a weight the hook did not see
+                self.compress(block, block.param.grad)
+                block.param.grad = None
+        diagnostics = self.recover_and_update()
         self._diagnostics = diagnostics
         # Read back lazily, after the step timer stopped: the figures cost no host-device synchronisation
         # inside the timed step (the training loop's ExtrasRecorder resolves them).
         return StepResult(loss, diagnostics.lazy())
+
+    def forward_backward(self, batch: Batch) -> float:
+        """Forward and backward over the micro-batches; with `fused`, the hooks compress (and free) each
+        gradient during the last micro-batch's backward only, once it holds the whole step's sum."""
+        assert self.model is not None, "prepare() must run before step()"
+        micro = list(batch.micro_batches)
+        self._max_micro_batches = max(self._max_micro_batches, len(micro))
+        total = max(batch.target_tokens, 1)
+        loss_total = 0.0
+        try:
+            for i, mb in enumerate(micro):
+                self._compress_now = self.options.fused and i == len(micro) - 1
+                loss_sum, _ = self.loss_fn(self.model, mb)
+                (loss_sum / total).backward()
+                loss_total += float(loss_sum.detach())
+        finally:
+            self._compress_now = False
+        return loss_total / total
+
+    def recover_and_update(self) -> _Diagnostics:
+        """3-4: OMP on the bias-corrected moments of every chunk (batched over the weights of one block
+        length, in groups that fit the workspace), the least-squares v^ on m^'s support, the update."""
+        o = self.options
+        lr = o.lr * self.lr_scale
+        diagnostics = _Diagnostics()
+        diagnostics.total = sum(b.param.numel() for b in self.blocks)
+        bc1, bc2 = 1 - o.beta1**self.t, 1 - o.beta2**self.t
+        for length, op in self.operators.items():
+            blocks = [b for b in self.blocks if b.length == length]
+            for pieces in _pack(blocks, self._problems_per_call(op)):
+                p_hat = torch.cat([b.exp_avg[r0:r1] for b, r0, r1 in pieces]) / bc1
+                q_hat = torch.cat([b.exp_avg_sq[r0:r1] for b, r0, r1 in pieces]) / bc2
+                device = p_hat.device
+                with diagnostics.omp_timer(device):
+                    if op.n_blocks == 1:
+                        _, support = self.omp(op.dense(), p_hat, o.s, return_support=True)
+                    else:
+                        _, support = streamed_omp(op, p_hat, o.s, return_support=True)
+                atoms = op.columns(support.clamp_min(0)) * (support >= 0).unsqueeze(-1)  # (b, n, k)
+                m_coef = least_squares(atoms, p_hat)
+                v_coef = least_squares(atoms, q_hat)
+                valid = (support >= 0) & (v_coef > 0)
+                step = torch.where(valid, m_coef / (v_coef.clamp_min(0).sqrt() + o.eps), torch.zeros_like(m_coef))
+                diagnostics.add(atoms, p_hat, m_coef, valid)
+                row = 0
+                for block, r0, r1 in pieces:
+                    self.apply_update(block, r0, support[row: row + r1 - r0], step[row: row + r1 - r0], lr)
+                    row += r1 - r0
+        if not self.options.store_projection:
+            for op in self.operators.values():
+                op.release()
+        return diagnostics
+
+    def apply_update(self, block: _Block, first_row: int, support: torch.Tensor, step: torch.Tensor,
+                     lr: float) -> None:
+        """W <- W (1 - lr wd) - lr * (the sparse step at the support of chunks first_row..), in place."""
+        o = self.options
+        with torch.no_grad():
+            if o.weight_decay and first_row == 0:
+                block.param.mul_(1 - lr * o.weight_decay)
+            rows = torch.arange(first_row, first_row + support.shape[0], device=support.device).unsqueeze(1)
+            flat_index = rows * block.length + support.clamp_min(0)
+            keep = (support >= 0) & (step != 0) & (flat_index < block.param.numel())
+            flat = block.param.view(-1)
+            flat.index_add_(0, flat_index[keep], (-lr * step[keep]).to(flat.dtype))
+
+    def _problems_per_call(self, op: BlockSensing) -> int:
+        """OMP problems per call so that their buffers fit half the workspace (at least one)."""
+        return max(1, self.workspace_bytes // 2 // self._problem_bytes(op))
+
+    def _problem_bytes(self, op: BlockSensing) -> int:
+        k, n = self.options.k, self.options.s
+        per = 4 * (6 * k * n + 4 * n * n + 8 * k + 8 * n)  # atoms (OMP, least squares x2, diagnostics), factors
+        if op.n_blocks == 1:
+            per += 4 * op.length  # the (b, d) correlation buffer of the dense kernel
+        return per
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -215,7 +337,11 @@ class Sgc(Method):
         for block in self.blocks:  # the moments and projectors serve training only
             block.exp_avg = block.exp_avg_sq = block.exp_avg.new_empty(0)
             block.projector = None
-        self.stored = {}
+        for op in self.operators.values():
+            op.release()
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
         self._diagnostics = None
 
     def info(self) -> dict[str, str | None]:
@@ -228,32 +354,113 @@ class Sgc(Method):
     def state_bytes(self) -> dict[str, int]:
         return split_inventory(self._inventory(), 1)
 
-    def _inventory(self) -> dict[str, tuple[int, int]]:
-        """(elements, bytes) of each kind of state, from the real tensors (A when stored is float32, k x
-        length per distinct length, whether or not a step has made it yet)."""
-        trainable = tensor_counts(b.param for b in self.blocks)
+    def _gradient_counts(self, micro_batches: int) -> tuple[int, int]:
+        """(elements, bytes) of gradient held at the step's peak: one weight's when the hooks compress each
+        gradient as backward completes it (a single micro-batch), every adapted weight's otherwise (the
+        unfused path, or gradients accumulated over micro-batches before the last one completes them)."""
+        per_weight = [(b.param.numel(), b.param.numel() * b.param.element_size()) for b in self.blocks]
+        if self.options.fused and micro_batches == 1:
+            return max(per_weight)
+        return sum(e for e, _ in per_weight), sum(n for _, n in per_weight)
+
+    def _projection_counts(self) -> tuple[int, int]:
+        """(elements, bytes) that `store_projection` keeps: each operator's first block (k x B float32)
+        and, for block-permuted A with several blocks, its permutations and their inverses (int64)."""
+        elements = nbytes = 0
+        for op in self.operators.values():
+            elements += op.k * op.B
+            nbytes += 4 * op.k * op.B
+            if op.kind == "block-permuted" and op.n_blocks > 1:
+                elements += 2 * op.n_blocks * op.k
+                nbytes += 16 * op.n_blocks * op.k
+        return elements, nbytes
+
+    def _inventory(self, micro_batches: int | None = None) -> dict[str, tuple[int, int]]:
+        """(elements, bytes) of each kind of state, from the real tensors' shapes and element sizes."""
         inventory = {
-            "trainable_params": trainable,
-            # each adapted weight's full gradient exists until its update, in the weight's dtype
-            "gradients": trainable,
+            "trainable_params": tensor_counts(b.param for b in self.blocks),
+            "gradients": self._gradient_counts(micro_batches or self._max_micro_batches),
             "exp_avg": tensor_counts(b.exp_avg for b in self.blocks),
             "exp_avg_sq": tensor_counts(b.exp_avg_sq for b in self.blocks),
         }
         if self.options.store_projection:
-            elements = sum(self.options.k * length for length in {b.length for b in self.blocks})
-            inventory["projection"] = (elements, elements * 4)
-        projectors = [b.projector for b in self.blocks if b.projector is not None]
-        if projectors:
-            inventory["projector"] = tensor_counts(projectors)
+            inventory["projection"] = self._projection_counts()
+        projectors = self._projector_counts()
+        if projectors is not None:
+            inventory["projector"] = projectors
         return inventory
+
+    def _projector_counts(self) -> tuple[int, int] | None:
+        return None
+
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
+        """What `state_bytes()` will report after training with `grad_accum` micro-batches per step, from
+        the adapted weights' shapes and dtypes and the options alone (prepare() may have run on `meta`)."""
+        return split_inventory(self._inventory(grad_accum), 1)
+
+    def predicted_workspace_bytes(self) -> int:
+        """Transient bytes a step allocates beyond weights, gradients and state, at its peak: A's block
+        (and a generated one for gaussian), the permutations, the correlation chunk, the OMP problems'
+        buffers and the compression's gradient rows. At most about `workspace_mb`."""
+        worst = 0
+        for length, op in self.operators.items():
+            chunks = max(b.chunks for b in self.blocks if b.length == length)
+            problems = min(self._problems_per_call(op), sum(b.chunks for b in self.blocks if b.length == length))
+            compress_rows = min(chunks, max(1, self.workspace_bytes // 4 // (8 * length)))
+            if compress_rows == 1 and length > op.B:  # one long row: |g| searched in pieces of B entries
+                compress = 4 * op.B + 8 * self.options.s * (length // op.B + 1)
+                if any(b.param.dtype != torch.float32 for b in self.blocks if b.length == length):
+                    compress += 4 * length  # the float32 copy of a lower-precision gradient
+            else:  # |g| of the rows, and a padded or float32 copy of them
+                compress = 8 * compress_rows * length
+            compress += 4 * compress_rows * self.options.s * self.options.k  # the s columns of A per row
+            omp = op.workspace_bytes(problems) + problems * self._problem_bytes(op)
+            worst = max(worst, omp, compress + (4 * op.k * op.B))
+        return worst
+
+
+def _top_s(g: torch.Tensor, s: int, piece: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the s largest-magnitude entries of each row of g. A single long row is searched
+    in pieces (the top s of the whole are among the pieces' top s), so no full-size |g| is allocated."""
+    rows, length = g.shape
+    if rows > 1 or length <= piece:
+        index = g.abs().topk(s, dim=1).indices
+        return g.gather(1, index), index
+    flat = g[0]
+    candidates = []
+    for start in range(0, length, piece):
+        part = flat[start: start + piece]
+        top = part.abs().topk(min(s, part.numel())).indices
+        candidates.append(top + start)
+    index = torch.cat(candidates)
+    index = index[flat[index].abs().topk(s).indices].unsqueeze(0)
+    return g.gather(1, index), index
+
+
+def _pack(blocks: list[_Block], limit: int) -> Iterator[list[tuple[_Block, int, int]]]:
+    """Groups of (block, first row, end row) with at most `limit` rows in all, in order."""
+    group: list[tuple[_Block, int, int]] = []
+    size = 0
+    for block in blocks:
+        start = 0
+        while start < block.chunks:
+            end = min(block.chunks, start + limit - size)
+            group.append((block, start, end))
+            size += end - start
+            start = end
+            if size == limit:
+                yield group
+                group, size = [], 0
+    if group:
+        yield group
 
 
 class _Diagnostics:
     """What SGC measures about itself in a step, kept on the device until read (no synchronisation).
 
     `relative_recovery_error` = ||A m^ - p|| / ||p|| of the recovered first moment, computed from the
-    support and its coefficients (s columns of A, not a full k x d product); `update_density` = share of
-    the adapted weights' entries changed; `omp_time_ms` = the OMP kernel's time (CUDA events on a GPU).
+    support's s columns (not a full k x d product); `update_density` = share of the adapted weights'
+    entries changed; `omp_time_ms` = the OMP kernel's time (CUDA events on a GPU).
     """
 
     def __init__(self) -> None:
@@ -277,20 +484,13 @@ class _Diagnostics:
             elapsed = (time.perf_counter() - t0) * 1e3
             self.omp_times.append(lambda: elapsed)
 
-    def add(self, A: torch.Tensor, p_hat: torch.Tensor, m_hat: torch.Tensor, v_hat: torch.Tensor,
-            support: torch.Tensor) -> None:
-        """Queue the figures from the s support columns only: O(b s k) work against the step's O(b d k)
-        compression, and no host read (the values are read after the step's timing)."""
+    def add(self, atoms: torch.Tensor, p_hat: torch.Tensor, m_coef: torch.Tensor, changed: torch.Tensor) -> None:
+        """Queue the figures: atoms (b, n, k) of the support, m^'s coefficients (b, n), which entries change."""
         with torch.no_grad():
-            valid = support >= 0
-            index = support.clamp_min(0)
-            coef = m_hat.gather(1, index) * valid
-            atoms = A[:, index]  # (k, b, s)
-            residual = p_hat - torch.einsum("kbs,bs->bk", atoms, coef)
+            residual = p_hat - (m_coef.unsqueeze(1) @ atoms).squeeze(1)
             self.residual_sq.append((residual * residual).sum())
             self.reference_sq.append((p_hat * p_hat).sum())
-            # an entry changes where it is on the support, its recovered m^ is non-zero and v^ > 0
-            self.nonzero.append((valid & (coef != 0) & (v_hat.gather(1, index) > 0)).sum())
+            self.nonzero.append((changed & (m_coef != 0)).sum())
 
     def lazy(self) -> dict[str, Callable[[], float]]:
         def recovery_error() -> float:
@@ -304,21 +504,15 @@ class _Diagnostics:
         }
 
 
-def least_squares_on_support(A: torch.Tensor, Y: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Dense (b, d) solutions of min ||A_S x_S - y|| on each row's given support (-1 entries unused).
+def least_squares(atoms: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Coefficients (b, n) of min ||atoms_i^T x - y_i|| for atoms (b, n, k) whose zero rows are unused slots.
 
-    Normal equations on the support, batched; an unused slot gets a zero column and a unit diagonal,
-    so its coefficient is 0 and the others are unaffected (OMP's atoms are linearly independent).
+    Normal equations, batched; an unused slot gets a unit diagonal, so its coefficient is 0 and the others
+    are unaffected (OMP's atoms are linearly independent).
     """
-    b, _ = support.shape
-    valid = support >= 0
-    atoms = A[:, support.clamp_min(0)].permute(1, 0, 2) * valid.unsqueeze(1)  # (b, k, n)
-    gram = atoms.transpose(1, 2) @ atoms + torch.diag_embed((~valid).to(A.dtype))
-    coef = torch.linalg.solve(gram, atoms.transpose(1, 2) @ Y.unsqueeze(-1)).squeeze(-1)
-    X = torch.zeros(b, A.shape[1], dtype=Y.dtype, device=Y.device)
-    rows = torch.arange(b, device=Y.device).unsqueeze(1).expand_as(support)
-    X[rows[valid], support[valid]] = coef[valid]
-    return X
+    unused = (atoms == 0).all(dim=2)
+    gram = atoms @ atoms.transpose(1, 2) + torch.diag_embed(unused.to(atoms.dtype))
+    return torch.linalg.solve(gram, atoms @ Y.to(atoms.dtype).unsqueeze(-1)).squeeze(-1)
 
 
 @register("mesgc")
@@ -345,7 +539,7 @@ class Cesgc(Sgc):
         r = min(self.options.rank, m, n)
         return r * max(m, n), 1
 
-    def gradient_vector(self, block: _Block, grad: torch.Tensor) -> torch.Tensor:
+    def gradient_rows(self, block: _Block, grad: torch.Tensor, start: int, end: int) -> torch.Tensor:
         g = grad.float()
         m, n = g.shape
         r = min(self.options.rank, m, n)
@@ -355,6 +549,23 @@ class Cesgc(Sgc):
             block.projector = vh[:r].T.contiguous() if block.project_right else u[:, :r].contiguous()
         low = g @ block.projector if block.project_right else block.projector.T @ g  # (m, r) or (r, n)
         return low.reshape(1, -1)
+
+    def apply_update(self, block: _Block, first_row: int, support: torch.Tensor, step: torch.Tensor,
+                     lr: float) -> None:
+        """The sparse step lives in the projected space (r * max(m, n)): make it dense there, project back."""
+        o = self.options
+        direction = torch.zeros(1, block.length, dtype=step.dtype, device=step.device)
+        keep = support >= 0
+        direction[0, support[keep]] = step[keep]
+        with torch.no_grad():
+            if o.weight_decay:
+                block.param.mul_(1 - lr * o.weight_decay)
+            block.param.sub_(self.to_update(block, direction).to(block.param.dtype), alpha=lr)
+
+    def _projector_counts(self) -> tuple[int, int] | None:
+        """P (min(m, n) x r, float32) per weight, from the shapes: what the first step creates."""
+        elements = sum(min(b.param.shape) * min(self.options.rank, *b.param.shape) for b in self.blocks)
+        return elements, 4 * elements
 
     def to_update(self, block: _Block, direction: torch.Tensor) -> torch.Tensor:
         assert block.projector is not None

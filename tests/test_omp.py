@@ -392,3 +392,42 @@ def test_cupy_runs_on_the_tensors_device():
         X_ref, S_ref = batched_omp_torch(A, Y, n, return_support=True)
     assert torch.equal(S.to(S_ref.dtype), S_ref)
     torch.testing.assert_close(X, X_ref, atol=1e-4, rtol=1e-4)
+
+
+# -- edge cases against scikit-learn: ties, supports as large as k, vanishing residuals, mixed batches ------
+
+
+def _ref_one(A, y, n):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scikit-learn warns when it stops early
+        return orthogonal_mp(A, y, n_nonzero_coefs=n)
+
+
+@KERNELS
+def test_edge_cases_match_scikit_learn(omp):
+    rng = np.random.default_rng(21)
+    m, d = 12, 40
+    A = rng.standard_normal((m, d))
+    A[:, 7] = A[:, 2]  # duplicate columns: a tie, which scikit-learn breaks towards the lower index
+    A[:, 30] = -A[:, 5]  # a column and its negation: equal |correlation|
+    Y = rng.standard_normal((6, m))
+    Y[1] = 0.0  # zero problem: nothing to select
+    Y[2] = A[:, [2, 9]] @ np.array([1.0, -3.0])  # exactly 2-sparse through a duplicated column
+    Y[3] = A[:, 5] * 2.0  # exactly 1-sparse through a column that has a negated twin
+    Y[4] = A[:, [0, 11, 20]] @ np.array([0.5, 0.5, 0.5])
+    for n in (1, 3, m - 1, m):  # from one atom to as many as rows
+        X = omp(A, Y, n)
+        ref = np.stack([_ref_one(A, Y[i], n) for i in range(len(Y))])
+        np.testing.assert_allclose(X, ref, atol=1e-7, rtol=1e-6, err_msg=f"n_nonzero={n}")
+
+
+@KERNELS
+def test_s_near_k_and_float32_batches(omp):
+    rng = np.random.default_rng(5)
+    for m, d, n in ((16, 64, 15), (16, 64, 16), (32, 33, 31), (8, 8, 8)):
+        A = rng.standard_normal((m, d))
+        Y = rng.standard_normal((9, m))
+        ref = np.stack([_ref_one(A, Y[i], n) for i in range(len(Y))])
+        np.testing.assert_allclose(omp(A, Y, n), ref, atol=1e-6, rtol=1e-6)

@@ -18,11 +18,18 @@ def _method(name: str, **options):
     return create(name, values, quadratic_loss, seed=0)
 
 
-def test_step_matches_an_unbatched_reference_of_the_equations():
-    """Two steps: top-s sparsification, p/q moments in R^k, OMP (scikit-learn) for m^, least squares for v^."""
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"fused": False}, {"workspace_mb": 0.005, "store_projection": False},
+     {"workspace_mb": 0.005, "sensing": "gaussian"}],
+    ids=["fused", "unfused", "streamed-block-permuted", "streamed-gaussian"],
+)
+def test_step_matches_an_unbatched_reference_of_the_equations(options):
+    """Two steps: top-s sparsification, p/q moments in R^k, OMP (scikit-learn) for m^, least squares for v^.
+    A tiny workspace splits A into blocks (streamed OMP); the reference uses the dense A they define."""
     model = Toy()
     w = model.q_proj.weight.detach().double().numpy().reshape(-1).copy()
-    method = _method("sgc")
+    method = _method("sgc", **options)
     method.prepare(model)
     A = method.projection(48, torch.device("cpu")).double().numpy()
     b1, b2, eps, lr, s = 0.9, 0.999, 1e-8, 0.01, 3
@@ -45,6 +52,8 @@ def test_step_matches_an_unbatched_reference_of_the_equations():
         update[support[ok]] = m_hat[support[ok]] / (np.sqrt(v_s[ok]) + eps)
         w = w - lr * update
         method.step(batch)
+        if options.get("workspace_mb"):
+            assert method.operators[48].n_blocks > 1
         np.testing.assert_allclose(model.q_proj.weight.detach().double().numpy().reshape(-1), w, rtol=1e-4, atol=1e-6)
     assert model.norm.requires_grad is False  # not a target: frozen
 
@@ -128,3 +137,98 @@ def test_bad_sizes_are_config_errors():
         _method("sgc", k=64, s=3).prepare(Toy())
     with pytest.raises(ConfigError, match="k: must not exceed chunk_size"):
         _method("mesgc", k=16, s=3, chunk_size=8)
+
+
+def _two_micro_batches():
+    a, b = toy_batch(seed=3), toy_batch(seed=4)
+    return Batch([a.micro_batches[0], b.micro_batches[0]])
+
+
+@pytest.mark.parametrize("name", ["sgc", "mesgc", "cesgc"])
+def test_fused_hooks_equal_the_unfused_update_with_gradient_accumulation(name):
+    """Two micro-batches: the hooks must compress the accumulated gradient after the last one only."""
+    extra = {"chunk_size": 24, "k": 12} if name == "mesgc" else {"rank": 2, "k": 10} if name == "cesgc" else {}
+    results = []
+    for fused in (True, False):
+        model = Toy()
+        method = _method(name, fused=fused, **extra)
+        method.prepare(model)
+        for _ in range(3):
+            method.step(_two_micro_batches())
+        results.append(model.q_proj.weight.detach().clone())
+        assert model.q_proj.weight.grad is None
+        assert method.state_elements()["gradients"] == 48  # accumulated over micro-batches: all held
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+class _TwoLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q_proj = torch.nn.Linear(6, 8, bias=False)
+        self.v_proj = torch.nn.Linear(8, 10, bias=False)
+
+    def forward(self, x):
+        return self.v_proj(self.q_proj(x))
+
+
+def _two_layer_loss(model, mb):
+    return 0.5 * ((model(mb["x"])[:, :8] - mb["y"]) ** 2).sum(), 1
+
+
+def test_fused_holds_one_gradient_at_a_time():
+    model = _TwoLayers()
+    method = create("sgc", {"k": 20, "s": 3, "target_modules": ["q_proj", "v_proj"]}, _two_layer_loss, seed=0)
+    method.prepare(model)
+    held = []
+    compress = method.compress
+
+    def spy(block, grad):
+        held.append(sum(p.grad is not None for p in model.parameters()))
+        compress(block, grad)
+
+    method.compress = spy
+    method.step(toy_batch())
+    assert held == [1, 1]  # each weight's gradient was freed before the next one was accumulated
+    assert method.state_elements()["gradients"] == 80  # the largest adapted weight (v_proj, 10 x 8)
+    unfused = create("sgc", {"k": 20, "s": 3, "target_modules": ["q_proj", "v_proj"], "fused": False},
+                     _two_layer_loss, seed=0)
+    unfused.prepare(_TwoLayers())
+    assert unfused.state_elements()["gradients"] == 48 + 80
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("sgc", {}), ("sgc", {"workspace_mb": 0.01, "store_projection": True}), ("mesgc", {"chunk_size": 10, "k": 8}),
+     ("cesgc", {"rank": 2, "k": 10, "store_projection": True})],
+)
+def test_predicted_state_bytes_from_a_meta_model_equal_the_real_ones(name, extra):
+    with torch.device("meta"):
+        meta_model = Toy()
+    predicted = _method(name, **extra)
+    predicted.prepare(meta_model)
+    assert predicted.predicted_workspace_bytes() > 0
+    method = _method(name, **extra)
+    method.prepare(Toy())
+    method.step(toy_batch())
+    real = method.state_bytes()
+    assert predicted.predicted_state_bytes() == real
+    # The real tensors behind the figures.
+    assert real["exp_avg"] == sum(b.exp_avg.numel() * 4 for b in method.blocks)
+    if extra.get("store_projection"):
+        ops = method.operators.values()
+        assert real["projection"] == sum(
+            t.numel() * t.element_size() for op in ops for t in (op._base, op._perms, op._inverse) if t is not None)
+    if name == "cesgc":
+        assert real["projector"] == sum(b.projector.numel() * 4 for b in method.blocks)
+
+
+def test_workspace_bound_on_a_llama_7b_mlp_weight():
+    """A 4096 x 11008 weight on `meta`: SGC's transient memory is bounded by workspace_mb, not k x d."""
+    with torch.device("meta"):
+        model = Toy(n_in=4096, n_out=11008)
+    for name, extra in (("sgc", {}), ("mesgc", {})):
+        method = create(name, {"target_modules": ["q_proj"], **extra}, quadratic_loss, seed=0)
+        method.prepare(model)
+        assert method.predicted_workspace_bytes() <= 64 * 2**20
+        assert method.predicted_state_bytes()["gradients"] == 4096 * 11008 * 4
