@@ -14,7 +14,7 @@ In the paper's notation, per adapted weight with gradient g (d entries) at step 
        W <- W - lr (m^ / (sqrt(v^) + eps) on the coordinates where v^ > 0) - lr wd W.
 
 A is never materialised beyond one block (`kernels/sensing.py`): its columns come in blocks of B columns,
-a quarter of `workspace_mb` (k x B float32; 64 MiB gives B = 32768 at k = 128). Block 0 has i.i.d.
+a quarter of `workspace_mb` (k x B float32; 256 MiB gives B = 131072 at k = 128). Block 0 has i.i.d.
 N(0, 1/k) entries from a seed, so for a block length d <= B, A is the paper's Gaussian A. Beyond it,
 `sensing: block-permuted` (default) makes block b a random row permutation of block 0, so each OMP
 iteration's correlations A^T r are one GEMM with no random draws (2 k d flops, linear in d), and
@@ -86,7 +86,7 @@ class SgcOptions(AdamOptions):
     sensing: str = option("block-permuted", "A beyond its first block: block-permuted (row permutations of the "
                           "first Gaussian block: one GEMM per OMP iteration) or gaussian (every block drawn anew: "
                           "the paper's A at any size, s*k*d draws per step)", choices=SENSING)
-    workspace_mb: float = option(64.0, "bound on SGC's transient memory in a step (A's block, the correlation "
+    workspace_mb: float = option(256.0, "bound on SGC's transient memory in a step (A's block, the correlation "
                                  "buffer, the OMP and compression buffers): a quarter holds A's block", gt=0.0)
     fused: bool = option(True, "compress each weight's gradient in a post-accumulate hook as soon as backward "
                          "has accumulated it, then free it (at most one full gradient held); false: after backward")

@@ -230,5 +230,5 @@ def test_workspace_bound_on_a_llama_7b_mlp_weight():
     for name, extra in (("sgc", {}), ("mesgc", {})):
         method = create(name, {"target_modules": ["q_proj"], **extra}, quadratic_loss, seed=0)
         method.prepare(model)
-        assert method.predicted_workspace_bytes() <= 64 * 2**20
+        assert method.predicted_workspace_bytes() <= 256 * 2**20
         assert method.predicted_state_bytes()["gradients"] == 4096 * 11008 * 4
