@@ -72,7 +72,7 @@ NUMBERS = ("seed", "steps", "batch_size", "tokens_seen", "target_tokens_seen", "
 TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source",
          "started_at", "finished_at", "command", "node", "slurm_job_id", "predictions")
 MAPPINGS = ("method_params", "accuracy_per_task", "eval_items", "accuracy_per_task_before", "state_elements",
-            "method_metrics", "method_info", "meter_notes", "env")
+            "method_metrics", "method_info", "meter_notes", "env", "state_bytes")
 
 
 def row_problem(row: Any) -> str | None:

@@ -8,6 +8,14 @@ group `bench.methods`; no edit here is needed for them.
 
 from __future__ import annotations
 
+import logging
+
+# torchao, which peft imports whenever it is installed (the `methods` extra installs it), logs at import
+# that its CUDA-only kernels cannot load on a CPU machine, and torch's pytree then warns about torchao's
+# enums: several lines of noise before every one-line error and in every trial log. Only errors pass.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
 BUILTIN_METHODS: dict[str, tuple[str, str]] = {
     "full": ("methods.full", "AdamW on every weight: the baseline all ratios are taken against"),
     "lora": ("methods.lora", "LoRA adapters through peft (Hu et al. 2021)"),
