@@ -203,7 +203,7 @@ def check_variant(model: torch.nn.Module, suite: SuiteSpec, method: str, variant
             check.note = f"not checked on the meta device ({_short(exc)}); its trial will check it"
             return check, None
         try:
-            state = instance.predicted_state_bytes()
+            state = instance.predicted_state_bytes(grad_accum=suite.budget.grad_accum)
             workspace = int(instance.predicted_workspace_bytes())
             weights = instance.predicted_weight_bytes()
         except Exception as exc:

@@ -46,7 +46,7 @@ class Adafactor(OptimizerMethod):
                                      beta2_decay=o.beta2_decay, eps=(o.eps1 or None, o.eps2), d=o.d,
                                      weight_decay=o.weight_decay)
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """Row and column means for matrices, a whole second moment for vectors, in each weight's dtype."""
         predicted = {"trainable_params": 0, "gradients": 0, "row_var": 0, "col_var": 0, "variance": 0}
         for _, p in self.trainable_parameters():

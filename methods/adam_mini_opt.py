@@ -108,7 +108,7 @@ class AdamMini(OptimizerMethod):
         _, nbytes = parameter_inventory(p for _, p in self.trainable_parameters())
         return {"trainable_params": nbytes, "gradients": nbytes, **{k: v[1] for k, v in self._inventory().items()}}
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """m for every entry; one second moment per head, per output neuron or per bias entry."""
         head_numel = self.optimizer.head_numel
         _, nbytes = parameter_inventory(p for _, p in self.trainable_parameters())

@@ -98,7 +98,7 @@ class Apollo(OptimizerMethod):
         ]
         return APOLLOAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """Moments in the projected space and the projection per projected weight; full moments elsewhere."""
         if self.options.proj != "random":
             return None

@@ -185,11 +185,13 @@ class Method(abc.ABC):
         if optimizer is not None:
             optimizer.state.clear()
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """What `state_bytes()` will report after training, predicted from shapes alone: the pre-flight calls
         it after `prepare()` and `apply_precision()` on a model whose parameters live on the `meta` device
         (no memory, no values), so that `bench run --dry-run` can print it and a trial that cannot fit is
-        refused before it starts. None: this method cannot predict it (the estimate then says so)."""
+        refused before it starts. `grad_accum`: micro-batches per step (the budget's), for methods whose
+        gradients held depend on it (per-weight updates in hooks hold one gradient only without accumulation).
+        None: this method cannot predict it (the estimate then says so)."""
         return None
 
     def predicted_weight_bytes(self) -> int | None:
@@ -373,7 +375,7 @@ class OptimizerMethod(Method):
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss)
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """One optimizer step over zero gradients on the meta device creates every state tensor the real first
         step creates, at its real shape and dtype, without memory; `state_bytes()` then counts them exactly
         as it will after training. An optimizer that cannot step on meta (custom kernels) gives None."""

@@ -124,7 +124,7 @@ class Badam(OptimizerMethod):
         self.optimizer.param_idx2hp = {}
         self.optimizer.param_idx2lp = {}
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """The largest block's figures, as if its Adam state exists (exact when the blocks are equal, as a
         decoder's layers are, and training did not end on a switch, which drops the state)."""
         sizes = []

@@ -151,12 +151,12 @@ class LayerwiseOptimizerMethod(OptimizerMethod):
     def state_bytes(self) -> dict[str, int]:
         return self._inventory()[1]
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """`state_bytes()` after training, predicted on a model whose parameters are on `meta`: every
         optimizer steps once on meta gradients (no memory, no data), the state is read, then cleared.
 
-        Layer-wise, the prediction assumes one micro-batch per step (the method does not see the budget):
-        with gradient accumulation every gradient is held, as unfused. None off `meta` (a real step would
+        Layer-wise with `grad_accum` > 1 every gradient is held until the last micro-batch, as unfused.
+        None off `meta` (a real step would
         move the weights) or when the optimizer cannot step on meta tensors.
         """
         params = [p for _, p in self.trainable_parameters()]
@@ -167,7 +167,10 @@ class LayerwiseOptimizerMethod(OptimizerMethod):
                 p.grad = torch.zeros_like(p)
             for optimizer in self._optimizers():
                 optimizer.step()
-            return self.state_bytes()
+            predicted = self.state_bytes()
+            if grad_accum > 1:  # the hooks act after the last micro-batch: every gradient is held until then
+                predicted["gradients"] = sum(p.numel() * p.element_size() for p in params)
+            return predicted
         except Exception:  # an optimizer without meta kernels: no prediction rather than a wrong one
             return None
         finally:

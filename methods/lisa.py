@@ -92,7 +92,7 @@ class Lisa(OptimizerMethod):
     def info(self) -> dict:
         return {"draws": len(self.history)}
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """gamma layers (all the same size in a decoder) plus the always-trained weights, AdamW's two moments."""
         sizes = sorted((sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in self.layers),
                        reverse=True)

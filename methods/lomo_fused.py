@@ -120,7 +120,7 @@ class Lomo(Method):
             hook.remove()
         self._hooks = []
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """Gradients: an upper bound, the two largest weights' gradients (one still held, one arriving; which
         two meet depends on the backward order, which shapes alone do not give); state: none for LOMO."""
         sizes = sorted((p.numel() * p.element_size() for p in self.model.parameters()), reverse=True)

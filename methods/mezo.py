@@ -179,7 +179,7 @@ class Mezo(Method):
     def state_bytes(self) -> dict[str, int]:
         return {"trainable_params": sum(p.numel() * p.element_size() for _, p in self.parameters), "gradients": 0}
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """MeZO keeps no state: the count is of the parameters' shapes and dtypes, which the meta model has."""
         return self.state_bytes()
 

@@ -90,7 +90,7 @@ class _AllWeights(OptimizerMethod):
         _, nbytes = parameter_inventory(p for _, p in self.trainable_parameters())
         return {"trainable_params": nbytes, "gradients": nbytes, **{k: v[1] for k, v in self._inventory().items()}}
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """What `state_bytes()` will report after training, from the shapes alone (works on `meta`)."""
         params = [p for _, p in self.trainable_parameters()]
         _, nbytes = parameter_inventory(params)

@@ -179,6 +179,6 @@ class Rso(Method):
     def state_bytes(self) -> dict[str, int]:
         return split_inventory(self._inventory(), 1)
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """Every tensor of the inventory exists from `prepare()` on, at its shape and dtype."""
         return self.state_bytes()

@@ -239,7 +239,7 @@ class Smt(Method):
         budget = self.options.num_blocks or max(1, math.floor(self.options.budget_ratio * total))
         return min(budget, total)
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """The sparse phase's state (what the trial reads at its end): the selected blocks, their gradients and
         AdamW's two moments, in the trained dtype. Which blocks are chosen depends on the data; how many does
         not."""

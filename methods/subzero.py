@@ -89,7 +89,7 @@ class Subzero(Mezo):
         super().release_training_state()
         self.factors = {}
 
-    def predicted_state_bytes(self) -> dict[str, int] | None:
+    def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """U (m x r) and V (n x r) of every 2-D weight, float32 as `refresh_subspaces` draws them."""
         nbytes = super().state_bytes()
         nbytes["subspace_factors"] = 4 * sum(
