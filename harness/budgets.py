@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from harness.config import SuiteSpec
 
+MIN_S = 4
 _MULTIPLE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*x\s*([A-Za-z_][\w-]*)\s*")
 _SHARE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*")
 
@@ -113,24 +114,28 @@ def _model_parameters(model: torch.nn.Module) -> int:
 
 
 def reference_state_elements(suite: SuiteSpec, method: str, model: torch.nn.Module) -> int:
-    """Optimizer-state elements of `method` with this suite's options, from one optimizer step on meta
-    gradients (the same tensors `state_elements()` counts after training)."""
-    import torch
-
-    from methods.base import OptimizerMethod, create
+    """`method`'s optimizer state with this suite's options, in float32 elements (its bytes / 4, so an 8-bit
+    optimizer's state counts at its real size against SGC's float32 moments), from the method's own
+    prediction on the meta model (`Method.predicted_state_bytes`, the pre-flight's figure)."""
+    from harness.errors import BenchError
+    from harness.precision import Precision
+    from methods.base import create
 
     where = f"{suite.name}: state_budgets (\"x {method}\")"
-    probe = create(method, suite.methods.get(method) or {}, _no_loss)
-    if not isinstance(probe, OptimizerMethod):
-        raise ConfigError(f"{where}: {method} has no torch optimizer whose state can be counted; "
-                          "use lora, dora, galore or full")
-    probe.prepare(model)
-    params = [p for _, p in probe.trainable_parameters()]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    probe.optimizer.step()
-    counts = probe.state_elements()
-    return sum(v for key, v in counts.items() if key not in ("trainable_params", "gradients"))
+    try:
+        probe = create(method, suite.methods.get(method) or {}, _no_loss, precision=Precision(suite.model.precision))
+        probe.total_steps = suite.budget.steps
+        probe.prepare(model)
+        probe.apply_precision()
+        predicted = probe.predicted_state_bytes(grad_accum=suite.budget.grad_accum)
+    except BenchError:
+        raise
+    except Exception as exc:  # a method whose code cannot run on meta
+        raise ConfigError(f"{where}: cannot count {method}'s state from the model's shapes "
+                          f"({type(exc).__name__}: {exc}); use lora, dora, galore or full") from None
+    if predicted is None:
+        raise ConfigError(f"{where}: {method} does not predict its state from shapes; use lora, dora, galore or full")
+    return sum(v for key, v in predicted.items() if key not in ("trainable_params", "gradients")) // 4
 
 
 def resolve(suite: SuiteSpec, method: str, values: dict[str, Any], model: torch.nn.Module | None = None
@@ -171,7 +176,8 @@ def resolve(suite: SuiteSpec, method: str, values: dict[str, Any], model: torch.
     if k > shortest:
         raise ConfigError(f"{where}.state: {budget.state!r} gives k={k}, above the shortest block ({shortest} "
                           f"entries); k <= {shortest} fits (a budget of {2 * shortest * blocks + fixed} elements)")
-    s = int(values["s"]) if "s" in values else min(max(1, round(budget.s_ratio * k)), k - 1)
+    # At least MIN_S entries per block (s = 1 would keep one entry of a 2048-entry chunk: not SGC any more).
+    s = int(values["s"]) if "s" in values else min(max(MIN_S, round(budget.s_ratio * k)), k - 1)
     state = 2 * k * blocks + fixed
     note = (f"{method}: state budget {budget.state} = {source} = {budget_elements} -> k={k}, s={s} "
             f"({state} state elements over {blocks} blocks)")

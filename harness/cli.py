@@ -62,6 +62,9 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 return func(*args, **kwargs)
             except BenchError as exc:
                 _fail(str(exc))
+            except KeyboardInterrupt:  # before or after the sweep (planning, a download, the pre-flight)
+                click.echo("bench: interrupted (Ctrl-C); nothing was lost", err=True)
+                sys.exit(INTERRUPTED)
 
     return wrapper
 
@@ -179,6 +182,15 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         return
     # The fit check reads this machine's free memory: meaningless for trials that run on a cluster's nodes.
     fit_check = not no_fit_check and getattr(executor, "runs_here", True)
+    slots = getattr(executor, "slots", None) or []
+    if fit_check and len(slots) > 1 and checked.free_bytes is not None:
+        if run_plan.device == "cpu":  # N trials at once share this machine's memory
+            checked.free_bytes //= len(slots)
+        else:  # one trial per GPU: each must fit on the GPU with the least free memory
+            from harness.preflight import free_memory_bytes
+
+            frees = [free_memory_bytes(f"cuda:{i}") for i in execution.gpu_indices()]
+            checked.free_bytes = None if None in frees else min(f for f in frees if f is not None)
     refusals = {} if not fit_check else {
         key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
     try:

@@ -52,6 +52,20 @@ def describe(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+def run_probe(probe: Any, out_dir: Any, timeout_s: float) -> dict[str, Any]:
+    """The probe trial's row, run in its own process as every trial is."""
+    import shutil
+
+    from harness.executors import start_local
+
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    process, tmp = start_local(probe, out_dir, timeout_s)
+    try:
+        return process.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def announce(run_plan: Any, echo: Callable[[str], None], timeout_s: float = 900) -> float | None:
     """Print the estimate line for a long CPU run (None and no output for any other run)."""
     from harness import runner
@@ -63,7 +77,7 @@ def announce(run_plan: Any, echo: Callable[[str], None], timeout_s: float = 900)
     echo(f"bench: {steps:,} steps per trial on a CPU: timing {PROBE_STEPS} steps of {first.method} first ...")
     run_plan.out_dir.mkdir(parents=True, exist_ok=True)
     probe = runner.Trial(f"estimate-{first.task}", first.method, first.seed, probe_spec(first.spec), first.variant)
-    row = runner.execute(probe, run_plan.out_dir, timeout_s)
+    row = run_probe(probe, run_plan.out_dir, timeout_s)
     step_ms = row.get("step_time_ms_median")
     if row.get("status") != "ok" or not step_ms:
         echo(f"bench: could not time a step ({row.get('status')}: {row.get('reason')}); going on without an estimate")

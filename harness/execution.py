@@ -28,6 +28,12 @@ class Execution:
     detach: bool = False
     slurm: tuple[str, ...] = ()
 
+    def gpu_indices(self) -> list[int]:
+        """The torch indices of the GPUs local trials run on (`--devices`, or the first `--jobs` GPUs)."""
+        if self.devices is not None:
+            return [int(d) for d in self.devices.split(",") if d.strip().isdigit()]
+        return list(range(self.jobs or 1))
+
     def build(self, suite: Any, device: str, timeout_s: float | None) -> tuple[Any, str]:
         """(executor, the trials' device string), or ConfigError before anything runs or is submitted."""
         from harness.runner import resolve_device

@@ -43,7 +43,7 @@ def item_lines(trial_id: str, task: str, indices: list[int], records: list[Mappi
 def write(path: Path, lines: Iterable[Mapping[str, Any]]) -> None:
     """Write every line at once, atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # trials at once may write the same shared file
     with open(tmp, "w", encoding="utf-8") as f:
         for line in lines:
             f.write(json.dumps(line) + "\n")

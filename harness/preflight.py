@@ -195,6 +195,7 @@ def check_variant(model: torch.nn.Module, suite: SuiteSpec, method: str, variant
         warnings.simplefilter("always")
         try:
             instance = create(method, params, causal_lm_loss, seed=0, precision=precision)
+            instance.total_steps = suite.budget.steps  # as the trial sets it (peft's AdaLoRA schedule reads it)
             instance.prepare(model)
             instance.apply_precision()
         except (BenchError, ValueError) as exc:  # ValueError: what peft and torch say of impossible options

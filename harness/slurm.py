@@ -39,7 +39,7 @@ from typing import Any
 from harness.errors import BenchError, ConfigError
 from harness.executors import Finished, Show, TrialProcess, failure_row
 from harness.options import build, option
-from harness.results import append_row, read_rows
+from harness.results import append_row
 
 COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
 LEDGER = Path("slurm") / "jobs.jsonl"
@@ -162,8 +162,20 @@ def preflight(spec: SlurmSpec, timeout_s: float | None) -> None:
 
 def ledger_in_flight(out_dir: Path) -> dict[str, dict[str, Any]]:
     """trial_id -> its latest submission, for the trials whose latest submission is neither collected nor
-    withdrawn."""
-    return {r["trial_id"]: r for r in read_rows(out_dir / LEDGER) if r.get("event") == "submitted"}
+    withdrawn. The ledger's lines are events, not result rows: read with its own reader (a torn last line,
+    from a crash while appending, is skipped)."""
+    path = out_dir / LEDGER
+    if not path.exists():
+        return {}
+    latest: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("trial_id"), str):
+            latest[event["trial_id"]] = event
+    return {trial_id: e for trial_id, e in latest.items() if e.get("event") == "submitted"}
 
 
 def ledger_add(out_dir: Path, event: str, entry: dict[str, Any]) -> None:

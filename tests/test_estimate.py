@@ -32,15 +32,13 @@ def test_probe_spec_trains_a_few_steps_and_scores_one_item(commonsense_plan):
 
 
 def test_announce_prints_the_estimate_and_the_cpu_preset(commonsense_plan, monkeypatch):
-    from harness import runner
-
     seen = {}
 
-    def fake_execute(trial, out_dir, timeout_s):
+    def fake_probe(trial, out_dir, timeout_s):
         seen["spec"] = trial.spec
         return {"status": "ok", "step_time_ms_median": 10_000.0}
 
-    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setattr(estimate, "run_probe", fake_probe)
     lines: list[str] = []
     total = estimate.announce(commonsense_plan, lines.append)
     assert total == pytest.approx(31875 * 10.0 * 3)
@@ -49,9 +47,7 @@ def test_announce_prints_the_estimate_and_the_cpu_preset(commonsense_plan, monke
 
 
 def test_short_or_gpu_runs_get_no_probe(commonsense_plan, monkeypatch):
-    from harness import runner
-
-    monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("probed"))
+    monkeypatch.setattr(estimate, "run_probe", lambda *a: pytest.fail("probed"))
     commonsense_plan.device = "cuda:0"
     assert estimate.announce(commonsense_plan, print) is None
     commonsense_plan.device = "cpu"
