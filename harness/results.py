@@ -94,6 +94,12 @@ def row_problem(row: Any) -> str | None:
                 return f"{column} is not {what}"
     if row.get("loss_curve") is not None and not isinstance(row["loss_curve"], list):
         return "loss_curve is not a list"
+    if row["status"] == "ok" and row.get("accuracy") is None:
+        return "an ok row without an accuracy"
+    for column in ("accuracy_per_task", "accuracy_per_task_before", "eval_items"):
+        values = (row.get(column) or {}).values()
+        if any(v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)) for v in values):
+            return f"{column} holds a value that is not a number"
     return None
 
 

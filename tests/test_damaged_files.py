@@ -73,7 +73,7 @@ def test_a_row_with_wrong_types_is_corrupt_too(tmp_path):
 
 def test_a_torn_last_line_is_moved_aside_before_appending(tmp_path):
     path = tmp_path / "results.jsonl"
-    append_row(path, empty_row(trial_id="a", method="full", task="t", seed=0, status="ok"))
+    append_row(path, empty_row(trial_id="a", method="full", task="t", seed=0, status="ok", accuracy=0.5))
     with open(path, "a") as f:
         f.write(json.dumps(empty_row(trial_id="b"))[:50])  # the write a crash interrupted
     notes: list[str] = []
@@ -81,7 +81,7 @@ def test_a_torn_last_line_is_moved_aside_before_appending(tmp_path):
     assert [r["trial_id"] for r in rows] == ["a"]
     assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 1
     assert "torn last line" in notes[0] and (tmp_path / "results.jsonl.torn").read_text().startswith('{"run_id"')
-    append_row(path, empty_row(trial_id="c", method="full", task="t", seed=0, status="ok"))
+    append_row(path, empty_row(trial_id="c", method="full", task="t", seed=0, status="ok", accuracy=0.5))
     assert [r["trial_id"] for r in read_rows(path)] == ["a", "c"]
 
 
@@ -114,7 +114,7 @@ def _suite_file(tmp_path: Path) -> Path:
 def test_a_failed_append_leaves_no_half_row(tmp_path):
     with small_filesystem(tmp_path / "fs", "64k") as fs:
         path = fs / "results.jsonl"
-        append_row(path, empty_row(trial_id="a", method="full", task="t", seed=0, status="ok"))
+        append_row(path, empty_row(trial_id="a", method="full", task="t", seed=0, status="ok", accuracy=0.5))
         intact = path.read_bytes()
         big = empty_row(trial_id="b", method="full", task="t", seed=0, status="ok", reason="x" * 200_000)
         with pytest.raises(OSError):
@@ -126,7 +126,8 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_keeps_every_row(tmp_path)
     with small_filesystem(tmp_path / "fs") as fs:
         out = fs / "run"
         out.mkdir()
-        earlier = json.dumps(empty_row(trial_id="x/earlier", method="full", task="kind", seed=0, status="ok")) + "\n"
+        row = empty_row(trial_id="x/earlier", method="full", task="kind", seed=0, status="ok", accuracy=0.5)
+        earlier = json.dumps(row) + "\n"
         (out / "results.jsonl").write_text(earlier)
         _fill(fs)
         result = _bench("run", "--suite", str(_suite_file(tmp_path)), "--methods", "full", "--out", str(out), "-q")

@@ -142,7 +142,7 @@ def test_a_cancelled_job_is_a_row_with_its_reason_and_retry_resubmits_it(cluster
     (job_id,) = [e["job_id"] for e in _ledger(out)]
     subprocess.run(["scancel", job_id], check=True)
     stdout, stderr = waiting.communicate(timeout=300)
-    assert waiting.returncode == 0, stderr
+    assert waiting.returncode == 1, stderr  # the cancelled job's `error` row
     (row,) = read_rows(out / "results.jsonl")
     assert row["status"] == "error" and row["slurm_job_id"] == job_id
     assert f"slurm job {job_id}" in row["reason"] and "cancelled" in row["reason"], row["reason"]
