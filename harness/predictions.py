@@ -58,11 +58,29 @@ def read(path: Path) -> list[dict[str, Any]]:
 
 
 def correctness(path: Path) -> dict[str, dict[int, float]]:
-    """task -> {item index: 1.0 right / 0.0 wrong} of one predictions file."""
+    """task -> {item index: 1.0 right / 0.0 wrong} of one predictions file; ValueError naming the first line
+    that is not a record."""
     out: dict[str, dict[int, float]] = {}
-    for line in read(path):
-        out.setdefault(line["task"], {})[int(line["index"])] = 1.0 if line["correct"] else 0.0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+                out.setdefault(str(line["task"]), {})[int(line["index"])] = 1.0 if line["correct"] else 0.0
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise ValueError(f"{path}:{number}: not a prediction record") from None
     return out
+
+
+def _unusable(problem: str) -> None:
+    """Name a damaged predictions file (a `bench: warning:` line in the CLI): the comparison then falls back
+    to unpaired intervals, and the reader must know why."""
+    import warnings
+
+    from harness.results import ResultsWarning
+
+    warnings.warn(f"{problem}; its row's items are not paired", ResultsWarning, stacklevel=3)
 
 
 def for_row(row: Mapping[str, Any]) -> dict[str, dict[int, float]] | None:
@@ -75,16 +93,18 @@ def for_row(row: Mapping[str, Any]) -> dict[str, dict[int, float]] | None:
     path = Path(run_dir) / rel
     try:
         items = correctness(path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except OSError as exc:
+        return _unusable(f"{path}: cannot read it ({exc.strerror})")
+    except ValueError as exc:
+        return _unusable(str(exc))
     per_task = row.get("accuracy_per_task")
     if not isinstance(per_task, dict) or set(per_task) != set(items):
-        return None
+        return _unusable(f"{path}: its tasks do not match its row's")
     for task, accuracy in per_task.items():
         values = list(items[task].values())
         if accuracy is None or not values or abs(sum(values) / len(values) - float(accuracy)) > 1e-9:
-            return None
+            return _unusable(f"{path}: its {task} items do not reproduce its row's accuracy")
     overall = row.get("accuracy")
     if overall is not None and abs(sum(per_task.values()) / len(per_task) - float(overall)) > 1e-9:
-        return None
+        return _unusable(f"{path}: its row's accuracy is not the mean of its per-task accuracies")
     return items

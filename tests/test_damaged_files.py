@@ -265,3 +265,28 @@ def test_damaged_model_files_are_one_line_naming_the_file_and_the_rebuild(tmp_pa
     (alias_dir / "tokenizer.json").write_text('{"version": "1.0", "trunc')
     with pytest.raises(BenchError, match=rf"tokenizer\.json: damaged .*delete {alias_dir} and rerun"):
         pretrained.check_model_files(str(alias_dir))
+
+
+PREDICTION_LINES = st.one_of(
+    st.fixed_dictionaries({"task": st.sampled_from(["kind", "x"]), "index": VALUES, "correct": VALUES}).map(json.dumps),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(PREDICTION_LINES, max_size=5), st.one_of(st.none(), st.floats(0, 1)))
+def test_random_predictions_files_are_named_never_raised(tmp_path_factory, lines, accuracy):
+    import warnings
+
+    from harness import predictions
+    from harness.results import ResultsWarning
+
+    run = tmp_path_factory.mktemp("pred")
+    (run / "p.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    row = {"predictions": "p.jsonl", "source_dir": str(run), "accuracy": accuracy,
+           "accuracy_per_task": {"kind": accuracy}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = predictions.for_row(row)
+    if found is None:
+        assert any(issubclass(w.category, ResultsWarning) and "p.jsonl" in str(w.message) for w in caught)
