@@ -22,9 +22,9 @@ import torch
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import AdamOptions, OptimizerMethod, register
+from methods.base import AdamOptions, register, tensor_counts
 from methods.package_check import require
-from methods.state_inventory import parameter_inventory, state_inventory
+from methods.state_inventory import InventoriedOptimizerMethod
 
 RENAME = {"m": "exp_avg", "vmean": "exp_avg_sq", "v": "exp_avg_sq"}
 
@@ -38,8 +38,10 @@ class AdamMiniOptions(AdamOptions):
 
 
 @register("adam-mini")
-class AdamMini(OptimizerMethod):
+class AdamMini(InventoriedOptimizerMethod):
     """Adam-mini (`adam_mini.Adam_mini`) on every weight, its blocks checked against the model's names."""
+
+    RENAME = RENAME
 
     Options = AdamMiniOptions
     options: AdamMiniOptions
@@ -97,21 +99,10 @@ class AdamMini(OptimizerMethod):
             raise ConfigError("methods.adam-mini: no query/key weight (q_proj, k_proj, wq, wk, query, key) found")
         return blocks
 
-    def _inventory(self) -> dict[str, tuple[int, int]]:
-        return state_inventory(self.optimizer.state.values(), rename=RENAME)
-
-    def state_elements(self) -> dict[str, int]:
-        n, _ = parameter_inventory(p for _, p in self.trainable_parameters())
-        return {"trainable_params": n, "gradients": n, **{k: v[0] for k, v in self._inventory().items()}}
-
-    def state_bytes(self) -> dict[str, int]:
-        _, nbytes = parameter_inventory(p for _, p in self.trainable_parameters())
-        return {"trainable_params": nbytes, "gradients": nbytes, **{k: v[1] for k, v in self._inventory().items()}}
-
     def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """m for every entry; one second moment per head, per output neuron or per bias entry."""
         head_numel = self.optimizer.head_numel
-        _, nbytes = parameter_inventory(p for _, p in self.trainable_parameters())
+        _, nbytes = tensor_counts(p for _, p in self.trainable_parameters())
         predicted = {"trainable_params": nbytes, "gradients": nbytes, "exp_avg": 0, "exp_avg_sq": 0}
         for n, p in self.trainable_parameters():
             size = p.element_size()

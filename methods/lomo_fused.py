@@ -25,9 +25,8 @@ import torch
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import Batch, Method, MethodOptions, StepResult, register
+from methods.base import Batch, Method, MethodOptions, StepResult, register, tensor_counts
 from methods.package_check import require
-from methods.state_inventory import parameter_inventory
 
 
 @dataclass
@@ -106,11 +105,11 @@ class Lomo(Method):
         return {}
 
     def state_elements(self) -> dict[str, int]:
-        n, _ = parameter_inventory(self.model.parameters())
+        n, _ = tensor_counts(self.model.parameters())
         return {"trainable_params": n, "gradients": self.grad_peak[0], **{k: v[0] for k, v in self._state().items()}}
 
     def state_bytes(self) -> dict[str, int]:
-        _, nbytes = parameter_inventory(self.model.parameters())
+        _, nbytes = tensor_counts(self.model.parameters())
         return {"trainable_params": nbytes, "gradients": self.grad_peak[1],
                 **{k: v[1] for k, v in self._state().items()}}
 
@@ -158,7 +157,7 @@ class AdaLomo(Lomo):
         for kind in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col"):
             tensors = list(getattr(self.optimizer, kind, {}).values())
             if tensors:
-                out[kind] = parameter_inventory(tensors)
+                out[kind] = tensor_counts(tensors)
         return out
 
     def _predicted_state(self) -> dict[str, tuple[int, int]]:

@@ -28,9 +28,9 @@ import torch
 
 from harness.errors import ConfigError
 from harness.options import option
-from methods.base import AdamOptions, OptimizerMethod, register
+from methods.base import AdamOptions, register, tensor_counts
 from methods.package_check import require
-from methods.state_inventory import parameter_inventory, state_inventory
+from methods.state_inventory import InventoriedOptimizerMethod, state_inventory
 
 BNB_BLOCK = 256  # bitsandbytes' block size of blockwise 8-bit optimizer state (fixed in the package)
 BNB_QMAP_ENTRIES = 256
@@ -70,7 +70,7 @@ def _quiet_bitsandbytes() -> Any:
     return bitsandbytes
 
 
-class _AllWeights(OptimizerMethod):
+class _AllWeights(InventoriedOptimizerMethod):
     """Every weight trains, as in `full`; only the optimizer differs."""
 
     def prepare(self, model: torch.nn.Module) -> None:
@@ -79,21 +79,10 @@ class _AllWeights(OptimizerMethod):
         self.model = model
         self.optimizer = self.build_optimizer()
 
-    def _inventory(self) -> dict[str, tuple[int, int]]:
-        return state_inventory(self.optimizer.state.values(), rename=getattr(self, "RENAME", None))
-
-    def state_elements(self) -> dict[str, int]:
-        n, _ = parameter_inventory(p for _, p in self.trainable_parameters())
-        return {"trainable_params": n, "gradients": n, **{k: v[0] for k, v in self._inventory().items()}}
-
-    def state_bytes(self) -> dict[str, int]:
-        _, nbytes = parameter_inventory(p for _, p in self.trainable_parameters())
-        return {"trainable_params": nbytes, "gradients": nbytes, **{k: v[1] for k, v in self._inventory().items()}}
-
     def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """What `state_bytes()` will report after training, from the shapes alone (works on `meta`)."""
         params = [p for _, p in self.trainable_parameters()]
-        _, nbytes = parameter_inventory(params)
+        _, nbytes = tensor_counts(params)
         predicted = {"trainable_params": nbytes, "gradients": nbytes}
         for kind, size in self._predicted_moments(params).items():
             if size:

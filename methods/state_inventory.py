@@ -11,7 +11,9 @@ that really hold its bytes (`__tensor_flatten__` for subclasses), and each stora
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from methods.base import OptimizerMethod, split_inventory, tensor_counts
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +87,22 @@ def state_inventory(
     return inventory
 
 
-def parameter_inventory(params: Iterable[torch.Tensor]) -> tuple[int, int]:
-    """(elements, bytes) of parameters at their real element size."""
-    params = list(params)
-    return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+class InventoriedOptimizerMethod(OptimizerMethod):
+    """An `OptimizerMethod` whose optimizer keeps state that `optimizer_state_inventory` cannot count (quantised
+    tensors, maps shared between parameters): counted by `state_inventory`, its keys renamed by `RENAME` to
+    the accounting's kinds. Every trainable parameter has its gradient at the step's peak."""
+
+    RENAME: ClassVar[Mapping[str, str] | None] = None
+
+    def _inventory(self) -> dict[str, tuple[int, int]]:
+        return state_inventory(self.optimizer.state.values(), rename=self.RENAME)
+
+    def _counts(self) -> dict[str, tuple[int, int]]:
+        trainable = tensor_counts(p for _, p in self.trainable_parameters())
+        return {"trainable_params": trainable, "gradients": trainable, **self._inventory()}
+
+    def state_elements(self) -> dict[str, int]:
+        return split_inventory(self._counts(), 0)
+
+    def state_bytes(self) -> dict[str, int]:
+        return split_inventory(self._counts(), 1)
