@@ -15,7 +15,6 @@ gradient is held instead of all (`methods/fused.py`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -46,15 +45,10 @@ class GaloreOptions(AdamOptions):
 
 
 def _import_galore_adamw() -> type[torch.optim.Optimizer]:
-    # galore_torch imports bitsandbytes, whose CPU backend logs a warning about the optional `kernels`
-    # hub package; it is irrelevant here and would be printed into every trial's log.
-    bnb_logger = logging.getLogger("bitsandbytes")
-    level = bnb_logger.level
-    bnb_logger.setLevel(logging.ERROR)
-    try:
+    from methods.package_check import quiet_bitsandbytes_import
+
+    with quiet_bitsandbytes_import():  # galore_torch imports bitsandbytes
         from galore_torch import GaLoreAdamW
-    finally:
-        bnb_logger.setLevel(level)
     return GaLoreAdamW
 
 

@@ -9,7 +9,10 @@ call `require()` from their `validate()`, which runs wherever options are built 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+from collections.abc import Iterator
 
 from harness.errors import ConfigError
 
@@ -66,3 +69,16 @@ def require(method: str, where: str) -> None:
     if distribution:
         raise ConfigError(f"{where}: this method needs the package {distribution}, which is not installed; "
                           f"install it with {INSTALL_HINT} (or pip install {distribution})")
+
+
+@contextlib.contextmanager
+def quiet_bitsandbytes_import() -> Iterator[None]:
+    """Import bitsandbytes (directly, or through galore-torch) without its CPU backend's warning about the
+    optional `kernels` hub package: irrelevant here, and it would be printed into every trial's log."""
+    logger = logging.getLogger("bitsandbytes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

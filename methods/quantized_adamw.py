@@ -19,7 +19,6 @@ quantised state.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 from harness.errors import ConfigError
 from harness.options import option
 from methods.base import AdamOptions, register, tensor_counts
-from methods.package_check import require
+from methods.package_check import quiet_bitsandbytes_import, require
 from methods.state_inventory import InventoriedOptimizerMethod, state_inventory
 
 BNB_BLOCK = 256  # bitsandbytes' block size of blockwise 8-bit optimizer state (fixed in the package)
@@ -59,14 +58,8 @@ class AoOptions(AdamOptions):
 
 
 def _quiet_bitsandbytes() -> Any:
-    """Import bitsandbytes without its CPU backend's warning about the optional `kernels` hub package."""
-    bnb_logger = logging.getLogger("bitsandbytes")
-    level = bnb_logger.level
-    bnb_logger.setLevel(logging.ERROR)
-    try:
+    with quiet_bitsandbytes_import():
         import bitsandbytes
-    finally:
-        bnb_logger.setLevel(level)
     return bitsandbytes
 
 
