@@ -11,7 +11,10 @@ Trials are matched by (task, method, variant, seed). Each metric has a rule:
   these figures are deterministic;
 - measured peaks (RSS, CUDA allocator, NVML): an increase by more than `peak_rel` (relative);
 - speed: the step time *as a ratio to `full` in the same run* growing by more than `time_ratio_rel`
-  (absolute times differ between machines; ratios measured in one run do not, much).
+  (absolute times differ between machines; ratios measured in one run do not, much), judged per method
+  (and variant) on the geometric mean over its trials (tasks and seeds): a slower method is slower on
+  every task, while a busy neighbour on a shared CI machine slows one trial's steps (one task's ratio has
+  been seen to move 2.6x between two quiet machines while the method's other task moved 1.3x).
 A trial missing or failed in CURRENT that was ok in BASELINE is a regression too.
 """
 
@@ -124,9 +127,24 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> Co
         for metric in PEAKS:
             result.findings.append(_check(name, metric, base[metric], now[metric],
                                           lambda b, c: c > b * (1 + tol.peak_rel)))
-        result.findings.append(_check(name, "step_time / full", base["time_ratio"], now["time_ratio"],
-                                      lambda b, c: c > b * (1 + tol.time_ratio_rel)))
+    result.findings.extend(_speed(baseline, current, tol))
     return Comparison([f for f in result.findings if f is not None])
+
+
+def _speed(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> list[Finding | None]:
+    """Per method (and variant): the geometric means of step time / full over the trials ok in both runs."""
+    both = baseline[baseline["status"] == "ok"].merge(
+        current[current["status"] == "ok"], on=KEY, suffixes=("_base", "_now"))
+    both = both.dropna(subset=["time_ratio_base", "time_ratio_now"])
+    both = both[(both["time_ratio_base"] > 0) & (both["time_ratio_now"] > 0)]
+    findings: list[Finding | None] = []
+    for (method, variant), group in both.groupby(["method", "variant"], sort=False):
+        base = math.exp(sum(math.log(v) for v in group["time_ratio_base"]) / len(group))
+        now = math.exp(sum(math.log(v) for v in group["time_ratio_now"]) / len(group))
+        name = f"{method}/{variant}" if variant else str(method)
+        metric = "step_time / full" + (f" (geomean of {len(group)} trials)" if len(group) > 1 else "")
+        findings.append(_check(name, metric, base, now, lambda b, c: c > b * (1 + tol.time_ratio_rel)))
+    return findings
 
 
 def _accuracy(name: str, base: pd.Series, now: pd.Series, tol: Tolerance) -> Finding | None:

@@ -71,9 +71,17 @@ def test_compare_rules():
         == "regression"
     # speed as a ratio to full in the same run: both twice as slow is no regression, lora alone is
     slower = [_row(step_time_ms_median=20.0), _row("lora", step_time_ms_median=40.0)]
-    assert _verdicts(base, slower)[("t/lora/0", "step_time / full")] == "same"
+    assert _verdicts(base, slower)[("lora", "step_time / full")] == "same"
     lora_slower = [_row(), _row("lora", step_time_ms_median=40.0)]
-    assert _verdicts(base, lora_slower, time_ratio_rel=0.5)[("t/lora/0", "step_time / full")] == "regression"
+    assert _verdicts(base, lora_slower, time_ratio_rel=0.5)[("lora", "step_time / full")] == "regression"
+    # speed is judged per method over its trials: one slow task in two is noise, both slow is not
+    two = [_row(), _row(task="u"), _row("lora", step_time_ms_median=20.0),
+           _row("lora", task="u", step_time_ms_median=20.0)]
+    one_task_slow = two[:2] + [_row("lora", step_time_ms_median=50.0), two[3]]
+    metric = "step_time / full (geomean of 2 trials)"
+    assert _verdicts(two, one_task_slow, time_ratio_rel=1.0)[("lora", metric)] == "same"
+    both_slow = two[:2] + [_row("lora", step_time_ms_median=50.0), _row("lora", task="u", step_time_ms_median=50.0)]
+    assert _verdicts(two, both_slow, time_ratio_rel=1.0)[("lora", metric)] == "regression"
     # missing or failed trials
     assert _verdicts(base, [_row()])[("t/lora/0", "trial")] == "regression"
     failed = [_row(), _row("lora", status="oom", reason="CUDA OOM")]
