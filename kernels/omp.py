@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 BACKENDS = ("auto", "torch", "cupy")
@@ -104,7 +105,16 @@ def _masked_argmax(corr: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
     columns (-1 entries ignored) to -1; ties go to the lowest index, as NumPy's argmax."""
     if exclude.shape[1]:
         corr.scatter_(1, exclude.clamp_min(0), -1.0)
-    return corr.argmax(dim=1)
+    return row_argmax(corr)
+
+
+def row_argmax(values: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax of a 2-D tensor (ties to the lowest index). On a CPU through NumPy, which shares the
+    tensor's memory: its vectorised argmax is several times faster than torch's on these (b, d) rows (0.01
+    against 0.07 ms for 6 x 16384 here), and OMP runs one per iteration."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and values.stride(1) == 1:
+        return torch.from_numpy(np.argmax(values.numpy(), axis=1))
+    return values.argmax(dim=1)
 
 
 def omp_core(

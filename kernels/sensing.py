@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from kernels.omp import row_argmax
+
 SENSING = ("block-permuted", "gaussian")
 
 
@@ -56,6 +58,7 @@ class BlockSensing:
         self._base: torch.Tensor | None = None
         self._perms: torch.Tensor | None = None  # (n_blocks, k): pi_b
         self._inverse: torch.Tensor | None = None  # (n_blocks, k): pi_b^-1
+        self._corr: torch.Tensor | None = None
 
     # -- the blocks ---------------------------------------------------------------------------
     def _generate(self, b: int) -> torch.Tensor:
@@ -99,7 +102,7 @@ class BlockSensing:
 
     def release(self) -> None:
         """Drop the cached block 0 and permutations (they are regenerated from the seed when needed)."""
-        self._base = self._perms = self._inverse = None
+        self._base = self._perms = self._inverse = self._corr = None
 
     def workspace_bytes(self, problems: int = 1) -> int:
         """Bytes this operator holds at its peak while serving `problems` residuals at once: block 0, a
@@ -128,15 +131,38 @@ class BlockSensing:
             out[where] = self.block(int(b))[:, col[where]].T
         return out
 
+    def _buffer(self, problems: int) -> torch.Tensor:
+        """The (problems, n_blocks, B) correlation buffer of the one-GEMM path, reused by every OMP iteration
+        of a call (a fresh multi-megabyte tensor per iteration costs page faults that a GEMM of these
+        shapes does not amortise)."""
+        shape = (problems, self.n_blocks, self.B)
+        if self._corr is None or self._corr.shape != shape:
+            self._corr = torch.empty(shape, dtype=self.base.dtype, device=self.device)
+        return self._corr
+
     def _group(self, problems: int) -> int:
         """Blocks per correlation chunk: as many as fit `chunk_bytes` for `problems` residuals."""
         return max(1, min(self.n_blocks, self.chunk_bytes // max(1, 4 * problems * self.B)))
 
-    def argmax_abs(self, residual: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    def argmax_abs(self, residual: torch.Tensor, exclude: torch.Tensor,
+                   shorter: list[tuple[int, int, int]] = ()) -> torch.Tensor:
         """For each row r of `residual` (b, k): argmax_j |a_j^T r| over the columns not in its row of
-        `exclude` (b, t; -1 ignored); ties go to the lowest index, as NumPy's argmax."""
+        `exclude` (b, t; -1 ignored); rows start..end of each (start, end, length) in `shorter` only over A's
+        first `length` columns. Ties go to the lowest index, as NumPy's argmax."""
         b = residual.shape[0]
         residual = residual.to(self.base.dtype)
+        if self.kind == "block-permuted" and self._group(b) >= self.n_blocks:
+            # Every block in one GEMM (the usual case): A^T r as one (b, n_blocks * B) buffer, cut to the length.
+            _, inverse = self._permutations()
+            corr = self._buffer(b)
+            permuted = torch.gather(residual, 1, inverse.view(1, -1).expand(b, -1)).view(b, self.n_blocks, self.k)
+            torch.matmul(permuted, self.base, out=corr)
+            corr = corr.view(b, -1)[:, : self.length].abs_()
+            for r0, r1, length in shorter:
+                corr[r0:r1, length:] = -1.0
+            if exclude.numel():  # -1 slots belong to stopped problems, whose choice is not used
+                corr.scatter_(1, exclude.clamp_min(0), -1.0)
+            return row_argmax(corr)
         best_value = torch.full((b,), -2.0, dtype=residual.dtype, device=self.device)
         best_index = torch.zeros(b, dtype=torch.long, device=self.device)
         rows = torch.arange(b, device=self.device)
@@ -154,6 +180,8 @@ class BlockSensing:
             width = min(self.length, g1 * self.B) - start
             if corr.shape[1] > width:
                 corr[:, width:] = -1.0
+            for r0, r1, length in shorter:
+                corr[r0:r1, max(0, length - start):] = -1.0
             if exclude.numel():
                 local = exclude - start
                 inside = (exclude >= 0) & (local >= 0) & (local < corr.shape[1])
@@ -165,10 +193,26 @@ class BlockSensing:
         return best_index
 
 
-def omp(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, return_support: bool = False
-        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def _shorter_rows(lengths: list[int], full: int, n: int) -> list[tuple[int, int, int]]:
+    """(start, end, length) of each run of consecutive rows whose length is below `full`."""
+    if min(lengths) < n:
+        raise ValueError(f"every length must be at least n_nonzero ({n}); got {min(lengths)}")
+    runs = []
+    start = 0
+    for i in range(1, len(lengths) + 1):
+        if i == len(lengths) or lengths[i] != lengths[start]:
+            if lengths[start] < full:
+                runs.append((start, i, lengths[start]))
+            start = i
+    return runs
+
+
+def omp(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, return_support: bool = False,
+        lengths: list[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Batched OMP of every row of Y (b, k) against the operator's A, streamed over its blocks: the same
-    selection and least squares as `kernels.omp.batched_omp_torch` on `op.dense()`."""
+    selection and least squares as `kernels.omp.batched_omp_torch` on `op.dense()`. With `lengths` (b
+    numbers), problem i is solved against A's first lengths[i] columns only (several weights' problems in one
+    call; rows of equal length best kept together)."""
     from kernels.omp import omp_core, scatter_solution
 
     if Y.dim() != 2 or Y.shape[1] != op.k:
@@ -176,6 +220,11 @@ def omp(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, return_support: bool 
     n = int(min(n_nonzero, op.k, op.length))
     if n < 1:
         raise ValueError(f"n_nonzero must be >= 1; got {n_nonzero}")
-    coef, support = omp_core(Y, n, op.argmax_abs, lambda j: op.columns(j).to(Y.dtype))
+    shorter = _shorter_rows(lengths, op.length, n) if lengths is not None else []
+    select = (lambda r, e: op.argmax_abs(r, e, shorter)) if shorter else op.argmax_abs
+    try:
+        coef, support = omp_core(Y, n, select, lambda j: op.columns(j).to(Y.dtype))
+    finally:
+        op._corr = None  # the correlation buffer lives for one call: it is workspace, not state
     X = scatter_solution(coef, support, op.length)
     return (X, support) if return_support else X

@@ -13,18 +13,22 @@ In the paper's notation, per adapted weight with gradient g (d entries) at step 
    recovering them separately picks different supports and can give v^ <= 0), and
        W <- W - lr (m^ / (sqrt(v^) + eps) on the coordinates where v^ > 0) - lr wd W.
 
-A is never materialised beyond one block (`kernels/sensing.py`): its columns come in blocks of B columns,
-a quarter of `workspace_mb` (k x B float32; 256 MiB gives B = 131072 at k = 128). Block 0 has i.i.d.
-N(0, 1/k) entries from a seed, so for a block length d <= B, A is the paper's Gaussian A. Beyond it,
-`sensing: block-permuted` (default) makes block b a random row permutation of block 0, so each OMP
-iteration's correlations A^T r are one GEMM with no random draws (2 k d flops, linear in d), and
-`sensing: gaussian` draws every block anew (the paper's A at any size, s k d draws per step: minutes per
-step on a LLaMA-7B MLP weight on a CPU). The compression A g_s of the s-sparse g_s reads only s columns
-of A. With `store_projection: false` (default) block 0 and the permutations are regenerated from the
-seed every step and are not state (the MeZO seed trick applied to A); with `true` they are kept and
-counted. One operator serves every block of the same length. OMP's problems run in groups whose buffers
-fit half the workspace, and the streamed correlation buffer another quarter, so the transient memory of a
-step is bounded by `workspace_mb` whatever d is (`predicted_workspace_bytes()`).
+A is never materialised beyond one block (`kernels/sensing.py`): its columns come in blocks of B columns
+(`block_columns`, never more than a quarter of `workspace_mb` holds as k x B float32: 131072 at k = 128
+and 256 MiB). Block 0 has i.i.d. N(0, 1/k) entries from a seed, so for vectors of d <= B entries A is the
+paper's Gaussian A. Beyond it, `sensing: block-permuted` (default) makes block b a random row permutation
+of block 0, so each OMP iteration's correlations A^T r are one GEMM with no random draws (2 k d flops,
+linear in d), and `sensing: gaussian` draws every block anew (the paper's A at any size, s k d draws per
+step: minutes per step on a LLaMA-7B MLP weight on a CPU). The default B differs by device: on a GPU the
+largest the workspace allows (the paper's A for every weight up to that size, solved by the dense kernels,
+CuPy's included), on a CPU max(1024, d / 4096), because there drawing a large block every step costs more
+than the rest of SGC's step (see `columns_per_block`). One A serves every adapted weight: a weight whose
+vectors have d entries uses its first d columns, so the problems of all weights are solved in one OMP call.
+The compression A g_s of the s-sparse g_s reads only s columns of A. With `store_projection: false`
+(default) block 0 and the permutations are regenerated from the seed every step and are not state (the
+MeZO seed trick applied to A); with `true` they are kept and counted. OMP's problems run in groups whose
+buffers fit half the workspace, and the streamed correlation buffer another quarter, so the transient
+memory of a step is bounded by `workspace_mb` whatever d is (`predicted_workspace_bytes()`).
 
 Gradients (`fused: true`, default): each adapted weight's gradient is sparsified and compressed in a
 `register_post_accumulate_grad_hook` as soon as backward has accumulated it, then freed, so at most one
@@ -86,6 +90,10 @@ class SgcOptions(AdamOptions):
     sensing: str = option("block-permuted", "A beyond its first block: block-permuted (row permutations of the "
                           "first Gaussian block: one GEMM per OMP iteration) or gaussian (every block drawn anew: "
                           "the paper's A at any size, s*k*d draws per step)", choices=SENSING)
+    block_columns: int = option(0, "columns of A's generated block (block 0); 0 = auto: on a GPU as many as a "
+                                "quarter of workspace_mb holds (A is the paper's Gaussian A up to that length), on "
+                                "a CPU max(1024, length / 4096), since drawing k x B normals every step and "
+                                "streaming a block larger than the cache cost a CPU more than the OMP itself", min=0)
     workspace_mb: float = option(256.0, "bound on SGC's transient memory in a step (A's block, the correlation "
                                  "buffer, the OMP and compression buffers): a quarter holds A's block", gt=0.0)
     fused: bool = option(True, "compress each weight's gradient in a post-accumulate hook as soon as backward "
@@ -140,7 +148,6 @@ class Sgc(Method):
         targets = tuple(o.target_modules)
         model.requires_grad_(False)
         self.blocks: list[_Block] = []
-        self.operators: dict[int, BlockSensing] = {}
         for name, p in model.named_parameters():
             if p.dim() == 2 and name.rsplit(".", 1)[0].split(".")[-1] in targets:
                 p.requires_grad_(True)
@@ -152,15 +159,16 @@ class Sgc(Method):
                     )
                 zeros = torch.zeros(chunks, o.k, device=p.device, dtype=torch.float32)
                 self.blocks.append(_Block(name, p, length, chunks, zeros, zeros.clone()))
-                if length not in self.operators:
-                    self.operators[length] = BlockSensing(
-                        o.k, length, self.block_columns, self._seed(length), o.sensing, p.device,
-                        chunk_bytes=self.workspace_bytes // 4)
         if not self.blocks:
             raise ConfigError(f"methods.{self.name}.target_modules: no 2-D weight matches {list(targets)}")
-        if self.block_columns < 1:
+        if self.max_block_columns < 1:
             raise ConfigError(f"methods.{self.name}.workspace_mb: {o.workspace_mb} MiB cannot hold one column of A "
                               f"({4 * o.k * 4} bytes needed at k={o.k})")
+        # One A for every adapted weight: a weight whose vectors have d entries uses A's first d columns.
+        longest = max(b.length for b in self.blocks)
+        device = self.blocks[0].param.device
+        self.operator = BlockSensing(o.k, longest, self.columns_per_block(longest, device), self._seed(), o.sensing,
+                                     device, chunk_bytes=self.workspace_bytes // 4)
         self.model = model
         self.t = 0
         self.omp = OmpSolver(o.backend)
@@ -178,12 +186,23 @@ class Sgc(Method):
         return int(self.options.workspace_mb * MIB)
 
     @property
-    def block_columns(self) -> int:
-        """Columns of A per block: a quarter of the workspace holds one k x B float32 block."""
+    def max_block_columns(self) -> int:
+        """The most columns of A per block: a quarter of the workspace holds one k x B float32 block."""
         return self.workspace_bytes // 4 // (4 * self.options.k)
 
-    def _seed(self, length: int) -> int:
-        return (self.seed + self.options.projection_seed) * 1_000_003 + length
+    def columns_per_block(self, length: int, device: torch.device) -> int:
+        """B for vectors of `length` entries: `block_columns`, or its automatic choice (see the option), never
+        more than the workspace holds. On a CPU, drawing A's block is the costliest part of a step when it is
+        large (about 0.15 billion normals a second: 50 ms for tiny's weights at B = length, against 35 ms for
+        full fine-tuning's whole step), and a block that fits the cache turns the correlations into a
+        compute-bound GEMM; block-permuted sensing makes the rest of A from it."""
+        chosen = self.options.block_columns
+        if not chosen:
+            chosen = self.max_block_columns if device.type == "cuda" else max(1024, math.ceil(length / 4096))
+        return max(1, min(chosen, self.max_block_columns, length))
+
+    def _seed(self) -> int:
+        return (self.seed + self.options.projection_seed) * 1_000_003
 
     def block_shape(self, p: torch.Tensor) -> tuple[int, int]:
         """(entries per chunk, chunks) of the vector SGC compresses for weight p."""
@@ -191,7 +210,7 @@ class Sgc(Method):
 
     def projection(self, length: int, device: torch.device | None = None) -> torch.Tensor:
         """The whole A (k x length) of a block length, as the operator defines it (for tests and small sizes)."""
-        return self.operators[length].dense()
+        return self.operator.dense()[:, :length]
 
     def _row_groups(self, rows: int, bytes_per_row: int) -> Iterator[tuple[int, int]]:
         """Consecutive (start, end) row ranges whose buffers fit a quarter of the workspace."""
@@ -224,11 +243,11 @@ class Sgc(Method):
     def compress(self, block: _Block, grad: torch.Tensor) -> None:
         """g_s = top_s(g) of each chunk; p += (1-b1)(A g_s - p), q likewise with g_s^2, from s columns of A."""
         o = self.options
-        op = self.operators[block.length]
+        op = self.operator
         with torch.no_grad():
             for start, end in self._row_groups(block.chunks, 8 * block.length):
                 g = self.gradient_rows(block, grad, start, end)
-                values, index = _top_s(g, o.s, op.B)
+                values, index = _top_s(g, o.s, self.workspace_bytes // 16)
                 atoms = op.columns(index)  # (rows, s, k)
                 p = (values.unsqueeze(1) @ atoms).squeeze(1)
                 q = ((values * values).unsqueeze(1) @ atoms).squeeze(1)
@@ -269,24 +288,32 @@ class Sgc(Method):
         return loss_total / total
 
     def recover_and_update(self) -> _Diagnostics:
-        """3-4: OMP on the bias-corrected moments of every chunk (batched over the weights of one block
-        length, in groups that fit the workspace), the least-squares v^ on m^'s support, the update."""
+        """3-4: OMP on the bias-corrected moments of every chunk (batched over every adapted weight, each
+        problem restricted to its own length, in groups that fit the workspace; when A is one block, over the
+        weights of one length with the dense kernels), the least-squares v^ on m^'s support, the update."""
         o = self.options
         lr = o.lr * self.lr_scale
         diagnostics = _Diagnostics()
         diagnostics.total = sum(b.param.numel() for b in self.blocks)
         bc1, bc2 = 1 - o.beta1**self.t, 1 - o.beta2**self.t
-        for length, op in self.operators.items():
-            blocks = [b for b in self.blocks if b.length == length]
+        op = self.operator
+        if op.n_blocks == 1:  # the dense kernels (CuPy on a GPU) take one A: A's first `length` columns
+            groups = [[b for b in self.blocks if b.length == length] for length in dict.fromkeys(
+                b.length for b in self.blocks)]
+        else:  # the streamed kernel masks each problem's columns beyond its length: one call for all
+            groups = [sorted(self.blocks, key=lambda b: b.length)]  # rows of one length together
+        for blocks in groups:
             for pieces in _pack(blocks, self._problems_per_call(op)):
                 p_hat = torch.cat([b.exp_avg[r0:r1] for b, r0, r1 in pieces]) / bc1
                 q_hat = torch.cat([b.exp_avg_sq[r0:r1] for b, r0, r1 in pieces]) / bc2
                 device = p_hat.device
                 with diagnostics.omp_timer(device):
                     if op.n_blocks == 1:
-                        _, support = self.omp(op.dense(), p_hat, o.s, return_support=True)
+                        A = op.base[:, : blocks[0].length]
+                        _, support = self.omp(A, p_hat, o.s, return_support=True)
                     else:
-                        _, support = streamed_omp(op, p_hat, o.s, return_support=True)
+                        lengths = [b.length for b, r0, r1 in pieces for _ in range(r1 - r0)]
+                        _, support = streamed_omp(op, p_hat, o.s, return_support=True, lengths=lengths)
                 atoms = op.columns(support.clamp_min(0)) * (support >= 0).unsqueeze(-1)  # (b, n, k)
                 m_coef = least_squares(atoms, p_hat)
                 v_coef = least_squares(atoms, q_hat)
@@ -298,8 +325,7 @@ class Sgc(Method):
                     self.apply_update(block, r0, support[row: row + r1 - r0], step[row: row + r1 - r0], lr)
                     row += r1 - r0
         if not self.options.store_projection:
-            for op in self.operators.values():
-                op.release()
+            op.release()
         return diagnostics
 
     def apply_update(self, block: _Block, first_row: int, support: torch.Tensor, step: torch.Tensor,
@@ -324,6 +350,8 @@ class Sgc(Method):
         per = 4 * (6 * k * n + 4 * n * n + 8 * k + 8 * n)  # atoms (OMP, least squares x2, diagnostics), factors
         if op.n_blocks == 1:
             per += 4 * op.length  # the (b, d) correlation buffer of the dense kernel
+        else:
+            per += op.length  # the (b, d) mask of the columns beyond each problem's length
         return per
 
     @property
@@ -337,8 +365,7 @@ class Sgc(Method):
         for block in self.blocks:  # the moments and projectors serve training only
             block.exp_avg = block.exp_avg_sq = block.exp_avg.new_empty(0)
             block.projector = None
-        for op in self.operators.values():
-            op.release()
+        self.operator.release()
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
@@ -364,15 +391,13 @@ class Sgc(Method):
         return sum(e for e, _ in per_weight), sum(n for _, n in per_weight)
 
     def _projection_counts(self) -> tuple[int, int]:
-        """(elements, bytes) that `store_projection` keeps: each operator's first block (k x B float32)
-        and, for block-permuted A with several blocks, its permutations and their inverses (int64)."""
-        elements = nbytes = 0
-        for op in self.operators.values():
-            elements += op.k * op.B
-            nbytes += 4 * op.k * op.B
-            if op.kind == "block-permuted" and op.n_blocks > 1:
-                elements += 2 * op.n_blocks * op.k
-                nbytes += 16 * op.n_blocks * op.k
+        """(elements, bytes) that `store_projection` keeps: A's first block (k x B float32) and, for
+        block-permuted A with several blocks, its permutations and their inverses (int64)."""
+        op = self.operator
+        elements, nbytes = op.k * op.B, 4 * op.k * op.B
+        if op.kind == "block-permuted" and op.n_blocks > 1:
+            elements += 2 * op.n_blocks * op.k
+            nbytes += 16 * op.n_blocks * op.k
         return elements, nbytes
 
     def _inventory(self, micro_batches: int | None = None) -> dict[str, tuple[int, int]]:
@@ -402,20 +427,21 @@ class Sgc(Method):
         """Transient bytes a step allocates beyond weights, gradients and state, at its peak: A's block
         (and a generated one for gaussian), the permutations, the correlation chunk, the OMP problems'
         buffers and the compression's gradient rows. At most about `workspace_mb`."""
-        worst = 0
-        for length, op in self.operators.items():
+        op = self.operator
+        problems = min(self._problems_per_call(op), sum(b.chunks for b in self.blocks))
+        worst = op.workspace_bytes(problems) + problems * self._problem_bytes(op)  # OMP
+        for length in {b.length for b in self.blocks}:
             chunks = max(b.chunks for b in self.blocks if b.length == length)
-            problems = min(self._problems_per_call(op), sum(b.chunks for b in self.blocks if b.length == length))
             compress_rows = min(chunks, max(1, self.workspace_bytes // 4 // (8 * length)))
-            if compress_rows == 1 and length > op.B:  # one long row: |g| searched in pieces of B entries
-                compress = 4 * op.B + 8 * self.options.s * (length // op.B + 1)
+            piece = self.workspace_bytes // 16
+            if compress_rows == 1 and length > piece:  # one long row: |g| searched in pieces
+                compress = 4 * piece + 8 * self.options.s * (length // piece + 1)
                 if any(b.param.dtype != torch.float32 for b in self.blocks if b.length == length):
                     compress += 4 * length  # the float32 copy of a lower-precision gradient
             else:  # |g| of the rows, and a padded or float32 copy of them
                 compress = 8 * compress_rows * length
             compress += 4 * compress_rows * self.options.s * self.options.k  # the s columns of A per row
-            omp = op.workspace_bytes(problems) + problems * self._problem_bytes(op)
-            worst = max(worst, omp, compress + (4 * op.k * op.B))
+            worst = max(worst, compress + (4 * op.k * op.B))
         return worst
 
 

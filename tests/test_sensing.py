@@ -76,3 +76,20 @@ def test_workspace_is_bounded_and_linear_work():
 def test_bad_kind():
     with pytest.raises(ValueError, match="sensing must be one of"):
         BlockSensing(4, 10, 5, seed=0, kind="hadamard")
+
+
+@pytest.mark.parametrize("chunk_blocks", [1, 100])
+def test_problems_of_several_lengths_in_one_call_use_their_own_columns(chunk_blocks):
+    """SGC solves every weight's problem in one call: a problem of length L sees A's first L columns only."""
+    k, d, n = 16, 200, 4
+    op = BlockSensing(k, d, 32, seed=4, chunk_bytes=4 * 6 * 32 * chunk_blocks)
+    A = op.dense().double().numpy()
+    lengths = [50, 50, 130, 200, 200, 64]
+    Y = torch.randn(len(lengths), k, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    X, S = omp(op, Y, n, return_support=True, lengths=lengths)
+    for i, length in enumerate(lengths):
+        ref = orthogonal_mp(A[:, :length], Y[i].numpy(), n_nonzero_coefs=n)
+        assert int(S[i].max()) < length
+        np.testing.assert_allclose(X[i, :length].numpy(), ref, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="at least n_nonzero"):
+        omp(op, Y, n, lengths=[3, 50, 130, 200, 200, 64])

@@ -53,7 +53,7 @@ def test_step_matches_an_unbatched_reference_of_the_equations(options):
         w = w - lr * update
         method.step(batch)
         if options.get("workspace_mb"):
-            assert method.operators[48].n_blocks > 1
+            assert method.operator.n_blocks > 1
         np.testing.assert_allclose(model.q_proj.weight.detach().double().numpy().reshape(-1), w, rtol=1e-4, atol=1e-6)
     assert model.norm.requires_grad is False  # not a target: frozen
 
@@ -176,6 +176,40 @@ def _two_layer_loss(model, mb):
     return 0.5 * ((model(mb["x"])[:, :8] - mb["y"]) ** 2).sum(), 1
 
 
+@pytest.mark.parametrize("options", [{}, {"workspace_mb": 0.004}], ids=["one-block", "streamed"])
+def test_weights_of_two_lengths_each_use_the_first_columns_of_one_a(options):
+    """q_proj (48 entries) and v_proj (80) share one A: each compresses and recovers with A's first d columns,
+    whether they are solved per length (dense kernels) or in one streamed call with per-problem lengths."""
+    model = _TwoLayers()
+    method = create("sgc", {"k": 12, "s": 2, "lr": 0.01, "target_modules": ["q_proj", "v_proj"], **options},
+                    _two_layer_loss, seed=0)
+    method.prepare(model)
+    assert (method.operator.n_blocks > 1) == bool(options)
+    A = method.projection(80).double().numpy()
+    weights = {n: model.get_submodule(n).weight.detach().double().numpy().reshape(-1).copy()
+               for n in ("q_proj", "v_proj")}
+    batch = toy_batch(seed=3)
+    model.zero_grad()
+    loss, _ = _two_layer_loss(model, batch.micro_batches[0])
+    loss.backward()
+    grads = {n: model.get_submodule(n).weight.grad.double().numpy().reshape(-1).copy() for n in weights}
+    model.zero_grad()
+    method.step(batch)
+    for name, w in weights.items():
+        g, d = grads[name], w.size
+        keep = np.argsort(-np.abs(g))[:2]
+        g_s = np.zeros(d)
+        g_s[keep] = g[keep]
+        p_hat, q_hat = A[:, :d] @ g_s, A[:, :d] @ (g_s * g_s)  # bias-corrected moments after one step
+        m_hat = orthogonal_mp(A[:, :d], p_hat, n_nonzero_coefs=2)
+        support = np.flatnonzero(m_hat)
+        v_s = np.linalg.lstsq(A[:, support], q_hat, rcond=None)[0]
+        update = np.zeros(d)
+        update[support[v_s > 0]] = m_hat[support[v_s > 0]] / (np.sqrt(v_s[v_s > 0]) + 1e-8)
+        now = model.get_submodule(name).weight.detach().double().numpy().reshape(-1)
+        np.testing.assert_allclose(now, w - 0.01 * update, rtol=1e-4, atol=1e-6)
+
+
 def test_fused_holds_one_gradient_at_a_time():
     model = _TwoLayers()
     method = create("sgc", {"k": 20, "s": 3, "target_modules": ["q_proj", "v_proj"]}, _two_layer_loss, seed=0)
@@ -216,7 +250,7 @@ def test_predicted_state_bytes_from_a_meta_model_equal_the_real_ones(name, extra
     # The real tensors behind the figures.
     assert real["exp_avg"] == sum(b.exp_avg.numel() * 4 for b in method.blocks)
     if extra.get("store_projection"):
-        ops = method.operators.values()
+        ops = [method.operator]
         assert real["projection"] == sum(
             t.numel() * t.element_size() for op in ops for t in (op._base, op._perms, op._inverse) if t is not None)
     if name == "cesgc":
