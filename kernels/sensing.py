@@ -131,13 +131,12 @@ class BlockSensing:
             out[where] = self.block(int(b))[:, col[where]].T
         return out
 
-    def _buffer(self, problems: int) -> torch.Tensor:
-        """The (problems, n_blocks, B) correlation buffer of the one-GEMM path, reused by every OMP iteration
-        of a call (a fresh multi-megabyte tensor per iteration costs page faults that a GEMM of these
-        shapes does not amortise)."""
-        shape = (problems, self.n_blocks, self.B)
-        if self._corr is None or self._corr.shape != shape:
-            self._corr = torch.empty(shape, dtype=self.base.dtype, device=self.device)
+    def _buffer(self, size: int) -> torch.Tensor:
+        """The correlation buffer (`size` entries) of the one-GEMM path, reused by every OMP iteration of a
+        call (a fresh multi-megabyte tensor per iteration costs page faults that a GEMM of these shapes
+        does not amortise)."""
+        if self._corr is None or self._corr.numel() != size:
+            self._corr = torch.empty(size, dtype=self.base.dtype, device=self.device)
         return self._corr
 
     def _group(self, problems: int) -> int:
@@ -152,17 +151,24 @@ class BlockSensing:
         b = residual.shape[0]
         residual = residual.to(self.base.dtype)
         if self.kind == "block-permuted" and self._group(b) >= self.n_blocks:
-            # Every block in one GEMM (the usual case): A^T r as one (b, n_blocks * B) buffer, cut to the length.
+            # Every block at once (the usual case): for each run of rows of one length, A^T r over the blocks
+            # that length reaches as one GEMM into a (rows, blocks * B) buffer, cut to the length.
             _, inverse = self._permutations()
-            corr = self._buffer(b)
             permuted = torch.gather(residual, 1, inverse.view(1, -1).expand(b, -1)).view(b, self.n_blocks, self.k)
-            torch.matmul(permuted, self.base, out=corr)
-            corr = corr.view(b, -1)[:, : self.length].abs_()
-            for r0, r1, length in shorter:
-                corr[r0:r1, length:] = -1.0
-            if exclude.numel():  # -1 slots belong to stopped problems, whose choice is not used
-                corr.scatter_(1, exclude.clamp_min(0), -1.0)
-            return row_argmax(corr)
+            runs = _all_runs(b, self.length, shorter)
+            buffer = self._buffer(sum((r1 - r0) * math.ceil(length / self.B) for r0, r1, length in runs) * self.B)
+            best = torch.empty(b, dtype=torch.long, device=self.device)
+            offset = 0
+            for r0, r1, length in runs:
+                blocks = math.ceil(length / self.B)
+                corr = buffer[offset: offset + (r1 - r0) * blocks * self.B].view(r1 - r0, blocks, self.B)
+                offset += corr.numel()
+                torch.matmul(permuted[r0:r1, :blocks], self.base, out=corr)
+                corr = corr.view(r1 - r0, -1)[:, :length].abs_()
+                if exclude.numel():  # -1 slots belong to stopped problems, whose choice is not used
+                    corr.scatter_(1, exclude[r0:r1].clamp_min(0), -1.0)
+                best[r0:r1] = row_argmax(corr)
+            return best
         best_value = torch.full((b,), -2.0, dtype=residual.dtype, device=self.device)
         best_index = torch.zeros(b, dtype=torch.long, device=self.device)
         rows = torch.arange(b, device=self.device)
@@ -191,6 +197,19 @@ class BlockSensing:
             best_value = torch.where(better, value, best_value)
             best_index = torch.where(better, index + start, best_index)
         return best_index
+
+
+def _all_runs(rows: int, full: int, shorter: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """(start, end, length) runs covering rows 0..rows: those of `shorter`, and `full` for the rest."""
+    runs, row = [], 0
+    for r0, r1, length in sorted(shorter):
+        if r0 > row:
+            runs.append((row, r0, full))
+        runs.append((r0, r1, length))
+        row = r1
+    if row < rows:
+        runs.append((row, rows, full))
+    return runs
 
 
 def _shorter_rows(lengths: list[int], full: int, n: int) -> list[tuple[int, int, int]]:
