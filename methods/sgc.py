@@ -21,9 +21,10 @@ of block 0, so each OMP iteration's correlations A^T r are one GEMM with no rand
 linear in d), and `sensing: gaussian` draws every block anew (the paper's A at any size, s k d draws per
 step: minutes per step on a LLaMA-7B MLP weight on a CPU). The default B differs by device: on a GPU the
 largest the workspace allows (the paper's A for every weight up to that size, solved by the dense kernels,
-CuPy's included), on a CPU max(1024, d / 4096), because there drawing a large block every step costs more
-than the rest of SGC's step (see `columns_per_block`). One A serves every adapted weight: a weight whose
-vectors have d entries uses its first d columns, so the problems of all weights are solved in one OMP call.
+CuPy's included), on a CPU d up to 4096 and max(1024, d / 4096) beyond, because there drawing a large
+block every step costs more than the rest of SGC's step (see `columns_per_block`). One A serves every
+adapted weight: a weight whose vectors have d entries uses its first d columns, so the problems of all
+weights are solved in one OMP call.
 The compression A g_s of the s-sparse g_s reads only s columns of A. With `store_projection: false`
 (default) block 0 and the permutations are regenerated from the seed every step and are not state (the
 MeZO seed trick applied to A); with `true` they are kept and counted. OMP's problems run in groups whose
@@ -92,8 +93,9 @@ class SgcOptions(AdamOptions):
                           "the paper's A at any size, s*k*d draws per step)", choices=SENSING)
     block_columns: int = option(0, "columns of A's generated block (block 0); 0 = auto: on a GPU as many as a "
                                 "quarter of workspace_mb holds (A is the paper's Gaussian A up to that length), on "
-                                "a CPU max(1024, length / 4096), since drawing k x B normals every step and "
-                                "streaming a block larger than the cache cost a CPU more than the OMP itself", min=0)
+                                "a CPU the whole length up to 4096, else max(1024, length / 4096), since drawing k x B "
+                                "normals every step and streaming a block larger than the cache cost a CPU more than "
+                                "the OMP itself", min=0)
     workspace_mb: float = option(256.0, "bound on SGC's transient memory in a step (A's block, the correlation "
                                  "buffer, the OMP and compression buffers): a quarter holds A's block", gt=0.0)
     fused: bool = option(True, "compress each weight's gradient in a post-accumulate hook as soon as backward "
@@ -198,7 +200,7 @@ class Sgc(Method):
         compute-bound GEMM; block-permuted sensing makes the rest of A from it."""
         chosen = self.options.block_columns
         if not chosen:
-            chosen = self.max_block_columns if device.type == "cuda" else max(1024, math.ceil(length / 4096))
+            chosen = self.max_block_columns if device.type == "cuda" else cpu_block_columns(length)
         return max(1, min(chosen, self.max_block_columns, length))
 
     def _seed(self) -> int:
@@ -443,6 +445,13 @@ class Sgc(Method):
             compress += 4 * compress_rows * self.options.s * self.options.k  # the s columns of A per row
             worst = max(worst, compress + (4 * op.k * op.B))
         return worst
+
+
+def cpu_block_columns(length: int) -> int:
+    """SGC's automatic B on a CPU: the whole length up to 4096 columns (A is then the paper's Gaussian A and
+    small enough, 2 MiB at k = 128, for the dense kernel to beat the block path's gather), else
+    max(1024, length / 4096): a block that stays in cache and costs little to draw, and at most 4096 blocks."""
+    return length if length <= 4096 else max(1024, math.ceil(length / 4096))
 
 
 def _top_s(g: torch.Tensor, s: int, piece: int) -> tuple[torch.Tensor, torch.Tensor]:
