@@ -132,10 +132,10 @@ class BlockSensing:
         return out
 
     def _buffer(self, size: int) -> torch.Tensor:
-        """The correlation buffer (`size` entries) of the one-GEMM path, reused by every OMP iteration of a
-        call (a fresh multi-megabyte tensor per iteration costs page faults that a GEMM of these shapes
-        does not amortise)."""
-        if self._corr is None or self._corr.numel() != size:
+        """A correlation buffer of at least `size` entries, reused by every group and OMP iteration of a call
+        (a fresh multi-megabyte tensor per iteration costs page faults that a GEMM of these shapes does not
+        amortise)."""
+        if self._corr is None or self._corr.numel() < size:
             self._corr = torch.empty(size, dtype=self.base.dtype, device=self.device)
         return self._corr
 
@@ -150,52 +150,54 @@ class BlockSensing:
         first `length` columns. Ties go to the lowest index, as NumPy's argmax."""
         b = residual.shape[0]
         residual = residual.to(self.base.dtype)
-        if self.kind == "block-permuted" and self._group(b) >= self.n_blocks:
-            # Every block at once (the usual case): for each run of rows of one length, A^T r over the blocks
-            # that length reaches as one GEMM into a (rows, blocks * B) buffer, cut to the length.
-            _, inverse = self._permutations()
-            permuted = torch.gather(residual, 1, inverse.view(1, -1).expand(b, -1)).view(b, self.n_blocks, self.k)
-            runs = _all_runs(b, self.length, shorter)
-            buffer = self._buffer(sum((r1 - r0) * math.ceil(length / self.B) for r0, r1, length in runs) * self.B)
-            best = torch.empty(b, dtype=torch.long, device=self.device)
-            offset = 0
-            for r0, r1, length in runs:
-                blocks = math.ceil(length / self.B)
-                corr = buffer[offset: offset + (r1 - r0) * blocks * self.B].view(r1 - r0, blocks, self.B)
-                offset += corr.numel()
-                torch.matmul(permuted[r0:r1, :blocks], self.base, out=corr)
-                corr = corr.view(r1 - r0, -1)[:, :length].abs_()
-                if exclude.numel():  # -1 slots belong to stopped problems, whose choice is not used
-                    corr.scatter_(1, exclude[r0:r1].clamp_min(0), -1.0)
-                best[r0:r1] = row_argmax(corr)
-            return best
-        best_value = torch.full((b,), -2.0, dtype=residual.dtype, device=self.device)
-        best_index = torch.zeros(b, dtype=torch.long, device=self.device)
-        rows = torch.arange(b, device=self.device)
-        group = self._group(b) if self.kind == "block-permuted" else 1
-        for g0 in range(0, self.n_blocks, group):
-            g1 = min(self.n_blocks, g0 + group)
+        best = torch.empty(b, dtype=torch.long, device=self.device)
+        for r0, r1, length in _all_runs(b, self.length, shorter):
+            best[r0:r1] = self._run_argmax(residual[r0:r1], exclude[r0:r1], length)
+        return best
+
+    def _run_argmax(self, residual: torch.Tensor, exclude: torch.Tensor, length: int) -> torch.Tensor:
+        """`argmax_abs` for rows that share one length: the blocks that length reaches, in groups of blocks
+        whose correlations fit `chunk_bytes` (usually one group: one GEMM per OMP iteration)."""
+        rows = residual.shape[0]
+        blocks = math.ceil(length / self.B)
+        permuted_kind = self.kind == "block-permuted"
+        group = min(blocks, self._group(rows)) if permuted_kind else 1
+        buffer = self._buffer(rows * group * self.B)
+        inverse = self._permutations()[1] if permuted_kind else None
+        best_value = best_index = None
+        for g0 in range(0, blocks, group):
+            g1 = min(blocks, g0 + group)
             start = g0 * self.B
-            if self.kind == "block-permuted":
-                _, inverse = self._permutations()
-                # A_b^T r = A_0^T r[pi_b^-1] for every block of the group: one (b*g, k) @ (k, B) GEMM.
-                permuted = residual[:, inverse[g0:g1]]  # (b, g, k)
-                corr = torch.matmul(permuted, self.base).view(b, -1).abs_()  # (b, g*B)
+            corr = buffer[: rows * (g1 - g0) * self.B].view(rows, g1 - g0, self.B)
+            if permuted_kind:
+                # A_b^T r = A_0^T r[pi_b^-1] for every block of the group: one (rows * g, k) @ (k, B) GEMM.
+                index = inverse[g0:g1].reshape(1, -1).expand(rows, -1)
+                permuted = torch.gather(residual, 1, index).view(rows, g1 - g0, self.k)
+                torch.matmul(permuted, self.base, out=corr)
             else:
-                corr = (residual @ self.block(g0)).abs_()
-            width = min(self.length, g1 * self.B) - start
-            if corr.shape[1] > width:
-                corr[:, width:] = -1.0
-            for r0, r1, length in shorter:
-                corr[r0:r1, max(0, length - start):] = -1.0
-            if exclude.numel():
-                local = exclude - start
-                inside = (exclude >= 0) & (local >= 0) & (local < corr.shape[1])
-                corr[rows.unsqueeze(1).expand_as(exclude)[inside], local[inside]] = -1.0
-            value, index = corr.max(dim=1)
-            better = value > best_value  # strict: an earlier block keeps a tie
-            best_value = torch.where(better, value, best_value)
-            best_index = torch.where(better, index + start, best_index)
+                block = self.block(g0)
+                torch.matmul(residual, block, out=corr[:, 0, : block.shape[1]])
+            width = min(length, g1 * self.B) - start
+            corr = corr.view(rows, -1)[:, :width].abs_()
+            if exclude.numel():  # -1 slots belong to stopped problems, whose choice is not used
+                if blocks == g1 - g0:
+                    corr.scatter_(1, exclude.clamp_min(0), -1.0)
+                else:
+                    local = exclude - start
+                    inside = (exclude >= 0) & (local >= 0) & (local < width)
+                    row_of = torch.arange(rows, device=self.device).unsqueeze(1).expand_as(exclude)
+                    corr[row_of[inside], local[inside]] = -1.0
+            index = row_argmax(corr)
+            if blocks == g1 - g0:
+                return index
+            value = corr.gather(1, index.unsqueeze(1)).squeeze(1)
+            if best_value is None:
+                best_value, best_index = value, index + start
+            else:
+                better = value > best_value  # strict: an earlier block keeps a tie
+                best_value = torch.where(better, value, best_value)
+                best_index = torch.where(better, index + start, best_index)
+        assert best_index is not None
         return best_index
 
 

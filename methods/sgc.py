@@ -352,8 +352,6 @@ class Sgc(Method):
         per = 4 * (6 * k * n + 4 * n * n + 8 * k + 8 * n)  # atoms (OMP, least squares x2, diagnostics), factors
         if op.n_blocks == 1:
             per += 4 * op.length  # the (b, d) correlation buffer of the dense kernel
-        else:
-            per += op.length  # the (b, d) mask of the columns beyond each problem's length
         return per
 
     @property
