@@ -83,7 +83,9 @@ class BlockSensing:
             generator = torch.Generator(device=self.device).manual_seed((self.seed * 7_919 + 17) % (2**63 - 1))
             perms = torch.rand(self.n_blocks, self.k, generator=generator, device=self.device).argsort(dim=1)
             perms[0] = torch.arange(self.k, device=self.device)  # block 0 is the base itself
-            self._perms, self._inverse = perms, perms.argsort(dim=1)
+            inverse = torch.empty_like(perms)
+            inverse.scatter_(1, perms, torch.arange(self.k, device=self.device).expand_as(perms))
+            self._perms, self._inverse = perms, inverse
         assert self._inverse is not None
         return self._perms, self._inverse
 
@@ -233,8 +235,20 @@ def omp(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, return_support: bool 
     """Batched OMP of every row of Y (b, k) against the operator's A, streamed over its blocks: the same
     selection and least squares as `kernels.omp.batched_omp_torch` on `op.dense()`. With `lengths` (b
     numbers), problem i is solved against A's first lengths[i] columns only (several weights' problems in one
-    call; rows of equal length best kept together)."""
-    from kernels.omp import omp_core, scatter_solution
+    call; rows of equal length best kept together). Returns the dense (b, length) solutions X, and with
+    `return_support` the supports (b, n); `omp_sparse` returns the coefficients instead of X."""
+    from kernels.omp import scatter_solution
+
+    coef, support = omp_sparse(op, Y, n_nonzero, lengths)
+    X = scatter_solution(coef, support, op.length)
+    return (X, support) if return_support else X
+
+
+def omp_sparse(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, lengths: list[int] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`omp` without the dense solutions: the coefficients (b, n) and supports (b, n; -1 where a problem
+    stopped). At LLaMA-7B sizes X would be b x 45 M floats, 180 MB per problem, which SGC does not need."""
+    from kernels.omp import omp_core
 
     if Y.dim() != 2 or Y.shape[1] != op.k:
         raise ValueError(f"Y must be (b, {op.k}); got shape {tuple(Y.shape)}")
@@ -244,8 +258,6 @@ def omp(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, return_support: bool 
     shorter = _shorter_rows(lengths, op.length, n) if lengths is not None else []
     select = (lambda r, e: op.argmax_abs(r, e, shorter)) if shorter else op.argmax_abs
     try:
-        coef, support = omp_core(Y, n, select, lambda j: op.columns(j).to(Y.dtype))
+        return omp_core(Y, n, select, lambda j: op.columns(j).to(Y.dtype))
     finally:
         op._corr = None  # the correlation buffer lives for one call: it is workspace, not state
-    X = scatter_solution(coef, support, op.length)
-    return (X, support) if return_support else X

@@ -69,7 +69,7 @@ from harness.errors import ConfigError
 from harness.options import option
 from kernels.omp import BACKENDS, OmpSolver
 from kernels.sensing import SENSING, BlockSensing
-from kernels.sensing import omp as streamed_omp
+from kernels.sensing import omp_sparse as streamed_omp
 from methods.base import AdamOptions, Batch, Method, StepResult, register, split_inventory, tensor_counts
 from methods.lora import DEFAULT_TARGETS
 
@@ -192,6 +192,12 @@ class Sgc(Method):
         """The most columns of A per block: a quarter of the workspace holds one k x B float32 block."""
         return self.workspace_bytes // 4 // (4 * self.options.k)
 
+    @property
+    def top_s_piece(self) -> int:
+        """Entries of one long gradient searched at a time for its top s (|g| of a piece is a temporary):
+        a 64th of the workspace, 4 M entries (16 MiB) at 256 MiB."""
+        return max(1, self.workspace_bytes // 64)
+
     def columns_per_block(self, length: int, device: torch.device) -> int:
         """B for vectors of `length` entries: `block_columns`, or its automatic choice (see the option), never
         more than the workspace holds. On a CPU, drawing A's block is the costliest part of a step when it is
@@ -249,12 +255,11 @@ class Sgc(Method):
         with torch.no_grad():
             for start, end in self._row_groups(block.chunks, 8 * block.length):
                 g = self.gradient_rows(block, grad, start, end)
-                values, index = _top_s(g, o.s, self.workspace_bytes // 16)
+                values, index = _top_s(g, o.s, self.top_s_piece)
                 atoms = op.columns(index)  # (rows, s, k)
-                p = (values.unsqueeze(1) @ atoms).squeeze(1)
-                q = ((values * values).unsqueeze(1) @ atoms).squeeze(1)
-                block.exp_avg[start:end].mul_(o.beta1).add_(p, alpha=1 - o.beta1)
-                block.exp_avg_sq[start:end].mul_(o.beta2).add_(q, alpha=1 - o.beta2)
+                pq = torch.stack([values, values * values], dim=1) @ atoms  # (rows, 2, k): A g_s and A g_s^2
+                block.exp_avg[start:end].lerp_(pq[:, 0], 1 - o.beta1)
+                block.exp_avg_sq[start:end].lerp_(pq[:, 1], 1 - o.beta2)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepResult:
@@ -315,7 +320,7 @@ class Sgc(Method):
                         _, support = self.omp(A, p_hat, o.s, return_support=True)
                     else:
                         lengths = [b.length for b, r0, r1 in pieces for _ in range(r1 - r0)]
-                        _, support = streamed_omp(op, p_hat, o.s, return_support=True, lengths=lengths)
+                        _, support = streamed_omp(op, p_hat, o.s, lengths)
                 atoms = op.columns(support.clamp_min(0)) * (support >= 0).unsqueeze(-1)  # (b, n, k)
                 m_coef = least_squares(atoms, p_hat)
                 v_coef = least_squares(atoms, q_hat)
@@ -351,7 +356,7 @@ class Sgc(Method):
         k, n = self.options.k, self.options.s
         per = 4 * (6 * k * n + 4 * n * n + 8 * k + 8 * n)  # atoms (OMP, least squares x2, diagnostics), factors
         if op.n_blocks == 1:
-            per += 4 * op.length  # the (b, d) correlation buffer of the dense kernel
+            per += 8 * op.length  # the dense kernel's (b, d) correlation buffer and (b, d) solutions
         return per
 
     @property
@@ -433,7 +438,7 @@ class Sgc(Method):
         for length in {b.length for b in self.blocks}:
             chunks = max(b.chunks for b in self.blocks if b.length == length)
             compress_rows = min(chunks, max(1, self.workspace_bytes // 4 // (8 * length)))
-            piece = self.workspace_bytes // 16
+            piece = self.top_s_piece
             if compress_rows == 1 and length > piece:  # one long row: |g| searched in pieces
                 compress = 4 * piece + 8 * self.options.s * (length // piece + 1)
                 if any(b.param.dtype != torch.float32 for b in self.blocks if b.length == length):

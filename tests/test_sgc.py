@@ -266,3 +266,17 @@ def test_workspace_bound_on_a_llama_7b_mlp_weight():
         method.prepare(model)
         assert method.predicted_workspace_bytes() <= 256 * 2**20
         assert method.predicted_state_bytes()["gradients"] == 4096 * 11008 * 4
+
+
+def test_block_of_a_by_device_and_option():
+    """B: the whole length up to 4096 on a CPU, then max(1024, d / 4096); on a GPU the workspace's bound;
+    an explicit `block_columns` wins; never more than the workspace holds or the length."""
+    method = create("sgc", {"target_modules": ["q_proj"]}, quadratic_loss, seed=0)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert method.max_block_columns == 131072  # 256 MiB / 4 / (4 bytes x k = 128)
+    assert [method.columns_per_block(d, cpu) for d in (48, 4096, 16384, 4096 * 11008)] == [48, 4096, 1024, 11008]
+    assert [method.columns_per_block(d, cuda) for d in (48, 16384, 4096 * 11008)] == [48, 16384, 131072]
+    explicit = create("sgc", {"target_modules": ["q_proj"], "block_columns": 500, "workspace_mb": 0.1},
+                      quadratic_loss, seed=0)
+    assert explicit.columns_per_block(16384, cpu) == 51  # a quarter of 0.1 MiB over 512 bytes per column
+    assert create("sgc", {"block_columns": 500}, quadratic_loss, seed=0).columns_per_block(16384, cuda) == 500
