@@ -93,3 +93,22 @@ def test_problems_of_several_lengths_in_one_call_use_their_own_columns(chunk_blo
         np.testing.assert_allclose(X[i, :length].numpy(), ref, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="at least n_nonzero"):
         omp(op, Y, n, lengths=[3, 50, 130, 200, 200, 64])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streamed_omp_on_a_gpu_equals_the_dense_kernel_there():
+    """The streamed path (one GEMM per run of rows, torch's argmax on CUDA) picks the dense kernel's supports."""
+    k, d, n = 32, 3000, 6
+    op = BlockSensing(k, d, 512, seed=7, device="cuda", chunk_bytes=4 * 8 * 512 * 3)  # 6 blocks, groups of 3
+    A = op.dense()
+    Y = torch.randn(8, k, generator=torch.Generator().manual_seed(2)).cuda()
+    X, S = omp(op, Y, n, return_support=True)
+    X_dense, S_dense = batched_omp_torch(A, Y, n, return_support=True)
+    assert torch.equal(S, S_dense)
+    torch.testing.assert_close(X, X_dense, atol=1e-4, rtol=1e-3)
+    lengths = [700, 700, 3000, 3000, 3000, 1500, 1500, 1500]
+    _, S_short = omp(op, Y, n, return_support=True, lengths=lengths)
+    for i, length in enumerate(lengths):
+        _, ref = batched_omp_torch(A[:, :length].contiguous(), Y[i: i + 1], n, return_support=True)
+        assert torch.equal(S_short[i], ref[0])

@@ -280,3 +280,34 @@ def test_block_of_a_by_device_and_option():
                       quadratic_loss, seed=0)
     assert explicit.columns_per_block(16384, cpu) == 51  # a quarter of 0.1 MiB over 512 bytes per column
     assert create("sgc", {"block_columns": 500}, quadratic_loss, seed=0).columns_per_block(16384, cuda) == 500
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("options", [{}, {"workspace_mb": 0.004}], ids=["one-block", "streamed"])
+def test_a_step_on_a_gpu_matches_the_reference_equations(options):
+    """On CUDA: A is one block (the paper's Gaussian A, the dense kernels, CuPy when installed) or streamed."""
+    model = _TwoLayers().cuda()
+    method = create("sgc", {"k": 12, "s": 2, "lr": 0.01, "target_modules": ["q_proj", "v_proj"], **options},
+                    _two_layer_loss, seed=0)
+    method.prepare(model)
+    assert (method.operator.n_blocks > 1) == bool(options)
+    A = method.projection(80).double().cpu().numpy()
+    before = model.v_proj.weight.detach().double().cpu().numpy().reshape(-1).copy()
+    batch = toy_batch(seed=3)
+    batch = Batch([{k: v.cuda() for k, v in mb.items()} for mb in batch.micro_batches])
+    model.zero_grad()
+    _two_layer_loss(model, batch.micro_batches[0])[0].backward()
+    g = model.v_proj.weight.grad.double().cpu().numpy().reshape(-1).copy()
+    model.zero_grad()
+    method.step(batch)
+    keep = np.argsort(-np.abs(g))[:2]
+    g_s = np.zeros_like(g)
+    g_s[keep] = g[keep]
+    m_hat = orthogonal_mp(A, A @ g_s, n_nonzero_coefs=2)
+    support = np.flatnonzero(m_hat)
+    v_s = np.linalg.lstsq(A[:, support], A @ (g_s * g_s), rcond=None)[0]
+    update = np.zeros_like(g)
+    update[support[v_s > 0]] = m_hat[support[v_s > 0]] / (np.sqrt(v_s[v_s > 0]) + 1e-8)
+    now = model.v_proj.weight.detach().double().cpu().numpy().reshape(-1)
+    np.testing.assert_allclose(now, before - 0.01 * update, rtol=1e-3, atol=1e-5)
