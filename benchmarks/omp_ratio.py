@@ -9,8 +9,8 @@ form, one multi-target call with the precomputed Gram matrix (`precompute=True`,
 then the roofline of the kernel's only O(k d) work, the correlation A^T r: `corr/matmul` is a plain
 matmul of the same shapes, (b x k) @ (k x d), divided by the kernel's correlation step (that matmul
 into its buffer, |.|, the support masked, argmax), and `kernel/matmul` is s such matmuls divided by
-the whole kernel (1.0 would be a kernel that costs only its correlations). Then SGC's own operator on a
-CPU (`kernels/sensing.py`, block-permuted with its CPU block of B columns, `methods.sgc.cpu_block_columns`,
+the whole kernel (1.0 would be a kernel that costs only its correlations). Then SGC's own operator at its
+default (`kernels/sensing.py`, block-permuted with a block of B columns, `methods.sgc.auto_block_columns`,
 when that is smaller than d): the streamed OMP on the same problems, and its correlation step against the same
 plain matmul (it is a GEMM over a cache-sized block, so it may beat the matmul with the dense A, which
 streams k x d floats from memory). On a GPU: CuPy against torch, and both against s matmuls.
@@ -31,7 +31,7 @@ from sklearn.linear_model import orthogonal_mp
 from kernels.omp import OmpSolver, _SharedSelect, batched_omp_torch, cupy_available
 from kernels.sensing import BlockSensing
 from kernels.sensing import omp as streamed_omp
-from methods.sgc import cpu_block_columns
+from methods.sgc import auto_block_columns
 
 # (batch, d, s, k): SGC on tiny's attention and MLP weights, MESGC's 1024-entry chunks, and larger ones.
 SHAPES = [(6, 16384, 16, 128), (4, 32768, 16, 128), (2048, 1024, 16, 128), (64, 1024, 16, 128),
@@ -118,7 +118,7 @@ def measure(args: argparse.Namespace, rng: np.random.Generator, cupy_solver: Omp
     vs_loop = f"{t_loop / t_torch:.1f}x" if t_loop else "–"
     gram = f"{t_gram * 1e3:.2f}" if t_gram else "– (d x d Gram)"
     vs_gram = f"{t_gram / t_torch:.1f}x" if t_gram else "–"
-    block = cpu_block_columns(d)  # SGC's automatic block on a CPU
+    block = auto_block_columns(d)  # SGC's automatic block
     operator_cells = "– (one block: the dense kernel) | –"
     if block < d:
         op = BlockSensing(k, d, block, seed=0, chunk_bytes=64 * 2**20)

@@ -113,7 +113,7 @@ def row_argmax(values: torch.Tensor) -> torch.Tensor:
     tensor's memory: its vectorised argmax is several times faster than torch's on these (b, d) rows (0.01
     against 0.07 ms for 6 x 16384 here), and OMP runs one per iteration."""
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and values.stride(1) == 1:
-        return torch.from_numpy(np.argmax(values.numpy(), axis=1))
+        return torch.from_numpy(np.argmax(values.numpy(), axis=1).astype(np.int64, copy=False))
     return values.argmax(dim=1)
 
 

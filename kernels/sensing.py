@@ -42,8 +42,8 @@ SENSING = ("block-permuted", "gaussian")
 class BlockSensing:
     """A (k x length) from `seed`, held as blocks of `block_columns` columns; see the module docstring.
 
-    `keep_base`: keep block 0 (and the permutations) between calls instead of regenerating them; with
-    `gaussian` and several blocks nothing else is ever kept.
+    Block 0 and the permutations, once made, are kept until `release()` (SGC releases them after every
+    step unless it stores the projection); with `gaussian` the other blocks are drawn when used, never kept.
     """
 
     def __init__(self, k: int, length: int, block_columns: int, seed: int, kind: str = "block-permuted",
@@ -66,7 +66,7 @@ class BlockSensing:
         seed = self.seed if b == 0 else (self.seed * 1_000_033 + b) % (2**63 - 1)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         cols = self.block_width(b)
-        return torch.randn(self.k, cols, generator=generator, device=self.device) / math.sqrt(self.k)
+        return torch.randn(self.k, cols, generator=generator, device=self.device).div_(math.sqrt(self.k))
 
     def block_width(self, b: int) -> int:
         return min(self.B, self.length - b * self.B)
@@ -218,8 +218,9 @@ def _all_runs(rows: int, full: int, shorter: list[tuple[int, int, int]]) -> list
 
 def _shorter_rows(lengths: list[int], full: int, n: int) -> list[tuple[int, int, int]]:
     """(start, end, length) of each run of consecutive rows whose length is below `full`."""
-    if min(lengths) < n:
-        raise ValueError(f"every length must be at least n_nonzero ({n}); got {min(lengths)}")
+    if min(lengths) < n or max(lengths) > full:
+        raise ValueError(f"every length must be between n_nonzero ({n}) and the operator's length ({full}); "
+                         f"got {min(lengths)} to {max(lengths)}")
     runs = []
     start = 0
     for i in range(1, len(lengths) + 1):
@@ -255,6 +256,8 @@ def omp_sparse(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, lengths: list[
     n = int(min(n_nonzero, op.k, op.length))
     if n < 1:
         raise ValueError(f"n_nonzero must be >= 1; got {n_nonzero}")
+    if lengths is not None and len(lengths) != Y.shape[0]:
+        raise ValueError(f"lengths must give one length per row of Y ({Y.shape[0]}); got {len(lengths)}")
     shorter = _shorter_rows(lengths, op.length, n) if lengths is not None else []
     select = (lambda r, e: op.argmax_abs(r, e, shorter)) if shorter else op.argmax_abs
     try:

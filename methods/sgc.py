@@ -19,12 +19,12 @@ and 256 MiB). Block 0 has i.i.d. N(0, 1/k) entries from a seed, so for vectors o
 paper's Gaussian A. Beyond it, `sensing: block-permuted` (default) makes block b a random row permutation
 of block 0, so each OMP iteration's correlations A^T r are one GEMM with no random draws (2 k d flops,
 linear in d), and `sensing: gaussian` draws every block anew (the paper's A at any size, s k d draws per
-step: minutes per step on a LLaMA-7B MLP weight on a CPU). The default B differs by device: on a GPU the
-largest the workspace allows (the paper's A for every weight up to that size, solved by the dense kernels,
-CuPy's included), on a CPU d up to 4096 and max(1024, d / 4096) beyond, because there drawing a large
-block every step costs more than the rest of SGC's step (see `columns_per_block`). One A serves every
-adapted weight: a weight whose vectors have d entries uses its first d columns, so the problems of all
-weights are solved in one OMP call.
+step: minutes per step on a LLaMA-7B MLP weight on a CPU). The default B (`block_columns`) is d up to
+4096 (one block: the paper's A, solved by the dense kernels, CuPy's on a GPU) and max(1024, d / 4096)
+beyond, because drawing a wide block every step and streaming it from memory in every OMP iteration cost
+a CPU more than the rest of SGC's step (see `columns_per_block`). One A serves every adapted weight: a
+weight whose vectors have d entries uses its first d columns, so the problems of all weights are solved
+in one OMP call (per length when A is one block: the dense kernels take one A).
 The compression A g_s of the s-sparse g_s reads only s columns of A. With `store_projection: false`
 (default) block 0 and the permutations are regenerated from the seed every step and are not state (the
 MeZO seed trick applied to A); with `true` they are kept and counted. OMP's problems run in groups whose
@@ -33,8 +33,8 @@ memory of a step is bounded by `workspace_mb` whatever d is (`predicted_workspac
 
 Gradients (`fused: true`, default): each adapted weight's gradient is sparsified and compressed in a
 `register_post_accumulate_grad_hook` as soon as backward has accumulated it, then freed, so at most one
-full gradient exists at a time; OMP and the updates run after backward, batched over the weights of one
-block length (the update needs no gradient, and a batch keeps the kernel efficient on small weights).
+full gradient exists at a time; OMP and the updates run after backward, batched over every adapted weight
+(the update needs no gradient, and a batch keeps the kernel efficient on small weights).
 With several micro-batches the hooks act only in the last one's backward: top_s of a sum is not the sum
 of top_s, so the accumulated gradients are all held until then, and `gradients` counts them all.
 `fused: false` compresses after the whole backward, as before, for comparison.
@@ -91,11 +91,10 @@ class SgcOptions(AdamOptions):
     sensing: str = option("block-permuted", "A beyond its first block: block-permuted (row permutations of the "
                           "first Gaussian block: one GEMM per OMP iteration) or gaussian (every block drawn anew: "
                           "the paper's A at any size, s*k*d draws per step)", choices=SENSING)
-    block_columns: int = option(0, "columns of A's generated block (block 0); 0 = auto: on a GPU as many as a "
-                                "quarter of workspace_mb holds (A is the paper's Gaussian A up to that length), on "
-                                "a CPU the whole length up to 4096, else max(1024, length / 4096), since drawing k x B "
-                                "normals every step and streaming a block larger than the cache cost a CPU more than "
-                                "the OMP itself", min=0)
+    block_columns: int = option(0, "columns of A's generated block (block 0); 0 = auto: the whole length up to "
+                                "4096 (A is then the paper's Gaussian A), else max(1024, length / 4096), since "
+                                "drawing k x B normals every step and streaming a block larger than the cache cost "
+                                "a CPU more than the OMP itself", min=0)
     workspace_mb: float = option(256.0, "bound on SGC's transient memory in a step (A's block, the correlation "
                                  "buffer, the OMP and compression buffers): a quarter holds A's block", gt=0.0)
     fused: bool = option(True, "compress each weight's gradient in a post-accumulate hook as soon as backward "
@@ -163,13 +162,19 @@ class Sgc(Method):
                 self.blocks.append(_Block(name, p, length, chunks, zeros, zeros.clone()))
         if not self.blocks:
             raise ConfigError(f"methods.{self.name}.target_modules: no 2-D weight matches {list(targets)}")
+        matched = {b.name.rsplit(".", 1)[0].split(".")[-1] for b in self.blocks}
+        unmatched = [t for t in targets if t not in matched]
+        if unmatched:  # a typo would otherwise adapt fewer weights than asked, silently
+            names = sorted({n.rsplit(".", 1)[0].split(".")[-1] for n, q in model.named_parameters() if q.dim() == 2})
+            raise ConfigError(f"methods.{self.name}.target_modules: {unmatched} match no 2-D weight of this "
+                              f"model; its 2-D weights are named {names}")
         if self.max_block_columns < 1:
             raise ConfigError(f"methods.{self.name}.workspace_mb: {o.workspace_mb} MiB cannot hold one column of A "
                               f"({4 * o.k * 4} bytes needed at k={o.k})")
         # One A for every adapted weight: a weight whose vectors have d entries uses A's first d columns.
         longest = max(b.length for b in self.blocks)
         device = self.blocks[0].param.device
-        self.operator = BlockSensing(o.k, longest, self.columns_per_block(longest, device), self._seed(), o.sensing,
+        self.operator = BlockSensing(o.k, longest, self.columns_per_block(longest), self._seed(), o.sensing,
                                      device, chunk_bytes=self.workspace_bytes // 4)
         self.model = model
         self.t = 0
@@ -198,15 +203,15 @@ class Sgc(Method):
         a 64th of the workspace, 4 M entries (16 MiB) at 256 MiB."""
         return max(1, self.workspace_bytes // 64)
 
-    def columns_per_block(self, length: int, device: torch.device) -> int:
+    def columns_per_block(self, length: int) -> int:
         """B for vectors of `length` entries: `block_columns`, or its automatic choice (see the option), never
         more than the workspace holds. On a CPU, drawing A's block is the costliest part of a step when it is
         large (about 0.15 billion normals a second: 50 ms for tiny's weights at B = length, against 35 ms for
         full fine-tuning's whole step), and a block that fits the cache turns the correlations into a
-        compute-bound GEMM; block-permuted sensing makes the rest of A from it."""
-        chosen = self.options.block_columns
-        if not chosen:
-            chosen = self.max_block_columns if device.type == "cuda" else cpu_block_columns(length)
+        compute-bound GEMM; block-permuted sensing makes the rest of A from it. The same on every device, so
+        that the pre-flight on the meta device predicts what a GPU trial holds, and a GPU and a CPU run use
+        the same construction."""
+        chosen = self.options.block_columns or auto_block_columns(length)
         return max(1, min(chosen, self.max_block_columns, length))
 
     def _seed(self) -> int:
@@ -357,6 +362,8 @@ class Sgc(Method):
         per = 4 * (6 * k * n + 4 * n * n + 8 * k + 8 * n)  # atoms (OMP, least squares x2, diagnostics), factors
         if op.n_blocks == 1:
             per += 8 * op.length  # the dense kernel's (b, d) correlation buffer and (b, d) solutions
+        else:  # at least one block's correlations per problem, and its permuted residual
+            per += 4 * (op.B + op.k)
         return per
 
     @property
@@ -435,6 +442,8 @@ class Sgc(Method):
         op = self.operator
         problems = min(self._problems_per_call(op), sum(b.chunks for b in self.blocks))
         worst = op.workspace_bytes(problems) + problems * self._problem_bytes(op)  # OMP
+        if op.n_blocks == 1 and len({b.length for b in self.blocks}) > 1:
+            worst += 4 * op.k * op.length  # CuPy's contiguous copy of a shorter weight's first columns of A
         for length in {b.length for b in self.blocks}:
             chunks = max(b.chunks for b in self.blocks if b.length == length)
             compress_rows = min(chunks, max(1, self.workspace_bytes // 4 // (8 * length)))
@@ -450,9 +459,9 @@ class Sgc(Method):
         return worst
 
 
-def cpu_block_columns(length: int) -> int:
-    """SGC's automatic B on a CPU: the whole length up to 4096 columns (A is then the paper's Gaussian A and
-    small enough, 2 MiB at k = 128, for the dense kernel to beat the block path's gather), else
+def auto_block_columns(length: int) -> int:
+    """SGC's automatic B: the whole length up to 4096 columns (A is then the paper's Gaussian A and small
+    enough, 2 MiB at k = 128, for the dense kernels to beat the block path's gather), else
     max(1024, length / 4096): a block that stays in cache and costs little to draw, and at most 4096 blocks."""
     return length if length <= 4096 else max(1024, math.ceil(length / 4096))
 

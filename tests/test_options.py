@@ -12,6 +12,8 @@ def test_method_options_coerce_and_default():
     o = build_options("lora", {"r": "4", "alpha": "8", "target_modules": "q_proj,v_proj"}, "methods.lora")
     assert (o.r, o.alpha, o.target_modules) == (4, 8.0, ["q_proj", "v_proj"])
     assert build_options("full", None, "methods.full").lr == 2e-5
+    # a YAML-style list on the command line (--set 'lora.target_modules=[q_proj,v_proj]') is the same list
+    assert build_options("lora", {"target_modules": "[q_proj, v_proj]"}, "m").target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize(

@@ -268,18 +268,16 @@ def test_workspace_bound_on_a_llama_7b_mlp_weight():
         assert method.predicted_state_bytes()["gradients"] == 4096 * 11008 * 4
 
 
-def test_block_of_a_by_device_and_option():
-    """B: the whole length up to 4096 on a CPU, then max(1024, d / 4096); on a GPU the workspace's bound;
-    an explicit `block_columns` wins; never more than the workspace holds or the length."""
+def test_block_of_a_by_length_and_option():
+    """B: the whole length up to 4096, then max(1024, d / 4096); an explicit `block_columns` wins; never
+    more than the workspace holds or the length. The same on every device (the pre-flight runs on meta)."""
     method = create("sgc", {"target_modules": ["q_proj"]}, quadratic_loss, seed=0)
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert method.max_block_columns == 131072  # 256 MiB / 4 / (4 bytes x k = 128)
-    assert [method.columns_per_block(d, cpu) for d in (48, 4096, 16384, 4096 * 11008)] == [48, 4096, 1024, 11008]
-    assert [method.columns_per_block(d, cuda) for d in (48, 16384, 4096 * 11008)] == [48, 16384, 131072]
+    assert [method.columns_per_block(d) for d in (48, 4096, 16384, 4096 * 11008)] == [48, 4096, 1024, 11008]
     explicit = create("sgc", {"target_modules": ["q_proj"], "block_columns": 500, "workspace_mb": 0.1},
                       quadratic_loss, seed=0)
-    assert explicit.columns_per_block(16384, cpu) == 51  # a quarter of 0.1 MiB over 512 bytes per column
-    assert create("sgc", {"block_columns": 500}, quadratic_loss, seed=0).columns_per_block(16384, cuda) == 500
+    assert explicit.columns_per_block(16384) == 51  # a quarter of 0.1 MiB over 512 bytes per column
+    assert create("sgc", {"block_columns": 500}, quadratic_loss, seed=0).columns_per_block(16384) == 500
 
 
 @pytest.mark.gpu
@@ -294,11 +292,13 @@ def test_a_step_on_a_gpu_matches_the_reference_equations(options):
     assert (method.operator.n_blocks > 1) == bool(options)
     A = method.projection(80).double().cpu().numpy()
     before = model.v_proj.weight.detach().double().cpu().numpy().reshape(-1).copy()
+    before_q = model.q_proj.weight.detach().double().cpu().numpy().reshape(-1).copy()
     batch = toy_batch(seed=3)
     batch = Batch([{k: v.cuda() for k, v in mb.items()} for mb in batch.micro_batches])
     model.zero_grad()
     _two_layer_loss(model, batch.micro_batches[0])[0].backward()
     g = model.v_proj.weight.grad.double().cpu().numpy().reshape(-1).copy()
+    g_q = model.q_proj.weight.grad.double().cpu().numpy().reshape(-1).copy()
     model.zero_grad()
     method.step(batch)
     keep = np.argsort(-np.abs(g))[:2]
@@ -311,3 +311,23 @@ def test_a_step_on_a_gpu_matches_the_reference_equations(options):
     update[support[v_s > 0]] = m_hat[support[v_s > 0]] / (np.sqrt(v_s[v_s > 0]) + 1e-8)
     now = model.v_proj.weight.detach().double().cpu().numpy().reshape(-1)
     np.testing.assert_allclose(now, before - 0.01 * update, rtol=1e-3, atol=1e-5)
+    # q_proj (48 entries), the shorter weight: A's first 48 columns (a strided slice on the one-block path)
+    gq, wq = g_q, before_q
+    keep = np.argsort(-np.abs(gq))[:2]
+    g_s = np.zeros_like(gq)
+    g_s[keep] = gq[keep]
+    Aq = A[:, :48]
+    m_hat = orthogonal_mp(Aq, Aq @ g_s, n_nonzero_coefs=2)
+    support = np.flatnonzero(m_hat)
+    v_s = np.linalg.lstsq(Aq[:, support], Aq @ (g_s * g_s), rcond=None)[0]
+    update = np.zeros_like(gq)
+    update[support[v_s > 0]] = m_hat[support[v_s > 0]] / (np.sqrt(v_s[v_s > 0]) + 1e-8)
+    now = model.q_proj.weight.detach().double().cpu().numpy().reshape(-1)
+    np.testing.assert_allclose(now, wq - 0.01 * update, rtol=1e-3, atol=1e-5)
+
+
+def test_a_target_name_that_matches_nothing_is_an_error():
+    """A typo in one of several names would otherwise adapt fewer weights than asked, with no word."""
+    method = create("sgc", {"k": 12, "s": 2, "target_modules": ["q_proj", "v_projj"]}, _two_layer_loss, seed=0)
+    with pytest.raises(ConfigError, match=r"\['v_projj'\] match no 2-D weight.*\['q_proj', 'v_proj'\]"):
+        method.prepare(_TwoLayers())
