@@ -468,20 +468,40 @@ def auto_block_columns(length: int) -> int:
 
 def _top_s(g: torch.Tensor, s: int, piece: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the s largest-magnitude entries of each row of g. A single long row is searched
-    in pieces (the top s of the whole are among the pieces' top s), so no full-size |g| is allocated."""
+    in pieces of `piece` entries (the top s of the whole are among the pieces' top s), so no full-size |g|
+    is allocated, each piece through `_top_index`."""
     rows, length = g.shape
-    if rows > 1 or length <= piece:
+    if rows > 1 or length <= _SMALL:
         index = g.abs().topk(s, dim=1).indices
         return g.gather(1, index), index
     flat = g[0]
-    candidates = []
-    for start in range(0, length, piece):
-        part = flat[start: start + piece]
-        top = part.abs().topk(min(s, part.numel())).indices
-        candidates.append(top + start)
-    index = torch.cat(candidates)
-    index = index[flat[index].abs().topk(s).indices].unsqueeze(0)
+    candidates = [_top_index(flat[start: start + piece].abs(), s) + start for start in range(0, length, piece)]
+    index = candidates[0] if len(candidates) == 1 else torch.cat(candidates)
+    if len(candidates) > 1:
+        index = index[flat[index].abs().topk(s).indices]
+    index = index.unsqueeze(0)
     return g.gather(1, index), index
+
+
+_SMALL = 65536  # up to this many entries, torch's topk on the whole row is as fast as anything
+
+
+def _top_index(values: torch.Tensor, s: int, width: int = 1024) -> torch.Tensor:
+    """Indices of the s largest entries of a 1-D tensor. Cut into rows of `width`: the s largest lie in
+    the s rows whose maxima are largest (a row outside them has s rows above its maximum, so an entry of
+    it has s larger ones), so one max per row and a topk over s * width entries replace a topk over all:
+    0.36 ms against 7.5 ms for torch's topk on an 884,736-entry smollm2 MLP gradient here."""
+    n = values.numel()
+    rows = n // width
+    if rows <= s:
+        return values.topk(min(s, n)).indices
+    body = values[: rows * width].view(rows, width)
+    best_rows = body.amax(dim=1).topk(s).indices
+    columns = torch.arange(width, device=values.device)
+    candidates = (best_rows.unsqueeze(1) * width + columns).view(-1)
+    if n > rows * width:  # the tail that does not fill a row is a candidate as a whole
+        candidates = torch.cat([candidates, torch.arange(rows * width, n, device=values.device)])
+    return candidates[values[candidates].topk(s).indices]
 
 
 def _pack(blocks: list[_Block], limit: int) -> Iterator[list[tuple[_Block, int, int]]]:
