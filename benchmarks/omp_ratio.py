@@ -8,7 +8,7 @@ form, one multi-target call with the precomputed Gram matrix (`precompute=True`,
 `orthogonal_mp_gram`; only for d <= 4096, since the Gram matrix is d x d); the batched torch kernel;
 then the roofline of the kernel's only O(k d) work, the correlation A^T r: `corr/matmul` is a plain
 matmul of the same shapes, (b x k) @ (k x d), divided by the kernel's correlation step (that matmul
-into its buffer, |.|, the support masked, argmax), and `kernel/matmul` is s such matmuls divided by
+into its buffer, |.|, argmax), and `kernel/matmul` is s such matmuls divided by
 the whole kernel (1.0 would be a kernel that costs only its correlations). Then SGC's own operator at its
 default (`kernels/sensing.py`, block-permuted with a block of B columns, `methods.sgc.auto_block_columns`,
 when that is smaller than d): the streamed OMP on the same problems, and its correlation step against the same
@@ -106,8 +106,7 @@ def measure(args: argparse.Namespace, rng: np.random.Generator, cupy_solver: Omp
         return (f"| {b} | {d} | {s} | {k} | {t_torch * 1e3:.2f} | {cupy_cells} | {s * t_matmul * 1e3:.2f} | "
                 f"{s * t_matmul / t_torch:.2f} | " + (f"{s * t_matmul / t_cupy:.2f} |" if t_cupy else "– |"))
     select = _SharedSelect(At, b)
-    exclude = torch.from_numpy(rng.choice(d, (b, s))).long()
-    t_select = best_of(lambda: select(residual, exclude), args.repeats)
+    t_select = best_of(lambda: select(residual), args.repeats)
     t_gram = None  # the Gram matrix is d x d: 1 GiB at d = 16384, where it stops being a fair peer
     if d <= 4096:
         t_gram = best_of(lambda: orthogonal_mp(A, Y.T, n_nonzero_coefs=s, precompute=True), args.repeats)
@@ -123,7 +122,7 @@ def measure(args: argparse.Namespace, rng: np.random.Generator, cupy_solver: Omp
     if block < d:
         op = BlockSensing(k, d, block, seed=0, chunk_bytes=64 * 2**20)
         t_op = best_of(lambda: streamed_omp(op, Yt, s), args.repeats)
-        t_op_select = best_of(lambda: op.argmax_abs(residual, exclude), args.repeats)
+        t_op_select = best_of(lambda: op.argmax_abs(residual), args.repeats)
         operator_cells = f"{t_op * 1e3:.2f} (B = {block}) | {t_matmul / t_op_select:.2f}"
     return (f"| {b} | {d} | {s} | {k} | {loop} | {gram} | {t_torch * 1e3:.2f} | {vs_loop} | "
             f"{vs_gram} | {t_matmul / t_select:.2f} | {s * t_matmul / t_torch:.2f} | {operator_cells} |")

@@ -44,21 +44,20 @@ def omp_xp(xp: ModuleType, A: Any, Y: Any, n_nonzero: int, return_support: bool 
     support = xp.full((b, n), -1, dtype=xp.int64)
     atoms = xp.zeros((b, m, n), dtype=dtype)
     l_inv = xp.zeros((b, n, n), dtype=dtype)
-    taken = xp.zeros((b, d), dtype=bool)
     active = xp.ones(b, dtype=bool)
     residual = Y.copy()
     y_norm = xp.linalg.norm(Y, axis=1)
     coef = xp.zeros((b, 0), dtype=dtype)
     for t in range(n):
         corr = residual @ A if shared else xp.matmul(residual[:, None, :], A)[:, 0, :]
-        corr = xp.where(taken, -1.0, xp.abs(corr))
-        j = xp.argmax(corr, axis=1)
+        j = xp.argmax(xp.abs(corr), axis=1)  # every column: one already chosen stops its problem, as below
+        chosen_again = (support[:, :t] == j[:, None]).any(axis=1)
         col = A[:, j].T if shared else A[rows, :, j]
         w = xp.matmul(l_inv[:, :t, :t], xp.matmul(atoms[:, :, :t].transpose(0, 2, 1), col[:, :, None]))[:, :, 0]
         col_norm_sq = (col * col).sum(axis=1)
         delta_sq = col_norm_sq - (w * w).sum(axis=1)
         res_norm = xp.linalg.norm(residual, axis=1)
-        ok = active & (delta_sq > eps * xp.maximum(col_norm_sq, eps)) & (res_norm > eps * y_norm)
+        ok = active & ~chosen_again & (delta_sq > eps * xp.maximum(col_norm_sq, eps)) & (res_norm > eps * y_norm)
         active = ok
         delta = xp.where(ok, xp.sqrt(xp.maximum(delta_sq, eps)), 1.0).astype(dtype)
         col = col * ok[:, None]
@@ -67,7 +66,6 @@ def omp_xp(xp: ModuleType, A: Any, Y: Any, n_nonzero: int, return_support: bool 
         l_inv[:, t, :t] = -xp.matmul(w[:, None, :], l_inv[:, :t, :t])[:, 0, :] / delta[:, None]
         l_inv[:, t, t] = 1.0 / delta
         support[:, t] = xp.where(ok, j, -1)
-        taken[rows[ok], j[ok]] = True
         rhs = xp.matmul(atoms[:, :, : t + 1].transpose(0, 2, 1), Y[:, :, None])
         li = l_inv[:, : t + 1, : t + 1]
         coef = xp.matmul(li.transpose(0, 2, 1), xp.matmul(li, rhs))[:, :, 0]

@@ -22,7 +22,7 @@ of B columns, each a function of a seed, and two operators are offered:
   GEMM takes all residuals of a batch at once at the CPU's matmul speed.
 
 Both operators give `columns(j)` (any columns, for the compression A g_s of an s-sparse g and for OMP's
-selected atoms: only the blocks holding them are touched) and `argmax_abs(residual, exclude)` (OMP's
+selected atoms: only the blocks holding them are touched) and `argmax_abs(residual)` (OMP's
 atom selection, streamed over groups of blocks with a correlation buffer bounded by `chunk_bytes`).
 `kernels.omp.omp_core` runs OMP on top of them; when d <= B, `dense()` is A itself and the dense
 kernels run.
@@ -145,19 +145,18 @@ class BlockSensing:
         """Blocks per correlation chunk: as many as fit `chunk_bytes` for `problems` residuals."""
         return max(1, min(self.n_blocks, self.chunk_bytes // max(1, 4 * problems * self.B)))
 
-    def argmax_abs(self, residual: torch.Tensor, exclude: torch.Tensor,
-                   shorter: list[tuple[int, int, int]] = ()) -> torch.Tensor:
-        """For each row r of `residual` (b, k): argmax_j |a_j^T r| over the columns not in its row of
-        `exclude` (b, t; -1 ignored); rows start..end of each (start, end, length) in `shorter` only over A's
-        first `length` columns. Ties go to the lowest index, as NumPy's argmax."""
+    def argmax_abs(self, residual: torch.Tensor, shorter: list[tuple[int, int, int]] = ()) -> torch.Tensor:
+        """For each row r of `residual` (b, k): argmax_j |a_j^T r| over A's columns; rows start..end of each
+        (start, end, length) in `shorter` only over A's first `length` columns. Ties go to the lowest index,
+        as NumPy's argmax."""
         b = residual.shape[0]
         residual = residual.to(self.base.dtype)
         best = torch.empty(b, dtype=torch.long, device=self.device)
         for r0, r1, length in _all_runs(b, self.length, shorter):
-            best[r0:r1] = self._run_argmax(residual[r0:r1], exclude[r0:r1], length)
+            best[r0:r1] = self._run_argmax(residual[r0:r1], length)
         return best
 
-    def _run_argmax(self, residual: torch.Tensor, exclude: torch.Tensor, length: int) -> torch.Tensor:
+    def _run_argmax(self, residual: torch.Tensor, length: int) -> torch.Tensor:
         """`argmax_abs` for rows that share one length: the blocks that length reaches, in groups of blocks
         whose correlations fit `chunk_bytes` (usually one group: one GEMM per OMP iteration)."""
         rows = residual.shape[0]
@@ -181,14 +180,6 @@ class BlockSensing:
                 torch.matmul(residual, block, out=corr[:, 0, : block.shape[1]])
             width = min(length, g1 * self.B) - start
             corr = corr.view(rows, -1)[:, :width].abs_()
-            if exclude.numel():  # -1 slots belong to stopped problems, whose choice is not used
-                if blocks == g1 - g0:
-                    corr.scatter_(1, exclude.clamp_min(0), -1.0)
-                else:
-                    local = exclude - start
-                    inside = (exclude >= 0) & (local >= 0) & (local < width)
-                    row_of = torch.arange(rows, device=self.device).unsqueeze(1).expand_as(exclude)
-                    corr[row_of[inside], local[inside]] = -1.0
             index = row_argmax(corr)
             if blocks == g1 - g0:
                 return index
@@ -259,7 +250,7 @@ def omp_sparse(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, lengths: list[
     if lengths is not None and len(lengths) != Y.shape[0]:
         raise ValueError(f"lengths must give one length per row of Y ({Y.shape[0]}); got {len(lengths)}")
     shorter = _shorter_rows(lengths, op.length, n) if lengths is not None else []
-    select = (lambda r, e: op.argmax_abs(r, e, shorter)) if shorter else op.argmax_abs
+    select = (lambda r: op.argmax_abs(r, shorter)) if shorter else op.argmax_abs
     try:
         return omp_core(Y, n, select, lambda j: op.columns(j).to(Y.dtype))
     finally:

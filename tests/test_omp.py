@@ -431,3 +431,15 @@ def test_s_near_k_and_float32_batches(omp):
         Y = rng.standard_normal((9, m))
         ref = np.stack([_ref_one(A, Y[i], n) for i in range(len(Y))])
         np.testing.assert_allclose(omp(A, Y, n), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_a_problem_whose_best_column_is_already_chosen_stops():
+    """As scikit-learn's OMP stops when its argmax is an active column: the rest of its slots stay unused."""
+    from kernels.omp import omp_core
+
+    A = torch.eye(4)
+    Y = torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, 0.0, 1.0, 0.5]])
+    picks = iter([torch.tensor([1, 0]), torch.tensor([1, 2]), torch.tensor([0, 3])])  # problem 0 repeats 1
+    coef, support = omp_core(Y, 3, lambda residual: next(picks), lambda j: A[:, j].T)
+    assert support.tolist() == [[1, -1, -1], [0, 2, 3]]
+    torch.testing.assert_close(coef, torch.tensor([[2.0, 0.0, 0.0], [3.0, 1.0, 0.5]]))
