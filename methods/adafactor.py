@@ -34,12 +34,6 @@ class Adafactor(OptimizerMethod):
     Options = AdafactorOptions
     options: AdafactorOptions
 
-    def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
-        self.optimizer = self.build_optimizer()
-
     def build_optimizer(self) -> torch.optim.Optimizer:
         o = self.options
         return torch.optim.Adafactor([p for _, p in self.trainable_parameters()], lr=o.lr,

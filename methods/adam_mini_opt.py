@@ -47,10 +47,7 @@ class AdamMini(InventoriedOptimizerMethod):
     options: AdamMiniOptions
 
     def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
-        self.optimizer = self.build_optimizer()
+        super().prepare(model)
         self.blocks = self.check_grouping()
 
     def _shape(self) -> tuple[int, int, int]:

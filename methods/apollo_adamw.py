@@ -67,9 +67,7 @@ class Apollo(OptimizerMethod):
     options: ApolloOptions
 
     def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
+        self.train_every_weight(model)
         projected = self.projected_parameters()
         if not projected:
             targets = self.options.target_modules

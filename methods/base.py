@@ -147,6 +147,13 @@ class Method(abc.ABC):
     def step(self, batch: Batch) -> StepResult:
         """One optimisation step on `batch`; returns the (pre-update) mean loss over target tokens."""
 
+    def train_every_weight(self, model: torch.nn.Module) -> None:
+        """The start of `prepare` for methods that update every parameter (full fine-tuning and the
+        optimizers that replace its AdamW): all of them train, and `model` is what is evaluated."""
+        for p in model.parameters():
+            p.requires_grad_(True)
+        self.model = model
+
     @abc.abstractmethod
     def state_elements(self) -> dict[str, int]:
         """Exact element counts of what the method keeps.
@@ -358,11 +365,16 @@ def create(
 class OptimizerMethod(Method):
     """A first-order method driven by one torch optimizer: backward, optimizer step, free gradients.
 
-    Subclasses choose which parameters train (`prepare`) and build the optimizer (`build_optimizer`).
-    Gradients are freed with `set_to_none` after every step, so between steps none are held.
+    Subclasses choose which parameters train (`prepare`; by default every one) and build the optimizer
+    (`build_optimizer`). Gradients are freed with `set_to_none` after every step, so between steps none
+    are held.
     """
 
     optimizer: torch.optim.Optimizer
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        self.train_every_weight(model)
+        self.optimizer = self.build_optimizer()
 
     @abc.abstractmethod
     def build_optimizer(self) -> torch.optim.Optimizer:

@@ -63,12 +63,6 @@ class Badam(OptimizerMethod):
     Options = BadamOptions
     options: BadamOptions
 
-    def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
-        self.optimizer = self.build_optimizer()
-
     def build_optimizer(self) -> torch.optim.Optimizer:
         from badam import BlockOptimizer
 

@@ -31,9 +31,7 @@ class FullFineTuning(LayerwiseOptimizerMethod):
     options: FullOptions
 
     def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
+        self.train_every_weight(model)
         self.finish_prepare()
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

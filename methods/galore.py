@@ -60,9 +60,7 @@ class Galore(LayerwiseOptimizerMethod):
     options: GaloreOptions
 
     def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
+        self.train_every_weight(model)
         projected = set(self.projected_parameter_names())
         if not projected:
             from harness.errors import ConfigError

@@ -56,9 +56,7 @@ class Lomo(Method):
     options: LomoOptions
 
     def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
+        self.train_every_weight(model)
         self.grad_peak = (0, 0)
         self._step_peak = (0, 0)
         self._hooks = [p.register_hook(self._measure) for p in model.parameters()]  # before the package's

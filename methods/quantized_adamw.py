@@ -66,12 +66,6 @@ def _quiet_bitsandbytes() -> Any:
 class _AllWeights(InventoriedOptimizerMethod):
     """Every weight trains, as in `full`; only the optimizer differs."""
 
-    def prepare(self, model: torch.nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
-        self.optimizer = self.build_optimizer()
-
     def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """What `state_bytes()` will report after training, from the shapes alone (works on `meta`)."""
         params = [p for _, p in self.trainable_parameters()]
