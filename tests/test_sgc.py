@@ -176,23 +176,21 @@ def _two_layer_loss(model, mb):
     return 0.5 * ((model(mb["x"])[:, :8] - mb["y"]) ** 2).sum(), 1
 
 
-@pytest.mark.parametrize("options", [{}, {"workspace_mb": 0.004}], ids=["one-block", "streamed"])
-def test_weights_of_two_lengths_each_use_the_first_columns_of_one_a(options):
-    """q_proj (48 entries) and v_proj (80) share one A: each compresses and recovers with A's first d columns,
-    whether they are solved per length (dense kernels) or in one streamed call with per-problem lengths."""
-    model = _TwoLayers()
+def _check_one_step_on_two_lengths(options: dict, device: str, rtol: float, atol: float) -> None:
+    """q_proj (48 entries) and v_proj (80) share one A: after one step from zero moments, each weight moved
+    as the paper's equations say with A's first d columns (bias-corrected moments: A g_s, A g_s^2)."""
+    model = _TwoLayers().to(device)
     method = create("sgc", {"k": 12, "s": 2, "lr": 0.01, "target_modules": ["q_proj", "v_proj"], **options},
                     _two_layer_loss, seed=0)
     method.prepare(model)
     assert (method.operator.n_blocks > 1) == bool(options)
-    A = method.projection(80).double().numpy()
-    weights = {n: model.get_submodule(n).weight.detach().double().numpy().reshape(-1).copy()
+    A = method.projection(80).double().cpu().numpy()
+    weights = {n: model.get_submodule(n).weight.detach().double().cpu().numpy().reshape(-1).copy()
                for n in ("q_proj", "v_proj")}
-    batch = toy_batch(seed=3)
+    batch = Batch([{k: v.to(device) for k, v in mb.items()} for mb in toy_batch(seed=3).micro_batches])
     model.zero_grad()
-    loss, _ = _two_layer_loss(model, batch.micro_batches[0])
-    loss.backward()
-    grads = {n: model.get_submodule(n).weight.grad.double().numpy().reshape(-1).copy() for n in weights}
+    _two_layer_loss(model, batch.micro_batches[0])[0].backward()
+    grads = {n: model.get_submodule(n).weight.grad.double().cpu().numpy().reshape(-1).copy() for n in weights}
     model.zero_grad()
     method.step(batch)
     for name, w in weights.items():
@@ -200,14 +198,20 @@ def test_weights_of_two_lengths_each_use_the_first_columns_of_one_a(options):
         keep = np.argsort(-np.abs(g))[:2]
         g_s = np.zeros(d)
         g_s[keep] = g[keep]
-        p_hat, q_hat = A[:, :d] @ g_s, A[:, :d] @ (g_s * g_s)  # bias-corrected moments after one step
+        p_hat, q_hat = A[:, :d] @ g_s, A[:, :d] @ (g_s * g_s)
         m_hat = orthogonal_mp(A[:, :d], p_hat, n_nonzero_coefs=2)
         support = np.flatnonzero(m_hat)
         v_s = np.linalg.lstsq(A[:, support], q_hat, rcond=None)[0]
         update = np.zeros(d)
         update[support[v_s > 0]] = m_hat[support[v_s > 0]] / (np.sqrt(v_s[v_s > 0]) + 1e-8)
-        now = model.get_submodule(name).weight.detach().double().numpy().reshape(-1)
-        np.testing.assert_allclose(now, w - 0.01 * update, rtol=1e-4, atol=1e-6)
+        now = model.get_submodule(name).weight.detach().double().cpu().numpy().reshape(-1)
+        np.testing.assert_allclose(now, w - 0.01 * update, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("options", [{}, {"workspace_mb": 0.004}], ids=["one-block", "streamed"])
+def test_weights_of_two_lengths_each_use_the_first_columns_of_one_a(options):
+    """Whether solved per length (dense kernels) or in one streamed call with per-problem lengths."""
+    _check_one_step_on_two_lengths(options, "cpu", rtol=1e-4, atol=1e-6)
 
 
 def test_fused_holds_one_gradient_at_a_time():
@@ -284,46 +288,9 @@ def test_block_of_a_by_length_and_option():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("options", [{}, {"workspace_mb": 0.004}], ids=["one-block", "streamed"])
 def test_a_step_on_a_gpu_matches_the_reference_equations(options):
-    """On CUDA: A is one block (the paper's Gaussian A, the dense kernels, CuPy when installed) or streamed."""
-    model = _TwoLayers().cuda()
-    method = create("sgc", {"k": 12, "s": 2, "lr": 0.01, "target_modules": ["q_proj", "v_proj"], **options},
-                    _two_layer_loss, seed=0)
-    method.prepare(model)
-    assert (method.operator.n_blocks > 1) == bool(options)
-    A = method.projection(80).double().cpu().numpy()
-    before = model.v_proj.weight.detach().double().cpu().numpy().reshape(-1).copy()
-    before_q = model.q_proj.weight.detach().double().cpu().numpy().reshape(-1).copy()
-    batch = toy_batch(seed=3)
-    batch = Batch([{k: v.cuda() for k, v in mb.items()} for mb in batch.micro_batches])
-    model.zero_grad()
-    _two_layer_loss(model, batch.micro_batches[0])[0].backward()
-    g = model.v_proj.weight.grad.double().cpu().numpy().reshape(-1).copy()
-    g_q = model.q_proj.weight.grad.double().cpu().numpy().reshape(-1).copy()
-    model.zero_grad()
-    method.step(batch)
-    keep = np.argsort(-np.abs(g))[:2]
-    g_s = np.zeros_like(g)
-    g_s[keep] = g[keep]
-    m_hat = orthogonal_mp(A, A @ g_s, n_nonzero_coefs=2)
-    support = np.flatnonzero(m_hat)
-    v_s = np.linalg.lstsq(A[:, support], A @ (g_s * g_s), rcond=None)[0]
-    update = np.zeros_like(g)
-    update[support[v_s > 0]] = m_hat[support[v_s > 0]] / (np.sqrt(v_s[v_s > 0]) + 1e-8)
-    now = model.v_proj.weight.detach().double().cpu().numpy().reshape(-1)
-    np.testing.assert_allclose(now, before - 0.01 * update, rtol=1e-3, atol=1e-5)
-    # q_proj (48 entries), the shorter weight: A's first 48 columns (a strided slice on the one-block path)
-    gq, wq = g_q, before_q
-    keep = np.argsort(-np.abs(gq))[:2]
-    g_s = np.zeros_like(gq)
-    g_s[keep] = gq[keep]
-    Aq = A[:, :48]
-    m_hat = orthogonal_mp(Aq, Aq @ g_s, n_nonzero_coefs=2)
-    support = np.flatnonzero(m_hat)
-    v_s = np.linalg.lstsq(Aq[:, support], Aq @ (g_s * g_s), rcond=None)[0]
-    update = np.zeros_like(gq)
-    update[support[v_s > 0]] = m_hat[support[v_s > 0]] / (np.sqrt(v_s[v_s > 0]) + 1e-8)
-    now = model.q_proj.weight.detach().double().cpu().numpy().reshape(-1)
-    np.testing.assert_allclose(now, wq - 0.01 * update, rtol=1e-3, atol=1e-5)
+    """On CUDA: A is one block (the paper's Gaussian A, the dense kernels, CuPy when installed; q_proj's A is a
+    strided slice of it) or streamed."""
+    _check_one_step_on_two_lengths(options, "cuda", rtol=1e-3, atol=1e-5)
 
 
 def test_a_target_name_that_matches_nothing_is_an_error():
