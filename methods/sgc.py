@@ -312,7 +312,7 @@ class Sgc(Method):
         if op.n_blocks == 1:  # the dense kernels (CuPy on a GPU) take one A: A's first `length` columns
             groups = [[b for b in self.blocks if b.length == length] for length in dict.fromkeys(
                 b.length for b in self.blocks)]
-        else:  # the streamed kernel masks each problem's columns beyond its length: one call for all
+        else:  # the streamed kernel restricts each run of rows to its own length: one call for all
             groups = [sorted(self.blocks, key=lambda b: b.length)]  # rows of one length together
         for blocks in groups:
             for pieces in _pack(blocks, self._problems_per_call(op)):
