@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from harness import commonsense, llm_adapters
-from harness.config import ModelSpec
-from harness.evaluate import evaluate_generate, evaluate_loglik
-from harness.models import build_model, build_tokenizer
+from memft_bench.harness import commonsense, llm_adapters
+from memft_bench.harness.config import ModelSpec
+from memft_bench.harness.evaluate import evaluate_generate, evaluate_loglik
+from memft_bench.harness.models import build_model, build_tokenizer
 
 
 def main() -> None:

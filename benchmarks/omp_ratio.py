@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from sklearn.linear_model import orthogonal_mp
 
-from kernels.omp import OmpSolver, _SharedSelect, batched_omp_torch, cupy_available
-from kernels.sensing import BlockSensing
-from kernels.sensing import omp as streamed_omp
-from methods.sgc import auto_block_columns
+from memft_bench.kernels.omp import OmpSolver, _SharedSelect, batched_omp_torch, cupy_available
+from memft_bench.kernels.sensing import BlockSensing
+from memft_bench.kernels.sensing import omp as streamed_omp
+from memft_bench.methods.sgc import auto_block_columns
 
 # (batch, d, s, k): SGC on tiny's attention and MLP weights, MESGC's 1024-entry chunks, and larger ones.
 SHAPES = [(6, 16384, 16, 128), (4, 32768, 16, 128), (2048, 1024, 16, 128), (64, 1024, 16, 128),

@@ -26,11 +26,11 @@ def main() -> None:
 
     from tabulate import tabulate
 
-    from harness import runner
-    from harness.config import apply_overrides, load_suite
-    from harness.preflight import run_preflight
-    from harness.results import read_rows, results_path
-    from harness.sweeps import split_overrides
+    from memft_bench.harness import runner
+    from memft_bench.harness.config import apply_overrides, load_suite
+    from memft_bench.harness.preflight import run_preflight
+    from memft_bench.harness.results import read_rows, results_path
+    from memft_bench.harness.sweeps import split_overrides
 
     plain, sweeps = split_overrides(args.overrides)
     suite = load_suite(args.suite)

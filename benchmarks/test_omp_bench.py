@@ -18,7 +18,7 @@ import pytest
 import torch
 from sklearn.linear_model import orthogonal_mp
 
-from kernels.omp import batched_omp_torch
+from memft_bench.kernels.omp import batched_omp_torch
 
 SHAPES = [(16, 1024, 8, 64), (64, 1024, 16, 128), (16, 4096, 32, 256)]  # (batch, d, s, k)
 
@@ -57,7 +57,7 @@ def test_sklearn_multi_target_gram(benchmark, b, d, s, k):
 @pytest.mark.parametrize("part", ["correlation_step", "plain_matmul"])
 @pytest.mark.parametrize(("b", "d", "s", "k"), SHAPES)
 def test_correlation_step_against_matmul(benchmark, part, b, d, s, k):
-    from kernels.omp import _SharedSelect
+    from memft_bench.kernels.omp import _SharedSelect
 
     A = torch.randn(k, d)
     residual = torch.randn(b, k)
@@ -74,7 +74,7 @@ def test_correlation_step_against_matmul(benchmark, part, b, d, s, k):
 @pytest.mark.parametrize("backend", ["torch", "cupy"])
 @pytest.mark.parametrize(("b", "d", "s", "k"), SHAPES)
 def test_gpu_backends(benchmark, backend, b, d, s, k):
-    from kernels.omp import batched_omp
+    from memft_bench.kernels.omp import batched_omp
 
     if backend == "cupy":
         pytest.importorskip("cupy")

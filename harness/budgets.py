@@ -28,13 +28,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ConfigError
-from harness.options import build, option
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import build, option
 
 if TYPE_CHECKING:
     import torch
 
-    from harness.config import SuiteSpec
+    from memft_bench.harness.config import SuiteSpec
 
 MIN_S = 4
 _MULTIPLE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*x\s*([A-Za-z_][\w-]*)\s*")
@@ -95,9 +95,9 @@ _META_MODELS: dict[str, Any] = {}
 
 def _meta_model(suite: SuiteSpec) -> torch.nn.Module:
     """The suite's model on `meta`, built once per model spec (a plan resolves every variant from it)."""
-    from harness.config import fingerprint
-    from harness.options import to_dict
-    from harness.preflight import CannotBuildOnMeta, build_meta_model
+    from memft_bench.harness.config import fingerprint
+    from memft_bench.harness.options import to_dict
+    from memft_bench.harness.preflight import CannotBuildOnMeta, build_meta_model
 
     key = fingerprint(to_dict(suite.model))
     if key not in _META_MODELS:
@@ -117,9 +117,9 @@ def reference_state_elements(suite: SuiteSpec, method: str, model: torch.nn.Modu
     """`method`'s optimizer state with this suite's options, in float32 elements (its bytes / 4, so an 8-bit
     optimizer's state counts at its real size against SGC's float32 moments), from the method's own
     prediction on the meta model (`Method.predicted_state_bytes`, the pre-flight's figure)."""
-    from harness.errors import BenchError
-    from harness.precision import Precision
-    from methods.base import create
+    from memft_bench.harness.errors import BenchError
+    from memft_bench.harness.precision import Precision
+    from memft_bench.methods.base import create
 
     where = f"{suite.name}: state_budgets (\"x {method}\")"
     try:
@@ -145,8 +145,8 @@ def resolve(suite: SuiteSpec, method: str, values: dict[str, Any], model: torch.
     budget = budgets.get(method)
     if budget is None or ("k" in values and "s" in values):
         return values, None
-    from methods.base import create, get_method_class
-    from methods.sgc import Cesgc, Sgc
+    from memft_bench.methods.base import create, get_method_class
+    from memft_bench.methods.sgc import Cesgc, Sgc
 
     where = f"{suite.name}: state_budgets.{method}"
     if not issubclass(get_method_class(method), Sgc):

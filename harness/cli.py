@@ -21,8 +21,8 @@ from typing import Any
 
 import click
 
-from harness.errors import BenchError
-from harness.execution import Execution, execution_options
+from memft_bench.harness.errors import BenchError
+from memft_bench.harness.execution import Execution, execution_options
 
 USAGE_ERROR = 2
 TRIALS_FAILED = 1
@@ -45,7 +45,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from harness.results import ResultsWarning
+        from memft_bench.harness.results import ResultsWarning
 
         with warnings.catch_warnings():
             original = warnings.showwarning
@@ -121,8 +121,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         no_report: bool, quiet: bool, execution: Execution) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     import_plugins(plugins)
-    from harness.config import apply_overrides, load_suite
-    from harness.sweeps import split_overrides
+    from memft_bench.harness.config import apply_overrides, load_suite
+    from memft_bench.harness.sweeps import split_overrides
 
     spec = load_suite(suite)
     plain, sweeps = split_overrides(list(overrides))
@@ -152,7 +152,7 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
             task.limit_train = limit_train or task.limit_train
             task.limit_eval = limit_eval or task.limit_eval
 
-    from harness import runner
+    from memft_bench.harness import runner
 
     out_dir = out or Path("runs") / spec.name
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
@@ -169,14 +169,14 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
                f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device}{executor.describe()} "
                f"-> {out_dir}")
-    from harness.preflight import run_preflight
+    from memft_bench.harness.preflight import run_preflight
 
     checked = run_preflight(run_plan, run_plan.variants if dry_run else
                             runner.pending_variants(run_plan, retry_failed))
     for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
         _warn(line)
     if dry_run:
-        from harness.preflight import render_estimates
+        from memft_bench.harness.preflight import render_estimates
 
         click.echo(render_estimates(checked, run_plan))
         return
@@ -187,14 +187,14 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         if run_plan.device == "cpu":  # N trials at once share this machine's memory
             checked.free_bytes //= len(slots)
         else:  # one trial per GPU: each must fit on the GPU with the least free memory
-            from harness.preflight import free_memory_bytes
+            from memft_bench.harness.preflight import free_memory_bytes
 
             frees = [free_memory_bytes(f"cuda:{i}") for i in execution.gpu_indices()]
             checked.free_bytes = None if None in frees else min(f for f in frees if f is not None)
     refusals = {} if not fit_check else {
         key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
     try:
-        from harness.estimate import announce
+        from memft_bench.harness.estimate import announce
 
         announce(run_plan, click.echo)  # a long run on a CPU: how long it will take here, and the CPU preset
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
@@ -208,7 +208,7 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     if pending:
         click.echo(pending)
     if not no_report:
-        from harness.report import write_report
+        from memft_bench.harness.report import write_report
 
         click.echo(f"report: {write_report([out_dir])}")
     click.echo(f"results: {out_dir / 'results.jsonl'} ({len(rows) - len(failed)} ok, {len(failed)} failed)")
@@ -250,17 +250,17 @@ def list_group() -> None:
 def list_methods(verbose: bool, plugins: tuple[str, ...]) -> None:
     """Registered methods: built-ins and plugins (entry-point group bench.methods)."""
     import_plugins(plugins)
-    from methods.base import available_methods
+    from memft_bench.methods.base import available_methods
 
     methods = available_methods()
     width = max(map(len, methods), default=0)
-    from methods.package_check import install_note
+    from memft_bench.methods.package_check import install_note
 
     for name, summary in sorted(methods.items()):
         click.echo(f"{name:<{width}}  {summary} {install_note(name)}".rstrip())
         if verbose:
-            from harness.options import describe
-            from methods.base import get_method_class
+            from memft_bench.harness.options import describe
+            from memft_bench.methods.base import get_method_class
 
             for field, type_name, default, help_text in describe(get_method_class(name).Options):
                 click.echo(f"    {field} ({type_name}, default {default!r}): {help_text}")
@@ -270,7 +270,7 @@ def list_methods(verbose: bool, plugins: tuple[str, ...]) -> None:
 @friendly_errors
 def list_suites_command() -> None:
     """Built-in suites (suites/*.yaml)."""
-    from harness.config import list_suites
+    from memft_bench.harness.config import list_suites
 
     suites = list_suites()
     width = max(map(len, suites), default=0)
@@ -284,8 +284,8 @@ def env() -> None:
     """The environment results would record: versions, CPU/GPU, driver, commit."""
     import json
 
-    from harness.env import environment
-    from harness.runner import resolve_device
+    from memft_bench.harness.env import environment
+    from memft_bench.harness.runner import resolve_device
 
     device = resolve_device("auto")
     click.echo(json.dumps(environment(device), indent=2))
@@ -304,7 +304,7 @@ def env() -> None:
 def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_figures: bool, reference: str,
            quiet: bool) -> None:
     """Print and write a Markdown comparison report of one or more runs, with figures."""
-    from harness.report import write_report
+    from memft_bench.harness.report import write_report
 
     path = write_report(list(run_dirs), out, title, with_figures=not no_figures, reference=reference)
     if not quiet:
@@ -321,7 +321,7 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_f
 @friendly_errors
 def compare(baseline: Path, current: Path, tolerance: Path | None, show_all: bool) -> None:
     """Compare CURRENT against BASELINE (run directories or results files); exit 1 on a regression."""
-    from harness.compare import render, run_compare
+    from memft_bench.harness.compare import render, run_compare
 
     comparison = run_compare(baseline, current, tolerance)
     click.echo(render(comparison, show_all))

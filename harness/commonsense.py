@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BenchError
+from memft_bench.harness.errors import BenchError
 
 #: Task folder names, as LLM-Adapters names them, and the answer words each uses.
 ANSWER_WORDS: dict[str, tuple[str, ...]] = {
@@ -64,7 +64,7 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     (`harness.fetch`; offline, one error line says how to bring the data)."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        from harness.fetch import fetch_commonsense
+        from memft_bench.harness.fetch import fetch_commonsense
 
         return fetch_commonsense()
     path = Path(chosen).expanduser()

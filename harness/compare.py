@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.errors import BenchError, ConfigError
-from harness.options import build, option
+from memft_bench.harness.errors import BenchError, ConfigError
+from memft_bench.harness.options import build, option
 
 KEY = ["task", "method", "variant", "seed"]
 EXACT = ["trainable_params", "optimizer_state_elements", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb"]
@@ -78,7 +78,7 @@ def load_tolerance(path: Path | None) -> Tolerance:
 
 
 def _frame(path: Path) -> pd.DataFrame:
-    from harness.results import load_frame, results_path
+    from memft_bench.harness.results import load_frame, results_path
 
     if not results_path(path).is_file():
         raise BenchError(f"{path}: no results here (give a run directory or a results.jsonl file)")
@@ -149,7 +149,7 @@ def _speed(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> lis
 
 def _accuracy(name: str, base: pd.Series, now: pd.Series, tol: Tolerance) -> Finding | None:
     """Accuracy: a regression only when the drop is beyond the tolerance and outside the noise."""
-    from harness.uncertainty import row_difference
+    from memft_bench.harness.uncertainty import row_difference
 
     finding = _check(name, "accuracy", base["accuracy"], now["accuracy"],
                      lambda b, c: c < b - tol.accuracy_abs - 1e-12, higher_is_better=True)

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from harness.errors import ConfigError, UnknownNameError
-from harness.options import build, option, to_dict
+from memft_bench.harness.errors import ConfigError, UnknownNameError
+from memft_bench.harness.options import build, option, to_dict
 
 SUITE_SUFFIX = ".yaml"
 
@@ -59,7 +59,7 @@ class ModelSpec:
     pretrain_batch_size: int = option(32, "tiny-llama: pre-training sequences per step", min=1)
 
     def validate(self, where: str) -> None:
-        from harness.precision import PRECISIONS, REFUSED
+        from memft_bench.harness.precision import PRECISIONS, REFUSED
 
         if self.precision in REFUSED:
             raise ConfigError(f"{where}.precision: {self.precision} is not supported: {REFUSED[self.precision]}")
@@ -82,7 +82,7 @@ class ModelSpec:
     def label(self) -> str:
         """What the model really is, for the result row's `model` field."""
         if self.kind == "pretrained":
-            from harness.pretrained import label
+            from memft_bench.harness.pretrained import label
 
             return label(str(self.path))
         start = "random init"
@@ -112,8 +112,8 @@ class TaskSpec:
     limit_eval: int = option(0, "commonsense: score a seeded subset of this many items per test set (0: all)", min=0)
 
     def validate(self, where: str) -> None:
-        from harness.commonsense import TASKS
-        from harness.synthetic import GENERATORS
+        from memft_bench.harness.commonsense import TASKS
+        from memft_bench.harness.synthetic import GENERATORS
 
         if self.source == "synthetic" and self.generator not in GENERATORS:
             raise ConfigError(
@@ -185,14 +185,14 @@ class SuiteSpec:
         for method, values in self.methods.items():
             if values is not None and not isinstance(values, dict):
                 raise ConfigError(f"{where}.methods.{method}: expected a mapping of options, got {values!r}")
-        from harness.budgets import parse_budgets
+        from memft_bench.harness.budgets import parse_budgets
 
         parse_budgets(self.state_budgets, f"{where}.state_budgets")
         for method, values in self.sweeps.items():
             if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
                 raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")
         if self.slurm:
-            from harness.slurm import SlurmSpec
+            from memft_bench.harness.slurm import SlurmSpec
 
             build(SlurmSpec, self.slurm, f"{where}.slurm")
 
@@ -210,12 +210,22 @@ def suite_from_data(data: Any, where: str) -> SuiteSpec:
     return build(SuiteSpec, data, where)
 
 
-def _builtin_suite_files() -> dict[str, Any]:
-    return {
-        entry.name[: -len(SUITE_SUFFIX)]: entry
-        for entry in resources.files("suites").iterdir()
-        if entry.name.endswith(SUITE_SUFFIX)
-    }
+def builtin_suite_dir() -> Path:
+    """The folder of the built-in suites, installed as the data-only package `memft_bench.suites`.
+
+    Looked up through the import system rather than `importlib.resources`: the folder is a namespace
+    package (no `__init__.py`, so that no generic top-level `suites` package of ours exists), and an
+    editable install lists a non-directory placeholder among its locations, which resources refuses."""
+    spec = importlib.util.find_spec("memft_bench.suites")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location, "tiny.yaml").is_file():
+            return Path(location)
+    raise ConfigError("the built-in suites are not installed (reinstall the project: pip install -e .)")
+
+
+def _builtin_suite_files() -> dict[str, Path]:
+    return {entry.name[: -len(SUITE_SUFFIX)]: entry for entry in builtin_suite_dir().iterdir()
+            if entry.name.endswith(SUITE_SUFFIX)}
 
 
 def _read_yaml(text: str, where: str) -> Any:
@@ -275,7 +285,7 @@ def parse_override(text: str) -> tuple[list[str], str]:
 def check_override_section(section: str, text: str) -> None:
     """A `--set` section must be a suite section or a registered method: a typo would otherwise change
     nothing and say nothing."""
-    from methods.base import available_methods
+    from memft_bench.methods.base import available_methods
 
     if section in SUITE_SECTIONS:
         return

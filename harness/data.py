@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from harness.config import SuiteSpec, TaskSpec
-from harness.prompts import build_prompt
-from harness.synthetic import GENERATORS, generate_split
-from methods.base import Batch
+from memft_bench.harness.config import SuiteSpec, TaskSpec
+from memft_bench.harness.prompts import build_prompt
+from memft_bench.harness.synthetic import GENERATORS, generate_split
+from memft_bench.methods.base import Batch
 
 IGNORE_INDEX = -100
 
@@ -45,7 +45,7 @@ def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
         options = GENERATORS[task.generator].options
         return TaskData(task.name, train, {task.name: test}, lambda _name, _record: options,
                         f"synthetic generator {task.generator!r}")
-    from harness import commonsense
+    from memft_bench.harness import commonsense
 
     data_dir = commonsense.resolve_data_dir(task.data_dir)
     mix = commonsense.training_mix(data_dir, seed, task.limit_train or None)

@@ -56,7 +56,7 @@ def run_probe(probe: Any, out_dir: Any, timeout_s: float) -> dict[str, Any]:
     """The probe trial's row, run in its own process as every trial is."""
     import shutil
 
-    from harness.executors import start_local
+    from memft_bench.harness.executors import start_local
 
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     process, tmp = start_local(probe, out_dir, timeout_s)
@@ -68,7 +68,7 @@ def run_probe(probe: Any, out_dir: Any, timeout_s: float) -> dict[str, Any]:
 
 def announce(run_plan: Any, echo: Callable[[str], None], timeout_s: float = 900) -> float | None:
     """Print the estimate line for a long CPU run (None and no output for any other run)."""
-    from harness import runner
+    from memft_bench.harness import runner
 
     steps = run_plan.suite.budget.steps
     if not run_plan.trials or not str(run_plan.device).startswith("cpu") or steps <= LONG_RUN_STEPS:

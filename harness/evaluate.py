@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from harness.commonsense import extract_answer  # noqa: F401  (public API: harness.evaluate.extract_answer)
-from harness.data import build_prompt, left_pad
-from harness.models import logits_of_last
+from memft_bench.harness.commonsense import extract_answer  # noqa: F401  (public API: harness.evaluate.extract_answer)
+from memft_bench.harness.data import build_prompt, left_pad
+from memft_bench.harness.models import logits_of_last
 
 
 @dataclass

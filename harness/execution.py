@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from harness.errors import ConfigError
+from memft_bench.harness.errors import ConfigError
 
 EXECUTORS = ("local", "slurm")
 
@@ -36,7 +36,7 @@ class Execution:
 
     def build(self, suite: Any, device: str, timeout_s: float | None) -> tuple[Any, str]:
         """(executor, the trials' device string), or ConfigError before anything runs or is submitted."""
-        from harness.runner import resolve_device
+        from memft_bench.harness.runner import resolve_device
 
         if self.executor not in EXECUTORS:
             raise ConfigError(f"--executor {self.executor!r}: expected one of {', '.join(EXECUTORS)}")
@@ -46,7 +46,7 @@ class Execution:
             raise ConfigError("--detach submits to a cluster and returns: it needs --executor slurm")
         if self.slurm:
             raise ConfigError("--slurm settings apply to --executor slurm only")
-        from harness.executors import LocalExecutor, cpu_slots, device_slots
+        from memft_bench.harness.executors import LocalExecutor, cpu_slots, device_slots
 
         if self.devices is not None:
             if self.jobs is not None:
@@ -69,7 +69,7 @@ class Execution:
         return LocalExecutor(), resolved
 
     def _slurm(self, suite: Any, device: str, timeout_s: float | None) -> tuple[Any, str]:
-        from harness.slurm import SlurmExecutor, preflight, slurm_spec
+        from memft_bench.harness.slurm import SlurmExecutor, preflight, slurm_spec
 
         if self.devices is not None or self.jobs is not None:
             raise ConfigError("--devices and --jobs are for local runs; with --executor slurm every trial is a job "

@@ -1,6 +1,6 @@
 """Where a run's trials execute: in local processes, one at a time or several at once.
 
-Every trial runs the same entry point, `python -m harness.trial SPEC ROW`, in its own process (own
+Every trial runs the same entry point, `python -m memft_bench.harness.trial SPEC ROW`, in its own process (own
 session, output to `DIR/logs/<trial>.log`), whichever executor starts it; the runner alone appends
 rows to `results.jsonl`, so rows stay one per trial and appends stay atomic however many trials are
 in flight. An executor's `rows()` yields `(trial, row, seconds)` as trials finish. A local executor
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
-from harness.results import empty_row
-from harness.trial import now
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.results import empty_row
+from memft_bench.harness.trial import now
 
 #: What every executor yields: the trial, its row, and the wall-clock seconds it took from start to row.
 Finished = tuple[Any, dict[str, Any], float]
@@ -50,7 +50,7 @@ def failure_row(spec: dict[str, Any], status: str, reason: str, log_path: Path |
 
 
 class TrialProcess:
-    """One running `python -m harness.trial SPEC ROW`, watched without blocking.
+    """One running `python -m memft_bench.harness.trial SPEC ROW`, watched without blocking.
 
     `poll()` returns None while the trial runs, then its row: the one the trial wrote, or a failure row
     when the process died without writing one or ran past `timeout_s` (then its process group is killed).
@@ -69,7 +69,7 @@ class TrialProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w", encoding="utf-8") as log:
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "harness.trial", str(spec_path), str(result_path)],
+                [sys.executable, "-m", "memft_bench.harness.trial", str(spec_path), str(result_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True,
             )
         self._last_progress = 0.0
@@ -80,7 +80,7 @@ class TrialProcess:
         return time.monotonic() - self.t0
 
     def poll(self) -> dict[str, Any] | None:
-        from harness.runner import _signal_reason
+        from memft_bench.harness.runner import _signal_reason
 
         returncode = self.child.poll()
         if returncode is None:
@@ -103,7 +103,7 @@ class TrialProcess:
 
     def report(self, on_progress: Show | None) -> None:
         """Refresh `progress_line` from the log (every 2 s) and pass it on."""
-        from harness.runner import _last_progress_line
+        from memft_bench.harness.runner import _last_progress_line
 
         if time.monotonic() - self._last_progress < PROGRESS_EVERY_S:
             return
@@ -127,7 +127,7 @@ class TrialProcess:
 def start_local(trial: Any, out_dir: Path, timeout_s: float | None,
                 env: dict[str, str] | None = None) -> tuple[TrialProcess, Path]:
     """Start `trial` with its spec and row in a private directory under `out_dir` (the caller removes it)."""
-    from harness.runner import _log_name
+    from memft_bench.harness.runner import _log_name
 
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".trial-"))
     process = TrialProcess(trial.spec, tmp / "spec.json", tmp / "row.json", out_dir / "logs" / _log_name(trial),
@@ -189,7 +189,7 @@ class LocalExecutor:
         return None  # every trial it started has its row
 
     def rows(self, todo: list[Any], out_dir: Path, timeout_s: float | None, show: Show) -> Iterator[Finished]:
-        from harness.slurm import refuse_if_jobs_in_flight
+        from memft_bench.harness.slurm import refuse_if_jobs_in_flight
 
         refuse_if_jobs_in_flight(out_dir, todo)
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)

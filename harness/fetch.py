@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import BenchError
+from memft_bench.harness.errors import BenchError
 
 COMMIT = "816657208af4db747803f87ba40a4c71383fed7a"
 BASE_URL = f"https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/{COMMIT}/"
@@ -71,7 +71,7 @@ def git_blob_id(path: Path) -> str:
 
 
 def default_dir() -> Path:
-    from harness.cache import cache_dir
+    from memft_bench.harness.cache import cache_dir
 
     return cache_dir() / "data" / "commonsense"
 

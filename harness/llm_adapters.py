@@ -89,7 +89,7 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict[str, str]],
     """Accuracy under their decoding: one record at a time, 4-beam search, 32 new tokens, no truncation."""
     import torch
 
-    from harness.evaluate import EvalResult
+    from memft_bench.harness.evaluate import EvalResult
 
     was_training = model.training
     model.eval()

@@ -94,7 +94,7 @@ def nvml_handle(pynvml: Any, device_index: int) -> tuple[object, str]:
     "uuid GPU-58f7b3a2-..." or "pci_bus_id 00000000:1b:00.0". Raises LookupError, naming each failed
     lookup, when neither finds the GPU. NVML must already be initialised.
     """
-    from harness.env import cuda_pci_bus_id, cuda_uuid
+    from memft_bench.harness.env import cuda_pci_bus_id, cuda_uuid
 
     props = torch.cuda.get_device_properties(device_index)
     failures: list[str] = []

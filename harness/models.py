@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.cache import cache_dir
-from harness.config import ModelSpec
-from harness.errors import BenchError
-from harness.synthetic import vocabulary_text
+from memft_bench.harness.cache import cache_dir
+from memft_bench.harness.config import ModelSpec
+from memft_bench.harness.errors import BenchError
+from memft_bench.harness.synthetic import vocabulary_text
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
@@ -55,7 +55,7 @@ def build_tokenizer(spec: ModelSpec) -> Any:
         return build_word_tokenizer(vocabulary_text())
     from transformers import AutoTokenizer
 
-    from harness.pretrained import check_model_files, resolve
+    from memft_bench.harness.pretrained import check_model_files, resolve
 
     local = resolve(spec.path)
     check_model_files(local)
@@ -96,7 +96,7 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
     """
     from transformers import LlamaForCausalLM
 
-    from harness.precision import Precision
+    from memft_bench.harness.precision import Precision
 
     dtype = Precision(spec.precision).storage_dtype
     torch.manual_seed(seed)
@@ -109,7 +109,7 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
     else:
         from transformers import AutoModelForCausalLM
 
-        from harness.pretrained import check_model_files, resolve
+        from memft_bench.harness.pretrained import check_model_files, resolve
 
         local = resolve(spec.path)
         check_model_files(local)
@@ -128,7 +128,7 @@ def pretrain(model: torch.nn.Module, spec: ModelSpec, tokenizer: Any, seed: int)
 
     Deterministic in (spec, seed), so the cached result is the same whoever computes it first.
     """
-    from harness.synthetic import pretraining_text
+    from memft_bench.harness.synthetic import pretraining_text
 
     generator = torch.Generator().manual_seed(seed)
     corpus = pretraining_text(4096, seed)
@@ -154,8 +154,8 @@ def load_or_pretrain(model: torch.nn.Module, spec: ModelSpec, tokenizer: Any, se
     """Load the pre-trained tiny weights from the cache, or pre-train and cache them (safetensors, atomic)."""
     from safetensors.torch import load_file, save_file
 
-    from harness.config import fingerprint
-    from harness.options import to_dict
+    from memft_bench.harness.config import fingerprint
+    from memft_bench.harness.options import to_dict
 
     key = fingerprint({"spec": to_dict(spec), "seed": seed, "vocab": tokenizer.get_vocab(), "version": 1})
     path = cache_dir() / "tiny-llama" / f"{key}.safetensors"

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar, Union
 
-from harness.errors import ConfigError
+from memft_bench.harness.errors import ConfigError
 
 T = TypeVar("T")
 

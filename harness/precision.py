@@ -113,7 +113,7 @@ def check_supported(precision: Precision, device: torch.device) -> None:
     would emulate it, slowly, on a V100 or T4, and the step times would measure the emulation)."""
     import torch
 
-    from harness.errors import BenchError
+    from memft_bench.harness.errors import BenchError
 
     if (precision.autocast_dtype is torch.bfloat16 and device.type == "cuda"
             and not torch.cuda.is_bf16_supported(including_emulation=False)):

@@ -78,7 +78,7 @@ def _unusable(problem: str) -> None:
     to unpaired intervals, and the reader must know why."""
     import warnings
 
-    from harness.results import ResultsWarning
+    from memft_bench.harness.results import ResultsWarning
 
     warnings.warn(f"{problem}; its row's items are not paired", ResultsWarning, stacklevel=3)
 

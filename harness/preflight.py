@@ -23,13 +23,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import BenchError, ConfigError
+from memft_bench.harness.errors import BenchError, ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-    from harness.config import ModelSpec, SuiteSpec
-    from harness.runner import RunPlan
+    from memft_bench.harness.config import ModelSpec, SuiteSpec
+    from memft_bench.harness.runner import RunPlan
 
 GiB = 2**30
 MiB = 2**20
@@ -124,8 +124,8 @@ def build_meta_model(spec: ModelSpec) -> torch.nn.Module:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
-    from harness.models import build_tokenizer, tiny_llama_config
-    from harness.precision import Precision
+    from memft_bench.harness.models import build_tokenizer, tiny_llama_config
+    from memft_bench.harness.precision import Precision
 
     dtype = Precision(spec.precision).storage_dtype
     try:
@@ -134,7 +134,7 @@ def build_meta_model(spec: ModelSpec) -> torch.nn.Module:
             with torch.device("meta"):
                 model = LlamaForCausalLM(config)
         else:
-            from harness.pretrained import check_model_files, resolve
+            from memft_bench.harness.pretrained import check_model_files, resolve
 
             local = resolve(spec.path)
             check_model_files(local)  # a damaged file is a BenchError naming it, not a reason to skip
@@ -183,10 +183,10 @@ def check_variant(model: torch.nn.Module, suite: SuiteSpec, method: str, variant
     not a refusal of the options (a method whose code cannot run on meta) becomes a note, never a problem:
     the trial itself will tell.
     """
-    from harness.memory import model_bytes
-    from harness.models import causal_lm_loss
-    from harness.precision import Precision
-    from methods.base import create
+    from memft_bench.harness.memory import model_bytes
+    from memft_bench.harness.models import causal_lm_loss
+    from memft_bench.harness.precision import Precision
+    from memft_bench.methods.base import create
 
     check = VariantCheck(method, variant)
     where = f"{suite.name}: {check.label}"
@@ -243,7 +243,7 @@ def free_memory_bytes(device: str) -> int | None:
     try:
         import pynvml
 
-        from harness.memory import nvml_handle
+        from memft_bench.harness.memory import nvml_handle
 
         pynvml.nvmlInit()
         try:

@@ -18,8 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from harness.cache import cache_dir
-from harness.errors import BenchError
+from memft_bench.harness.cache import cache_dir
+from memft_bench.harness.errors import BenchError
 
 ALIASES = {
     "smollm2-135m": {

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.uncertainty import Analysis, MethodAccuracy
+from memft_bench.harness.uncertainty import Analysis, MethodAccuracy
 
 BASELINE = "full"
 NUMERIC = [
@@ -248,8 +248,8 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
            reference: str = BASELINE, analysis: Analysis | None = None) -> str:
     """The Markdown report of a frame of result rows; `figures` maps captions to PNG file names; methods are
     compared, paired on their items, with `reference` (`analysis`: that comparison, when already computed)."""
-    from harness import significance
-    from harness.uncertainty import analyse
+    from memft_bench.harness import significance
+    from memft_bench.harness.uncertainty import analyse
 
     if frame.empty:
         return "# Benchmark report\n\nNo results.\n"
@@ -287,8 +287,8 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
 def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str | None = None,
                  with_figures: bool = True, reference: str = BASELINE) -> Path:
     """Write the report; `out` is a directory (REPORT.md + PNGs) or a .md file (figures beside it)."""
-    from harness.errors import BenchError
-    from harness.results import RESULTS_FILE, load_frame, results_path
+    from memft_bench.harness.errors import BenchError
+    from memft_bench.harness.results import RESULTS_FILE, load_frame, results_path
 
     for d in run_dirs:
         if not results_path(d).is_file():
@@ -302,7 +302,7 @@ def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str
     else:
         target = out / "REPORT.md"
     target.parent.mkdir(parents=True, exist_ok=True)
-    from harness.uncertainty import analyse
+    from memft_bench.harness.uncertainty import analyse
 
     analysis = analyse(frame, reference) if not frame.empty else None
     figures = draw_figures(frame, target.parent, analysis) if with_figures else {}
@@ -318,12 +318,12 @@ def draw_figures(frame: pd.DataFrame, directory: Path, analysis: Analysis | None
         import matplotlib  # noqa: F401
     except ImportError:
         return {}
-    from harness import figures
+    from memft_bench.harness import figures
 
     summary = summarise(frame)
     if summary.empty:
         return {}
-    from harness.uncertainty import accuracies
+    from memft_bench.harness.uncertainty import accuracies
 
     made: dict[str, str] = {}
     intervals = analysis.accuracies if analysis else accuracies(frame)

@@ -21,10 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import SuiteSpec, fingerprint
-from harness.errors import BenchError, ConfigError
-from harness.results import RESULTS_FILE, append_row, describe_damage, empty_row, repair_torn_tail, scan_rows
-from harness.trial import now
+from memft_bench.harness.config import SuiteSpec, fingerprint
+from memft_bench.harness.errors import BenchError, ConfigError
+from memft_bench.harness.results import (
+    RESULTS_FILE,
+    append_row,
+    describe_damage,
+    empty_row,
+    repair_torn_tail,
+    scan_rows,
+)
+from memft_bench.harness.trial import now
 
 LOCK_FILE = ".lock"
 FAILED_STATUSES = ("oom", "diverged", "error", "timeout")
@@ -91,8 +98,8 @@ def resolve_device(device: str) -> str:
 
 def _method_module(name: str) -> str | None:
     """The module a child process must import to find `name` (None for built-ins and entry points)."""
-    from methods import BUILTIN_METHODS
-    from methods.base import _entry_points, get_method_class
+    from memft_bench.methods.base import _entry_points, get_method_class
+    from memft_bench.methods.builtin import BUILTIN_METHODS
 
     cls = get_method_class(name)
     if name in BUILTIN_METHODS or name in _entry_points():
@@ -114,11 +121,11 @@ def plan(
     command: str | None = None,
 ) -> RunPlan:
     """Validate every method, variant and option, then list the trials (task-major, as reports read)."""
-    from harness import predictions
-    from harness.budgets import resolve as resolve_budget
-    from harness.options import to_dict
-    from harness.sweeps import merge, variant_label, variants
-    from methods.base import build_options
+    from memft_bench.harness import predictions
+    from memft_bench.harness.budgets import resolve as resolve_budget
+    from memft_bench.harness.options import to_dict
+    from memft_bench.harness.sweeps import merge, variant_label, variants
+    from memft_bench.methods.base import build_options
 
     if not methods:
         raise ConfigError(f"suite {suite.name} names no default_methods; pass --methods a,b,c")
@@ -167,7 +174,7 @@ def plan(
 
 def preflight_data(suite: SuiteSpec) -> None:
     """Read every data file the trials will read, so a missing or malformed one stops the run before training."""
-    from harness import commonsense
+    from memft_bench.harness import commonsense
 
     for task in suite.tasks:
         if task.source == "commonsense":
@@ -338,7 +345,7 @@ def run(
     """
     from tqdm import tqdm
 
-    from harness.executors import LocalExecutor
+    from memft_bench.harness.executors import LocalExecutor
 
     out_dir = run_plan.out_dir
     results = out_dir / RESULTS_FILE

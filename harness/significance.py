@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.uncertainty import Analysis, MethodAccuracy
+from memft_bench.harness.uncertainty import Analysis, MethodAccuracy
 
 SIGNIFICANCE = 0.05
 

@@ -1,7 +1,7 @@
 """Run a sweep's trials as Slurm jobs through `submitit`: one job per trial, or one job array for many.
 
 Each job runs `run_trial_job` on its node, which starts the same entry point as a local run,
-`python -m harness.trial SPEC ROW`, with the same timeout and failure rows, and leaves the trial's row
+`python -m memft_bench.harness.trial SPEC ROW`, with the same timeout and failure rows, and leaves the trial's row
 in `DIR/slurm/trials/<trial>-<nonce>/row.json` with the Slurm job id and node added. The jobs never
 touch `results.jsonl`: the `bench run` that holds the directory's lock collects their rows and appends
 them, so rows stay one per trial. This needs a filesystem that the submitting host and the nodes share
@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BenchError, ConfigError
-from harness.executors import Finished, Show, TrialProcess, failure_row
-from harness.options import build, option
-from harness.results import append_row
+from memft_bench.harness.errors import BenchError, ConfigError
+from memft_bench.harness.executors import Finished, Show, TrialProcess, failure_row
+from memft_bench.harness.options import build, option
+from memft_bench.harness.results import append_row
 
 COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
 LEDGER = Path("slurm") / "jobs.jsonl"
@@ -256,7 +256,7 @@ def run_trial_job(spec_path: str, row_path: str, log_path: str, timeout_s: float
     from submitit import JobEnvironment
     from submitit.core.utils import UncompletedJobError
 
-    from harness.trial import write_json_atomic
+    from memft_bench.harness.trial import write_json_atomic
 
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     env = {"OMP_NUM_THREADS": cpus, "MKL_NUM_THREADS": cpus} if cpus and "OMP_NUM_THREADS" not in os.environ else {}
@@ -342,7 +342,7 @@ class SlurmExecutor:
     def _submit(self, trials: list[Any], out_dir: Path, timeout_s: float | None) -> list[tuple[str, dict[str, Any]]]:
         import submitit
 
-        from harness.runner import _log_name
+        from memft_bench.harness.runner import _log_name
 
         folder = (out_dir / "slurm" / "submitit").resolve()
         executor = submitit.SlurmExecutor(folder=folder / "%j")
@@ -428,7 +428,7 @@ class SlurmExecutor:
             ledger_add(out_dir, "withdrawn", {"trial_id": item.trial.trial_id, "job_id": job_id})
 
     def _status(self, watched: dict[str, _Watched]) -> str:
-        from harness.runner import _last_progress_line
+        from memft_bench.harness.runner import _last_progress_line
 
         running = [(job_id, item) for job_id, item in sorted(watched.items()) if item.state == "RUNNING"]
         parts = [f"slurm: {len(running)} running, {len(watched) - len(running)} waiting"]

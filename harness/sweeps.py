@@ -12,14 +12,14 @@ import itertools
 import typing
 from typing import Any
 
-from harness.config import SUITE_SECTIONS, check_override_section, parse_override
-from harness.errors import ConfigError
+from memft_bench.harness.config import SUITE_SECTIONS, check_override_section, parse_override
+from memft_bench.harness.errors import ConfigError
 
 Sweeps = dict[str, dict[str, list[Any]]]
 
 
 def _is_list_option(method: str, option: str) -> bool:
-    from methods.base import get_method_class
+    from memft_bench.methods.base import get_method_class
 
     hints = typing.get_type_hints(get_method_class(method).Options)
     if option not in hints:

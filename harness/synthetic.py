@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
+from memft_bench.harness.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
 
 CATEGORIES: dict[str, list[str]] = {
     "animal": ["cat", "dog", "horse", "cow", "sheep", "goat", "pig", "duck", "fox", "wolf", "bear", "lion"],

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.train import Callback
-from methods.base import Batch, StepResult
+from memft_bench.harness.train import Callback
+from memft_bench.methods.base import Batch, StepResult
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -11,8 +11,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from harness.config import BudgetSpec
-from methods.base import Batch, Method, StepResult
+from memft_bench.harness.config import BudgetSpec
+from memft_bench.methods.base import Batch, Method, StepResult
 
 
 class Diverged(Exception):

@@ -1,4 +1,4 @@
-"""One trial, (task, method, seed), run in its own process: `python -m harness.trial SPEC RESULT`.
+"""One trial, (task, method, seed), run in its own process: `python -m memft_bench.harness.trial SPEC RESULT`.
 
 A fresh process per trial gives clean memory peaks (RSS, CUDA allocator, NVML), a fresh CUDA
 context, and crash isolation: whatever happens here, the runner records one row and goes on. The
@@ -21,8 +21,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import BenchError
-from harness.results import empty_row
+from memft_bench.harness.errors import BenchError
+from memft_bench.harness.results import empty_row
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,7 @@ class PhaseMeters:
     phase (training, evaluation) reports only its own peaks."""
 
     def __init__(self, device: torch.device, notes: dict[str, str]) -> None:
-        from harness.memory import CudaPeaks, NvmlSampler
+        from memft_bench.harness.memory import CudaPeaks, NvmlSampler
 
         self.device = device
         self.notes = notes
@@ -85,7 +85,7 @@ class PhaseMeters:
             notes["nvml"] = f"NVML unavailable: {self.nvml.init_error or 'no reason given'}"
 
     def start(self) -> None:
-        from harness.memory import reset_rss_peak
+        from memft_bench.harness.memory import reset_rss_peak
 
         free_memory(self.device)
         reset_rss_peak()
@@ -95,7 +95,7 @@ class PhaseMeters:
 
     def stop(self) -> dict[str, float | None]:
         """rss, allocated, reserved, nvml (device above its idle level), nvml_process: MiB or None."""
-        from harness.memory import rss_peak_mb
+        from memft_bench.harness.memory import rss_peak_mb
 
         allocated, reserved = self.cuda.read()
         nvml_device = nvml_process = None
@@ -149,16 +149,16 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from harness import llm_adapters
-    from harness.config import suite_from_data
-    from harness.data import build_prompt, encode_example, load_task, training_batches
-    from harness.env import environment
-    from harness.memory import exact_breakdown
-    from harness.models import build_model, build_tokenizer, causal_lm_loss
-    from harness.precision import Precision, check_supported
-    from harness.timing import StepTimer
-    from harness.train import Diverged, ExtrasRecorder, LossRecorder, ProgressLog, train
-    from methods.base import create
+    from memft_bench.harness import llm_adapters
+    from memft_bench.harness.config import suite_from_data
+    from memft_bench.harness.data import build_prompt, encode_example, load_task, training_batches
+    from memft_bench.harness.env import environment
+    from memft_bench.harness.memory import exact_breakdown
+    from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
+    from memft_bench.harness.precision import Precision, check_supported
+    from memft_bench.harness.timing import StepTimer
+    from memft_bench.harness.train import Diverged, ExtrasRecorder, LossRecorder, ProgressLog, train
+    from memft_bench.methods.base import create
 
     device = torch.device(spec["device"])
     row = empty_row(
@@ -245,7 +245,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
                        eval_items=items)
             peaks = meters.stop()
             if spec.get("predictions_file"):
-                from harness import predictions
+                from memft_bench.harness import predictions
 
                 predictions.write(Path(spec["predictions_file"]), lines)
                 row["predictions"] = predictions.relative_path(spec["trial_id"])
@@ -291,7 +291,7 @@ def evaluate_all(model, tokenizer, task, suite, precision,
     """Accuracy and item count of every test set of the trial's task, and the per-item records, in the
     suite's evaluation mode, under the precision policy's autocast (the model holds weights of two dtypes
     under bf16-mixed)."""
-    from harness.precision import device_type
+    from memft_bench.harness.precision import device_type
 
     with precision.autocast(device_type(model)):
         return _evaluate_all(model, tokenizer, task, suite, trial_id)
@@ -299,9 +299,9 @@ def evaluate_all(model, tokenizer, task, suite, precision,
 
 def _evaluate_all(model, tokenizer, task, suite,
                   trial_id: str) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
-    from harness import llm_adapters
-    from harness.evaluate import evaluate_generate, evaluate_loglik
-    from harness.predictions import item_lines
+    from memft_bench.harness import llm_adapters
+    from memft_bench.harness.evaluate import evaluate_generate, evaluate_loglik
+    from memft_bench.harness.predictions import item_lines
 
     per_task, items, lines = {}, {}, []
     for test_name, records in task.tests.items():
@@ -339,7 +339,7 @@ def untrained_score(model, precision, tokenizer, task, suite, shared_file: str |
             pass  # unreadable: measure again and overwrite
     per_task, items, lines = evaluate_all(model, tokenizer, task, suite, precision, trial_id)
     if path is not None:
-        from harness import predictions
+        from memft_bench.harness import predictions
 
         path.parent.mkdir(parents=True, exist_ok=True)
         predictions.write(path.with_suffix(".predictions.jsonl"), lines)  # the untrained model's items
@@ -350,8 +350,8 @@ def untrained_score(model, precision, tokenizer, task, suite, shared_file: str |
 
 def extractor(task, test_name: str):
     """How an answer is read out of generated text: LLM-Adapters' rule for its tasks, else the first option."""
-    from harness.commonsense import ANSWER_WORDS, extract_answer
-    from harness.evaluate import first_option_in
+    from memft_bench.harness.commonsense import ANSWER_WORDS, extract_answer
+    from memft_bench.harness.evaluate import first_option_in
 
     if test_name in ANSWER_WORDS:
         return lambda record, text: extract_answer(test_name, text)
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     # `kernels/` first and logs a harmless failure into every trial log; keep the logs to what matters.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if len(argv) != 2:
-        print("usage: python -m harness.trial SPEC.json RESULT.json", file=sys.stderr)
+        print("usage: python -m memft_bench.harness.trial SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     if spec.get("method_module"):

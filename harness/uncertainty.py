@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness import predictions, stats
+from memft_bench.harness import predictions, stats
 
 Items = dict[str, dict[int, float]]  # test set -> item index -> 1.0 right / 0.0 wrong
 

@@ -191,7 +191,7 @@ def _on_cuda(t: torch.Tensor) -> bool:
 
 
 def _run_cupy(A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool):
-    from kernels.omp_cupy import batched_omp_cupy  # imports cupy, so an ImportError surfaces here
+    from memft_bench.kernels.omp_cupy import batched_omp_cupy  # imports cupy, so an ImportError surfaces here
 
     return batched_omp_cupy(A, Y, n_nonzero, return_support)
 

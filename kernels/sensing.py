@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from kernels.omp import row_argmax
+from memft_bench.kernels.omp import row_argmax
 
 SENSING = ("block-permuted", "gaussian")
 
@@ -229,7 +229,7 @@ def omp(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, return_support: bool 
     numbers), problem i is solved against A's first lengths[i] columns only (several weights' problems in one
     call; rows of equal length best kept together). Returns the dense (b, length) solutions X, and with
     `return_support` the supports (b, n); `omp_sparse` returns the coefficients instead of X."""
-    from kernels.omp import scatter_solution
+    from memft_bench.kernels.omp import scatter_solution
 
     coef, support = omp_sparse(op, Y, n_nonzero, lengths)
     X = scatter_solution(coef, support, op.length)
@@ -240,7 +240,7 @@ def omp_sparse(op: BlockSensing, Y: torch.Tensor, n_nonzero: int, lengths: list[
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """`omp` without the dense solutions: the coefficients (b, n) and supports (b, n; -1 where a problem
     stopped). At LLaMA-7B sizes X would be b x 45 M floats, 180 MB per problem, which SGC does not need."""
-    from kernels.omp import omp_core
+    from memft_bench.kernels.omp import omp_core
 
     if Y.dim() != 2 or Y.shape[1] != op.k:
         raise ValueError(f"Y must be (b, {op.k}); got shape {tuple(Y.shape)}")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.options import option
-from methods.base import MethodOptions, OptimizerMethod, register
+from memft_bench.harness.options import option
+from memft_bench.methods.base import MethodOptions, OptimizerMethod, register
 
 
 @dataclass

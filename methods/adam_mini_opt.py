@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import AdamOptions, register, tensor_counts
-from methods.package_check import require
-from methods.state_inventory import InventoriedOptimizerMethod
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, register, tensor_counts
+from memft_bench.methods.package_check import require
+from memft_bench.methods.state_inventory import InventoriedOptimizerMethod
 
 RENAME = {"m": "exp_avg", "vmean": "exp_avg_sq", "v": "exp_avg_sq"}
 

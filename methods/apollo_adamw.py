@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import AdamOptions, OptimizerMethod, register
-from methods.package_check import require
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, OptimizerMethod, register
+from memft_bench.methods.package_check import require
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from harness.errors import UnknownNameError
-from harness.options import build, option, to_dict
-from harness.precision import Precision
-from methods import BUILTIN_METHODS
+from memft_bench.harness.errors import UnknownNameError
+from memft_bench.harness.options import build, option, to_dict
+from memft_bench.harness.precision import Precision
+from memft_bench.methods.builtin import BUILTIN_METHODS
 
 if TYPE_CHECKING:  # torch is imported only by the methods that run, never by `bench list`
     import torch
@@ -329,7 +329,7 @@ def get_method_class(name: str) -> type[Method]:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name in BUILTIN_METHODS:
-        importlib.import_module(BUILTIN_METHODS[name][0])
+        importlib.import_module(f"memft_bench.methods.{BUILTIN_METHODS[name][0]}")
     else:
         ep = _entry_points().get(name)
         if ep is not None:

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import AdamOptions, OptimizerMethod, adamw, register
-from methods.package_check import require
-from methods.state_inventory import state_inventory
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, OptimizerMethod, adamw, register
+from memft_bench.methods.package_check import require
+from memft_bench.methods.state_inventory import state_inventory
 
 
 @dataclass

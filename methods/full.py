@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.options import option
-from methods.base import AdamOptions, adamw, register
-from methods.fused import LayerwiseOptimizerMethod
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, adamw, register
+from memft_bench.methods.fused import LayerwiseOptimizerMethod
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from methods.base import Batch, OptimizerMethod, StepResult, optimizer_state_inventory
+from memft_bench.methods.base import Batch, OptimizerMethod, StepResult, optimizer_state_inventory
 
 
 class LayerwiseOptimizers:

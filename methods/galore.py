@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.options import option
-from methods.base import AdamOptions, register
-from methods.fused import LayerwiseOptimizerMethod
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, register
+from memft_bench.methods.fused import LayerwiseOptimizerMethod
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -45,7 +45,7 @@ class GaloreOptions(AdamOptions):
 
 
 def _import_galore_adamw() -> type[torch.optim.Optimizer]:
-    from methods.package_check import quiet_bitsandbytes_import
+    from memft_bench.methods.package_check import quiet_bitsandbytes_import
 
     with quiet_bitsandbytes_import():  # galore_torch imports bitsandbytes
         from galore_torch import GaLoreAdamW
@@ -63,7 +63,7 @@ class Galore(LayerwiseOptimizerMethod):
         self.train_every_weight(model)
         projected = set(self.projected_parameter_names())
         if not projected:
-            from harness.errors import ConfigError
+            from memft_bench.harness.errors import ConfigError
 
             raise ConfigError(
                 f"methods.galore.target_modules: no 2-D weight matches {self.options.target_modules}")

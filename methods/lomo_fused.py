@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import Batch, Method, MethodOptions, StepResult, register, tensor_counts
-from methods.package_check import require
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import Batch, Method, MethodOptions, StepResult, register, tensor_counts
+from memft_bench.methods.package_check import require
 
 
 @dataclass

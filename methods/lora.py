@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import AdamOptions, OptimizerMethod, adamw, register
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, OptimizerMethod, adamw, register
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 

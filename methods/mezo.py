@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from harness.options import option
-from methods.base import Batch, Method, MethodOptions, StepResult, register
+from memft_bench.harness.options import option
+from memft_bench.methods.base import Batch, Method, MethodOptions, StepResult, register
 
 
 @dataclass

@@ -14,7 +14,7 @@ import importlib.util
 import logging
 from collections.abc import Iterator
 
-from harness.errors import ConfigError
+from memft_bench.harness.errors import ConfigError
 
 INSTALL_HINT = 'pip install -e ".[methods]"'
 

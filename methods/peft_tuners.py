@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import AdamOptions, Batch, OptimizerMethod, StepResult, adamw, register
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, Batch, OptimizerMethod, StepResult, adamw, register
 
 REFUSED = {
     "PROMPT_TUNING": "prompt learning needs virtual-token inputs",

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import AdamOptions, register, tensor_counts
-from methods.package_check import quiet_bitsandbytes_import, require
-from methods.state_inventory import InventoriedOptimizerMethod, state_inventory
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import AdamOptions, register, tensor_counts
+from memft_bench.methods.package_check import quiet_bitsandbytes_import, require
+from memft_bench.methods.state_inventory import InventoriedOptimizerMethod, state_inventory
 
 BNB_BLOCK = 256  # bitsandbytes' block size of blockwise 8-bit optimizer state (fixed in the package)
 BNB_QMAP_ENTRIES = 256

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.errors import ConfigError
-from harness.options import option
-from methods.base import (
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import (
     AdamOptions,
     Batch,
     Method,
@@ -36,7 +36,7 @@ from methods.base import (
     target_linears,
     tensor_counts,
 )
-from methods.lora import DEFAULT_TARGETS
+from memft_bench.methods.lora import DEFAULT_TARGETS
 
 
 @dataclass

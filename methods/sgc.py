@@ -65,13 +65,13 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import ConfigError
-from harness.options import option
-from kernels.omp import BACKENDS, OmpSolver
-from kernels.sensing import SENSING, BlockSensing
-from kernels.sensing import omp_sparse as streamed_omp
-from methods.base import AdamOptions, Batch, Method, StepResult, register, split_inventory, tensor_counts
-from methods.lora import DEFAULT_TARGETS
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.options import option
+from memft_bench.kernels.omp import BACKENDS, OmpSolver
+from memft_bench.kernels.sensing import SENSING, BlockSensing
+from memft_bench.kernels.sensing import omp_sparse as streamed_omp
+from memft_bench.methods.base import AdamOptions, Batch, Method, StepResult, register, split_inventory, tensor_counts
+from memft_bench.methods.lora import DEFAULT_TARGETS
 
 MIB = 2**20
 

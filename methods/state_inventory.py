@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from methods.base import OptimizerMethod, split_inventory, tensor_counts
+from memft_bench.methods.base import OptimizerMethod, split_inventory, tensor_counts
 
 if TYPE_CHECKING:
     import torch

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.options import option
-from methods.base import Batch, StepResult, register
-from methods.mezo import Mezo, MezoOptions, parameter_seed
+from memft_bench.harness.options import option
+from memft_bench.methods.base import Batch, StepResult, register
+from memft_bench.methods.mezo import Mezo, MezoOptions, parameter_seed
 
 
 @dataclass

@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from methods.base import Batch, StepResult, register
-from methods.full import FullFineTuning
+from memft_bench.methods.base import Batch, StepResult, register
+from memft_bench.methods.full import FullFineTuning
 
 
 @register("fault-raise")

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from harness.options import option
-from methods.base import Batch, Method, MethodOptions, StepResult, register
+from memft_bench.harness.options import option
+from memft_bench.methods.base import Batch, Method, MethodOptions, StepResult, register
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -70,7 +70,7 @@ class GpuProbe(Method):
         except Exception as exc:  # not installed, or built for another CUDA
             self._info["cupy_error"] = f"{type(exc).__name__}: {exc}"[:300]
             return
-        from kernels.omp_cupy import torch_allocator
+        from memft_bench.kernels.omp_cupy import torch_allocator
 
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         pool = cupy.get_default_memory_pool()
@@ -83,7 +83,7 @@ class GpuProbe(Method):
             self._cupy_buffer = buffer
             self._info["cupy_mb"] = self.options.cupy_mb
         if self.options.omp_check:
-            from kernels.omp import OmpSolver
+            from memft_bench.kernels.omp import OmpSolver
 
             gen = torch.Generator(device=self.device).manual_seed(0)
             A = torch.randn(64, 512, device=self.device, generator=gen)

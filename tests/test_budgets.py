@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import budgets
-from harness.config import load_suite, suite_from_data
-from harness.errors import ConfigError
-from harness.models import causal_lm_loss
-from harness.preflight import build_meta_model as meta_model
-from methods.base import Batch, create
+from memft_bench.harness import budgets
+from memft_bench.harness.config import load_suite, suite_from_data
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.models import causal_lm_loss
+from memft_bench.harness.preflight import build_meta_model as meta_model
+from memft_bench.methods.base import Batch, create
 
 HIDDEN, MLP, LAYERS = 32, 64, 2
 
@@ -117,7 +117,7 @@ def test_budgets_that_do_not_fit_say_what_would():
 
 
 def test_plan_resolves_budgets_into_the_trials(tmp_path: Path):
-    from harness.runner import plan
+    from memft_bench.harness.runner import plan
 
     suite = _suite({"sgc": {"state": "0.4x lora"}})
     run = plan(suite, ["sgc"], tmp_path, "cpu", sweeps={"sgc": {"s": ["2", "4"]}})

@@ -8,18 +8,19 @@ import sys
 
 import yaml
 
+from tests.commands import BENCH_CLI
 from tests.conftest import small_suite_data
 
 
 def bench(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([*BENCH_CLI, *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600)
 
 
 def test_help_and_list_do_not_import_torch():
     code = (
         "import sys\n"
-        "from harness.cli import main\n"
+        "from memft_bench.harness.cli import main\n"
         "for argv in (['--help'], ['list', 'methods'], ['list', 'suites']):\n"
         "    try:\n"
         "        main(argv)\n"

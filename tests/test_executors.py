@@ -14,17 +14,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import ConfigError
-from harness.executors import cpu_slots, device_slots
-from harness.results import read_rows
-from harness.slurm import ENDED, SlurmExecutor, SlurmSpec, parse_scontrol, slurm_spec, submitit_parameters
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.executors import cpu_slots, device_slots
+from memft_bench.harness.results import read_rows
+from memft_bench.harness.slurm import ENDED, SlurmExecutor, SlurmSpec, parse_scontrol, slurm_spec, submitit_parameters
+from tests.commands import BENCH_CLI, TRIAL_MODULE
 from tests.conftest import small_suite_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([*BENCH_CLI, *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=600, env=env)
 
 
@@ -77,7 +78,7 @@ def test_job_states_from_scontrol_expand_arrays():
 
 
 def test_a_job_slurm_ended_becomes_a_row_that_names_it():
-    from harness.slurm import _Watched
+    from memft_bench.harness.slurm import _Watched
 
     spec = {"run_id": "r", "trial_id": "kind/full/seed0/abc", "suite": {"name": "unit"}, "task": "kind",
             "method": "full", "variant": "", "method_params": {}, "seed": 0, "device": "cpu"}
@@ -135,14 +136,14 @@ def _suite_file(tmp_path: Path, steps: int) -> Path:
 
 def _trial_processes(out: Path) -> list[str]:
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "harness.trial" in line and str(out) in line]
+    return [line for line in ps.splitlines() if TRIAL_MODULE in line and str(out) in line]
 
 
 def test_parallel_trials_ctrl_c_kills_all_in_flight_then_resume(tmp_path):
     """--jobs 2: both trials run at once; Ctrl-C kills both and exits 130 with no row for them; the same
     command then gives exactly one row per trial, with the fault trial's reason intact."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "harness.cli", "run", "--suite", str(_suite_file(tmp_path, 12)), "--methods",
+    args = [*BENCH_CLI, "run", "--suite", str(_suite_file(tmp_path, 12)), "--methods",
             "fault-slow,fault-sigkill", "--plugin", "tests.faults", "--out", str(out), "--jobs", "2"]
     sweep = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -165,17 +166,17 @@ def test_parallel_trials_ctrl_c_kills_all_in_flight_then_resume(tmp_path):
 
 
 def test_a_local_run_refuses_trials_that_slurm_jobs_are_running(tmp_path, small_suite):
-    from harness.errors import BenchError
-    from harness.executors import LocalExecutor
-    from harness.runner import plan
-    from harness.slurm import ledger_add
+    from memft_bench.harness.errors import BenchError
+    from memft_bench.harness.executors import LocalExecutor
+    from memft_bench.harness.runner import plan
+    from memft_bench.harness.slurm import ledger_add
 
     trials = plan(small_suite, ["full"], tmp_path, "cpu").trials
     ledger_add(tmp_path, "submitted", {"trial_id": trials[0].trial_id, "job_id": "42_0"})
     with pytest.raises(BenchError, match=r"Slurm jobs still in flight \(42_0\)"):
         next(LocalExecutor().rows(trials, tmp_path, None, print))
     ledger_add(tmp_path, "collected", {"trial_id": trials[0].trial_id, "job_id": "42_0"})
-    from harness.slurm import ledger_in_flight
+    from memft_bench.harness.slurm import ledger_in_flight
 
     assert ledger_in_flight(tmp_path) == {}
 
@@ -183,7 +184,7 @@ def test_a_local_run_refuses_trials_that_slurm_jobs_are_running(tmp_path, small_
 def test_jobs_on_gpus_means_one_trial_per_gpu(monkeypatch, small_suite):
     import torch
 
-    from harness.execution import Execution
+    from memft_bench.harness.execution import Execution
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

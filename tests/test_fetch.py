@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import fetch
-from harness.errors import BenchError
+from memft_bench.harness import fetch
+from memft_bench.harness.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the project (a git worktree one level deeper finds it two levels up)
@@ -106,7 +106,7 @@ def test_offline_switch_never_touches_the_network(monkeypatch, tmp_path):
 
 def test_run_without_a_data_dir_uses_the_fetched_cache(server, tmp_path, monkeypatch):
     """resolve_data_dir with nothing given fetches into the cache (here from the stand-in server)."""
-    from harness import commonsense
+    from memft_bench.harness import commonsense
 
     url, root, _ = server
     files = _files(root)

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from methods.base import create
+from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, reference_grads, toy_batch
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import create
+from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, reference_grads, toy_batch
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness.models import causal_lm_loss
-from methods.base import Batch, create
-from methods.fused import LayerwiseOptimizers
+from memft_bench.harness.models import causal_lm_loss
+from memft_bench.methods.base import Batch, create
+from memft_bench.methods.fused import LayerwiseOptimizers
 
 CONFIG = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False)

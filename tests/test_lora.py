@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import create
+from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, toy_batch
 
 
@@ -68,7 +68,7 @@ def test_dora_forward_matches_the_weight_decomposition():
 def test_bad_target_modules_is_a_config_error():
     import pytest
 
-    from harness.errors import ConfigError
+    from memft_bench.harness.errors import ConfigError
 
     with pytest.raises(ConfigError, match="target_modules"):
         _prepared("lora", target_modules=["nonexistent_proj"])

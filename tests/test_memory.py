@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.memory import MB, CudaPeaks, NvmlSampler, exact_breakdown, model_bytes, rss_peak_mb
-from methods.base import create
+from memft_bench.harness.memory import MB, CudaPeaks, NvmlSampler, exact_breakdown, model_bytes, rss_peak_mb
+from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, toy_batch
 
 gpu = pytest.mark.gpu
@@ -42,7 +42,7 @@ def test_rss_peak_is_a_real_measurement():
 
 
 def test_rss_peak_resets_between_phases():
-    from harness.memory import reset_rss_peak
+    from memft_bench.harness.memory import reset_rss_peak
 
     block = bytearray(128 * 1024 * 1024)
     for i in range(0, len(block), 4096):

@@ -13,9 +13,9 @@ import pytest
 import torch
 from sklearn.linear_model import orthogonal_mp
 
-import kernels.omp
-from kernels.omp import OmpSolver, batched_omp, batched_omp_torch
-from kernels.omp_cupy import omp_xp
+from memft_bench.kernels import omp as omp_module
+from memft_bench.kernels.omp import OmpSolver, batched_omp, batched_omp_torch
+from memft_bench.kernels.omp_cupy import omp_xp
 
 
 def _torch_omp(A, Y, n, return_support=False):
@@ -96,7 +96,7 @@ def test_bad_shapes_and_backend_are_clear_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cupy_kernel_matches_torch_kernel_on_gpu():
     pytest.importorskip("cupy")
-    from kernels.omp_cupy import batched_omp_cupy
+    from memft_bench.kernels.omp_cupy import batched_omp_cupy
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     A = torch.randn(16, 128, 1024, device="cuda", dtype=torch.float64, generator=gen)
@@ -176,7 +176,7 @@ class _StandInCupy(types.ModuleType):
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """Make CPU tensors count as CUDA ones and the torch.cuda calls of `batched_omp_cupy` harmless."""
-    monkeypatch.setattr(kernels.omp, "_on_cuda", lambda t: True)
+    monkeypatch.setattr(omp_module, "_on_cuda", lambda t: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # the "GPU" the tensors are on
     monkeypatch.setattr(
         torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0xABC + 0x100 * device)
@@ -435,7 +435,7 @@ def test_s_near_k_and_float32_batches(omp):
 
 def test_a_problem_whose_best_column_is_already_chosen_stops():
     """As scikit-learn's OMP stops when its argmax is an active column: the rest of its slots stay unused."""
-    from kernels.omp import omp_core
+    from memft_bench.kernels.omp import omp_core
 
     A = torch.eye(4)
     Y = torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, 0.0, 1.0, 0.5]])

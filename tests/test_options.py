@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import ConfigError
-from methods.base import build_options
+from memft_bench.harness.errors import ConfigError
+from memft_bench.methods.base import build_options
 
 
 def test_method_options_coerce_and_default():

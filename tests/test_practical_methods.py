@@ -16,11 +16,11 @@ import math
 import pytest
 import torch
 
-from harness.config import suite_from_data
-from harness.data import encode_example, load_task, training_batches
-from harness.errors import ConfigError
-from harness.models import build_model, build_tokenizer, causal_lm_loss
-from methods.base import build_options, create
+from memft_bench.harness.config import suite_from_data
+from memft_bench.harness.data import encode_example, load_task, training_batches
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
+from memft_bench.methods.base import build_options, create
 from tests.conftest import small_suite_data
 
 LR = 1e-2
@@ -249,7 +249,7 @@ def test_lomo_refuses_gradient_accumulation(wide):
     model = copy.deepcopy(base)
     method = create("lomo", {}, causal_lm_loss)
     method.prepare(model)
-    from methods.base import Batch
+    from memft_bench.methods.base import Batch
 
     batch = Batch(micro_batches=[{}, {}])
     with pytest.raises(ConfigError, match="grad_accum: 1"):
@@ -284,7 +284,7 @@ def test_badam_trains_one_block_and_drops_the_state_it_leaves(wide):
 
 
 def test_badam_gradient_peak_while_converting_to_float32():
-    from methods.block_adam import conversion_peak
+    from memft_bench.methods.block_adam import conversion_peak
 
     a, b = torch.zeros(10, dtype=torch.bfloat16), torch.zeros(6, dtype=torch.bfloat16)
     # start: 20 + 12 bytes; converting a: 40 + 20 + 12; converting b: 40 + 24 + 12
@@ -361,7 +361,7 @@ def test_lisa_gamma_larger_than_the_model_is_refused(wide):
 def test_peft_model_equals_get_peft_model_with_that_config(peft_type, tuner_options, wide):
     from peft import get_peft_model
 
-    from methods.peft_tuners import peft_config
+    from memft_bench.methods.peft_tuners import peft_config
 
     base, batches = wide
     torch.manual_seed(0)
@@ -383,7 +383,7 @@ def test_peft_model_equals_get_peft_model_with_that_config(peft_type, tuner_opti
 @pytest.mark.parametrize("peft_type", ["VERA", "LOHA", "LOKR", "IA3", "ADALORA", "BOFT", "OFT", "HRA",
                                        "LN_TUNING", "RANDLORA"])
 def test_peft_tuners_claimed_to_start_at_the_base_function_do(peft_type, wide):
-    from methods.peft_tuners import IDENTITY_AT_INIT
+    from memft_bench.methods.peft_tuners import IDENTITY_AT_INIT
 
     assert peft_type in IDENTITY_AT_INIT
     base, batches = wide
@@ -457,7 +457,7 @@ def _hide(monkeypatch, module):
                                          ("apollo", "apollo_torch"), ("badam", "badam"), ("adam-mini", "adam_mini"),
                                          ("lomo", "lomo_optim")])
 def test_a_missing_package_is_refused_in_one_line_and_listed_with_how_to_install(name, module, monkeypatch):
-    from methods.package_check import install_note
+    from memft_bench.methods.package_check import install_note
 
     _hide(monkeypatch, module)
     with pytest.raises(ConfigError) as info:
@@ -470,7 +470,7 @@ def test_a_missing_package_is_refused_in_one_line_and_listed_with_how_to_install
 def test_bench_run_with_a_missing_package_exits_2_before_training(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from harness.cli import main
+    from memft_bench.harness.cli import main
 
     _hide(monkeypatch, "bitsandbytes")
     result = CliRunner().invoke(main, ["run", "--methods", "adamw8bit", "--steps", "1", "--out", str(tmp_path / "r"),
@@ -482,6 +482,6 @@ def test_bench_run_with_a_missing_package_exits_2_before_training(tmp_path, monk
 
 
 def test_apollo_licence_is_shown_in_the_listing():
-    from methods.package_check import install_note
+    from memft_bench.methods.package_check import install_note
 
     assert "non-commercial" in install_note("apollo") and "non-commercial" in install_note("apollo-mini")

@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch.nn import Parameter
 
-from harness.data import encode_example, load_task, training_batches
-from harness.memory import exact_breakdown, model_bytes
-from harness.models import build_model, build_tokenizer, causal_lm_loss
-from harness.precision import Precision
-from methods import BUILTIN_METHODS
-from methods.base import create
+from memft_bench.harness.data import encode_example, load_task, training_batches
+from memft_bench.harness.memory import exact_breakdown, model_bytes
+from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
+from memft_bench.harness.precision import Precision
+from memft_bench.methods.base import create
+from memft_bench.methods.builtin import BUILTIN_METHODS
 
 OPTIONS = {  # small sizes that fit the 32-wide test model; everything else at the method's defaults
     "sgc": {"k": 32, "s": 4, "store_projection": True},
@@ -183,9 +183,9 @@ def test_bf16_stores_everything_in_bf16(small_suite):
 
 
 def test_precision_rejects_unknown_names_and_float16():
-    from harness.config import ModelSpec
-    from harness.errors import ConfigError
-    from harness.options import build
+    from memft_bench.harness.config import ModelSpec
+    from memft_bench.harness.errors import ConfigError
+    from memft_bench.harness.options import build
 
     with pytest.raises(ConfigError, match="fp16 is not supported: float16 needs loss scaling"):
         build(ModelSpec, {"precision": "fp16"}, "model")

@@ -4,17 +4,16 @@ starts, and each trial's memory predicted there equal to what the trial then cou
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from harness.config import suite_from_data
-from harness.memory import exact_breakdown
-from harness.models import build_model, build_tokenizer, causal_lm_loss
-from harness.precision import Precision
-from harness.preflight import (
+from memft_bench.harness.config import suite_from_data
+from memft_bench.harness.memory import exact_breakdown
+from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
+from memft_bench.harness.precision import Precision
+from memft_bench.harness.preflight import (
     CannotBuildOnMeta,
     Preflight,
     PreflightError,
@@ -22,7 +21,8 @@ from harness.preflight import (
     check_variant,
     run_preflight,
 )
-from methods.base import Batch, create
+from memft_bench.methods.base import Batch, create
+from tests.commands import BENCH_CLI
 from tests.conftest import small_suite_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ OPTIONS = {
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([*BENCH_CLI, *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
 
 
@@ -108,7 +108,7 @@ def test_dry_run_prints_each_trials_memory_and_starts_nothing(tmp_path):
 
 
 def test_a_trial_that_cannot_fit_is_an_oom_row_that_never_started(tmp_path, monkeypatch):
-    from harness import preflight, runner
+    from memft_bench.harness import preflight, runner
 
     monkeypatch.setattr(preflight, "free_memory_bytes", lambda device: 1024)  # 1 KiB free
     suite = _suite()
@@ -123,7 +123,7 @@ def test_a_trial_that_cannot_fit_is_an_oom_row_that_never_started(tmp_path, monk
 
 
 def test_a_model_that_cannot_be_built_on_meta_skips_the_preflight_with_a_note(tmp_path, monkeypatch):
-    from harness import preflight, runner
+    from memft_bench.harness import preflight, runner
 
     def cannot(spec):
         raise CannotBuildOnMeta("custom architecture")
@@ -135,7 +135,7 @@ def test_a_model_that_cannot_be_built_on_meta_skips_the_preflight_with_a_note(tm
 
 
 def test_a_method_whose_code_cannot_run_on_meta_gets_a_note_not_a_problem(monkeypatch):
-    from methods.full import FullFineTuning
+    from memft_bench.methods.full import FullFineTuning
 
     suite = _suite()
     check, problem = check_variant(build_meta_model(suite.model), suite, "full", "", {"rank": 3})
@@ -160,6 +160,6 @@ def test_preflight_error_lists_every_problem():
     (["ok", "error"], False, 1), (["oom", "oom"], False, 1), ([], False, 1),
 ])
 def test_exit_status_says_what_happened(statuses, strict, expected):
-    from harness.cli import run_exit_status
+    from memft_bench.harness.cli import run_exit_status
 
     assert run_exit_status([{"status": s} for s in statuses], strict) == expected

@@ -10,15 +10,22 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.errors import UnknownNameError
-from harness.options import option
-from methods.base import MethodOptions, OptimizerMethod, available_methods, create, get_method_class, register
+from memft_bench.harness.errors import UnknownNameError
+from memft_bench.harness.options import option
+from memft_bench.methods.base import (
+    MethodOptions,
+    OptimizerMethod,
+    available_methods,
+    create,
+    get_method_class,
+    register,
+)
 
 BUILTINS = {"full", "lora", "dora", "galore", "mezo"}
 
 
 def test_builtins_are_listed_without_importing_their_modules():
-    code = "import sys; from methods.base import available_methods; n = available_methods(); " \
+    code = "import sys; from memft_bench.methods.base import available_methods; n = available_methods(); " \
            "print(sorted(n)); print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     names, imported = out.strip().splitlines()
@@ -67,7 +74,7 @@ def test_entry_point_plugin_is_found_without_editing_the_registry(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(textwrap.dedent('''
         import torch
-        from methods.base import OptimizerMethod
+        from memft_bench.methods.base import OptimizerMethod
 
         class PluginSgd(OptimizerMethod):
             """SGD from a plugin package."""
@@ -86,7 +93,7 @@ def test_entry_point_plugin_is_found_without_editing_the_registry(tmp_path):
     code = textwrap.dedent(f'''
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
-        from methods.base import available_methods, get_method_class
+        from memft_bench.methods.base import available_methods, get_method_class
         assert "plugin-sgd" in available_methods(), available_methods()
         assert "torch" not in sys.modules  # listing does not load the plugin
         cls = get_method_class("plugin-sgd")
@@ -109,7 +116,7 @@ def test_prepare_keeps_the_base_function_when_the_method_says_so(name, tiny_mode
     """The untrained score is shared across methods on this claim (harness.trial.untrained_score)."""
     import torch
 
-    from harness.models import causal_lm_loss
+    from memft_bench.harness.models import causal_lm_loss
 
     if name == "adalomo":
         pytest.skip("lomo-optim's AdaLomo runs on CUDA only")

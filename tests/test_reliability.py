@@ -17,10 +17,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.config import apply_overrides, suite_from_data
-from harness.errors import BenchError, ConfigError
-from harness.results import read_rows
-from harness.runner import run_lock
+from memft_bench.harness.config import apply_overrides, suite_from_data
+from memft_bench.harness.errors import BenchError, ConfigError
+from memft_bench.harness.results import read_rows
+from memft_bench.harness.runner import run_lock
+from tests.commands import BENCH_CLI, TRIAL_MODULE
 from tests.conftest import small_suite_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def _suite_file(tmp_path: Path, steps: int = 3) -> Path:
 
 
 def _bench(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([*BENCH_CLI, *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=600, **kwargs)
 
 
@@ -65,7 +66,7 @@ def test_every_fault_becomes_a_row_and_the_sweep_goes_on(tmp_path):
 
 def _start_sweep(tmp_path: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", "--suite", str(_suite_file(tmp_path, steps=4)),
+        [*BENCH_CLI, "run", "--suite", str(_suite_file(tmp_path, steps=4)),
          "--methods", "full,fault-slow,lora", "--plugin", "tests.faults", "--out", str(out), "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -82,7 +83,7 @@ def _wait_for_rows(out: Path, n: int, timeout: float = 120) -> None:
 
 def _trial_processes(out: Path) -> list[str]:
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "harness.trial" in line and str(out) in line]
+    return [line for line in ps.splitlines() if TRIAL_MODULE in line and str(out) in line]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -107,7 +108,7 @@ def test_interrupted_sweep_resumes_to_one_row_per_trial(tmp_path, sig):
 
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     with run_lock(tmp_path):
-        code = (f"from pathlib import Path\nfrom harness.runner import run_lock\n"
+        code = (f"from pathlib import Path\nfrom memft_bench.harness.runner import run_lock\n"
                 f"with run_lock(Path({str(tmp_path)!r})): pass")
         other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert other.returncode != 0 and "another `bench run` is writing to" in other.stderr

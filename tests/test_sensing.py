@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.linear_model import orthogonal_mp
 
-from kernels.omp import batched_omp_torch
-from kernels.sensing import BlockSensing, omp
+from memft_bench.kernels.omp import batched_omp_torch
+from memft_bench.kernels.sensing import BlockSensing, omp
 
 
 @pytest.mark.parametrize("kind", ["block-permuted", "gaussian"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.linear_model import orthogonal_mp
 
-from harness.errors import ConfigError
-from methods.base import Batch, create
+from memft_bench.harness.errors import ConfigError
+from memft_bench.methods.base import Batch, create
 from tests.toy import Toy, quadratic_loss, reference_grads, toy_batch
 
 
@@ -303,7 +303,7 @@ def test_a_target_name_that_matches_nothing_is_an_error():
 @pytest.mark.parametrize(("length", "piece"), [(70_000, 10**9), (300_001, 10**9), (300_001, 65_536), (1_000, 64)])
 def test_top_s_of_a_long_row_is_the_exact_top_s(length, piece):
     """The row-maximum search and the piecewise search find the same entries as a full sort."""
-    from methods.sgc import _top_s
+    from memft_bench.methods.sgc import _top_s
 
     g = torch.randn(1, length, generator=torch.Generator().manual_seed(length))
     g[0, -3] = 50.0  # the largest entry in the tail that does not fill a row of the search

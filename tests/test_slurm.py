@@ -14,15 +14,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.results import read_rows
+from memft_bench.harness.results import read_rows
 from tests import slurm_cluster
+from tests.commands import BENCH_CLI
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def _tiny_slice(tmp_path: Path) -> Path:
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", "run", *args], capture_output=True, text=True,
+    return subprocess.run([*BENCH_CLI, "run", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=900)
 
 
@@ -136,7 +136,7 @@ def test_a_cancelled_job_is_a_row_with_its_reason_and_retry_resubmits_it(cluster
     suite = _tiny_slice(tmp_path)
     out = tmp_path / "run"
     args = _slurm_args(suite, out, "--methods", "fault-slow", "--plugin", "tests.faults", "--set", "budget.steps=8")
-    waiting = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", *args], cwd=ROOT,
+    waiting = subprocess.Popen([*BENCH_CLI, "run", *args], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _training(out / "logs" / "kind__fault-slow__seed0.log"), "the job's trial to train")
     (job_id,) = [e["job_id"] for e in _ledger(out)]
@@ -157,7 +157,7 @@ def test_ctrl_c_cancels_the_jobs_this_run_submitted(cluster, tmp_path):
     out = tmp_path / "run"
     args = _slurm_args(_tiny_slice(tmp_path), out, "--methods", "fault-slow,full", "--plugin", "tests.faults",
                        "--set", "budget.steps=60")
-    sweep = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", *args], cwd=ROOT,
+    sweep = subprocess.Popen([*BENCH_CLI, "run", *args], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: len(_ledger(out)) == 2, "two submissions")
     jobs = {e["job_id"] for e in _ledger(out)}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import stats
+from memft_bench.harness import stats
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from harness.errors import ConfigError
-from methods.base import create
+from memft_bench.harness.errors import ConfigError
+from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, reference_grads, toy_batch
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from harness.compare import Tolerance, compare
-from harness.config import suite_from_data
-from harness.errors import ConfigError
-from harness.runner import plan
-from harness.sweeps import split_overrides, variant_label, variants
+from memft_bench.harness.compare import Tolerance, compare
+from memft_bench.harness.config import suite_from_data
+from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.runner import plan
+from memft_bench.harness.sweeps import split_overrides, variant_label, variants
 from tests.conftest import small_suite_data
 
 

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from harness.config import BudgetSpec
-from harness.train import Diverged, LossRecorder, lr_scale, train
-from methods.base import create
+from memft_bench.harness.config import BudgetSpec
+from memft_bench.harness.train import Diverged, LossRecorder, lr_scale, train
+from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, toy_batch
 
 
@@ -45,8 +45,8 @@ def test_method_measurements_leave_out_the_warmup_steps_and_are_read_after_the_t
     when the recorder runs, which is after the step timer in the trial's callback order."""
     import torch
 
-    from harness.train import ExtrasRecorder
-    from methods.base import StepResult
+    from memft_bench.harness.train import ExtrasRecorder
+    from memft_bench.methods.base import StepResult
 
     reads = []
     recorder = ExtrasRecorder(warmup=2)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import suite_from_data
-from harness.memory import reset_rss_peak
-from harness.runner import plan
-from harness.trial import run_trial
+from memft_bench.harness.config import suite_from_data
+from memft_bench.harness.memory import reset_rss_peak
+from memft_bench.harness.runner import plan
+from memft_bench.harness.trial import run_trial
 from tests.conftest import small_suite_data
 
 
@@ -28,9 +28,9 @@ def test_evaluation_peak_excludes_the_optimizer_state_and_gradients(tmp_path):
 
 
 def test_release_frees_gradients_and_optimizer_state(small_suite):
-    from harness.data import encode_example, load_task, training_batches
-    from harness.models import build_model, build_tokenizer, causal_lm_loss
-    from methods.base import create
+    from memft_bench.harness.data import encode_example, load_task, training_batches
+    from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
+    from memft_bench.methods.base import create
 
     tokenizer = build_tokenizer(small_suite.model)
     model = build_model(small_suite.model, tokenizer, seed=0, device="cpu")

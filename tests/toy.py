@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from methods.base import Batch
+from memft_bench.methods.base import Batch
 
 
 class Toy(nn.Module):
