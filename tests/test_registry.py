@@ -104,13 +104,6 @@ def test_entry_point_plugin_is_found_without_editing_the_registry(tmp_path):
     assert out.stdout.split() == ["PluginSgd", "plugin-sgd"]
 
 
-def test_our_kernels_package_is_not_mistaken_for_the_hub_kernels_package():
-    """transformers probes for a `kernels` distribution; our top-level `kernels/` must not trigger it."""
-    from transformers.utils import import_utils
-
-    assert not import_utils.is_kernels_available()
-
-
 @pytest.mark.parametrize("name", sorted(available_methods()))
 def test_prepare_keeps_the_base_function_when_the_method_says_so(name, tiny_model_and_batch):
     """The untrained score is shared across methods on this claim (harness.trial.untrained_score)."""
