@@ -120,6 +120,7 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         limit_eval: int | None, eval_mode: str | None, strict: bool, dry_run: bool, no_fit_check: bool,
         no_report: bool, quiet: bool, execution: Execution) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
+    check_stack()
     import_plugins(plugins)
     from memft_bench.harness.config import apply_overrides, load_suite
     from memft_bench.harness.sweeps import split_overrides
@@ -215,6 +216,29 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     sys.exit(run_exit_status(rows, strict, jobs_in_flight=bool(pending)))
 
 
+ALLOW_UNSUPPORTED_STACK = "BENCH_ALLOW_UNSUPPORTED_STACK"
+
+
+def check_stack() -> None:
+    """Refuse a stack outside pyproject.toml's declared ranges, one line per package, before anything starts
+    (those ranges are the ones tested: the oldest and the latest environments). With
+    BENCH_ALLOW_UNSUPPORTED_STACK=1 the lines are warnings and the run goes on (rows record the versions)."""
+    import os
+
+    from memft_bench.harness.stack import unsupported
+
+    problems = unsupported()
+    if not problems:
+        return
+    if os.environ.get(ALLOW_UNSUPPORTED_STACK, "") not in ("", "0"):
+        for problem in problems:
+            _warn(f"{problem}; going on ({ALLOW_UNSUPPORTED_STACK} is set)")
+        return
+    for problem in problems:
+        click.echo(f"bench: error: {problem}", err=True)
+    sys.exit(USAGE_ERROR)
+
+
 def run_exit_status(rows: list[dict[str, Any]], strict: bool, jobs_in_flight: bool = False) -> int:
     """0: some trial ok (or, after a detached submission, jobs still in flight) and no harness error; 1: none
     ok, a harness error (`error` rows), or --strict and any trial not ok. oom, diverged and timeout rows are
@@ -279,16 +303,45 @@ def list_suites_command() -> None:
 
 
 @main.command()
+@click.option("--lock", "lock", type=click.Path(dir_okay=False, path_type=Path),
+              help="Compare the installed stack with this lock instead of the repository's requirements-lock.txt.")
+@click.option("--constraints", "results", type=click.Path(path_type=Path), metavar="RESULTS",
+              help="Print instead a pip constraints file of the stack a results file (or run directory) recorded: "
+                   "pip install -c FILE -e . reinstalls it.")
 @friendly_errors
-def env() -> None:
-    """The environment results would record: versions, CPU/GPU, driver, commit."""
+def env(lock: Path | None, results: Path | None) -> None:
+    """The environment results would record: versions, CPU/GPU, driver, commit; and whether the installed
+    stack is the lock's (a note on standard error, so standard output stays JSON)."""
     import json
 
+    if results is not None:
+        from memft_bench.harness.stack_records import recorded_constraints
+
+        click.echo(recorded_constraints(results), nl=False)
+        return
     from memft_bench.harness.env import environment
     from memft_bench.harness.runner import resolve_device
+    from memft_bench.harness.stack import installed_stack, lock_differences, lock_file, read_lock
 
     device = resolve_device("auto")
     click.echo(json.dumps(environment(device), indent=2))
+    path = lock or lock_file()
+    if path is None:
+        click.echo("bench: note: no lock to compare with (a wheel install carries none); pass --lock FILE", err=True)
+        return
+    try:
+        pins = read_lock(path)
+    except OSError as exc:
+        raise BenchError(f"--lock {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    stack = installed_stack()
+    differences = lock_differences(stack, pins)
+    if differences:
+        click.echo(f"bench: note: the installed stack differs from {path} in {len(differences)} package(s): "
+                   + ", ".join(map(str, differences)), err=True)
+    else:
+        click.echo(f"bench: note: the installed stack matches {path} ({len(stack) - 1} packages)", err=True)
 
 
 @main.command()

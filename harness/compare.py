@@ -59,6 +59,7 @@ class Finding:
 @dataclass
 class Comparison:
     findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. the two runs were measured on different stacks
 
     @property
     def regressions(self) -> list[Finding]:
@@ -128,7 +129,25 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> Co
             result.findings.append(_check(name, metric, base[metric], now[metric],
                                           lambda b, c: c > b * (1 + tol.peak_rel)))
     result.findings.extend(_speed(baseline, current, tol))
-    return Comparison([f for f in result.findings if f is not None])
+    return Comparison([f for f in result.findings if f is not None], stack_notes(baseline, current))
+
+
+def stack_notes(baseline: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    """A note (never a regression) when the runs were measured with different package versions: a
+    difference in figures may then be the libraries', not the code's."""
+    from memft_bench.harness.stack import stack_changes
+    from memft_bench.harness.stack_records import mixed_versions, recorded_stack
+
+    notes = []
+    changes = stack_changes(recorded_stack(baseline["env"]), recorded_stack(current["env"]))
+    if changes:
+        notes.append(f"note: the two runs were measured on different stacks ({len(changes)} package(s)): "
+                     + ", ".join(changes))
+    for label, frame in (("baseline", baseline), ("current", current)):
+        mixed = mixed_versions(frame["env"])
+        if mixed:
+            notes.append(f"note: the {label} run's rows were measured on more than one stack: " + "; ".join(mixed))
+    return notes
 
 
 def _speed(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> list[Finding | None]:
@@ -188,7 +207,8 @@ def _check(name: str, metric: str, base: Any, now: Any, worse, higher_is_better:
 
 def render(comparison: Comparison, show_all: bool = False) -> str:
     rows = [f for f in comparison.findings if show_all or f.verdict != "same"]
-    lines = [f"{len(comparison.regressions)} regression(s) in {len(comparison.findings)} checks", ""]
+    lines = [f"{len(comparison.regressions)} regression(s) in {len(comparison.findings)} checks", *comparison.notes,
+             ""]
     if rows:
         table = pd.DataFrame([{"trial": f.trial, "metric": f.metric, "baseline": _fmt(f.baseline),
                                "current": _fmt(f.current), "verdict": f.verdict.upper() if f.verdict == "regression"

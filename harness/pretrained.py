@@ -80,7 +80,8 @@ def resolve(path: str) -> str:
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return str(target)
     if importlib.util.find_spec("gguf") is None:
-        raise BenchError(f"model {path}: needs the `gguf` package to read the GGUF file (pip install gguf)")
+        raise BenchError(f"model {path}: needs the `gguf` package to read the GGUF file; install it with "
+                         'pip install -e ".[gguf]" (or pip install gguf)')
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -240,7 +240,7 @@ def environment_lines(frame: pd.DataFrame) -> list[str]:
         lines.append(f"- budget: {int(budget['steps'].max())} steps × batch {int(budget['batch_size'].max())} "
                      "for every method")
     lines.append(f"- trials: {len(frame)} ({int((frame['status'] == 'ok').sum())} ok); report generated "
-                 f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+                 f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}")
     return lines
 
 

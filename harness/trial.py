@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ import torch
 from memft_bench.harness.options import option
 from memft_bench.methods.base import AdamOptions, register
 from memft_bench.methods.fused import LayerwiseOptimizerMethod
+from memft_bench.methods.package_check import require
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -42,6 +43,9 @@ class GaloreOptions(AdamOptions):
     layerwise: bool = option(
         False, "galore-torch's layer-wise mode: one GaLoreAdamW per parameter, stepped inside backward as soon as "
         "its gradient is complete (one gradient held instead of all; gradient accumulation stays exact)")
+
+    def validate(self, where: str) -> None:
+        require("galore", where)  # galore-torch is an extra: the lent GPU image and slim installs lack it
 
 
 def _import_galore_adamw() -> type[torch.optim.Optimizer]:

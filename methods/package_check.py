@@ -1,9 +1,10 @@
 """Optional packages of the methods that run through their authors' code, checked without importing them.
 
-The 8-bit optimizers, APOLLO, BAdam, Adam-mini and LOMO live in packages outside the core dependencies
-(the `methods` extra of pyproject.toml). A method whose package is missing is still listed, with how to
-install it, and choosing it is refused with one line before any trial starts: each such method's options
-call `require()` from their `validate()`, which runs wherever options are built (suite load, `--set`).
+GaLore, the 8-bit optimizers, APOLLO, BAdam, Adam-mini and LOMO live in packages outside the core
+dependencies (the `methods` extra of pyproject.toml; GaLore's also alone as the `galore` extra). A method
+whose package is missing is still listed, with how to install it, and choosing it is refused with one line
+before any trial starts: each such method's options call `require()` from their `validate()`, which runs
+wherever options are built (suite load, `--set`).
 `importlib.util.find_spec` answers without importing the package, so `bench list` stays free of torch.
 """
 
@@ -20,6 +21,7 @@ INSTALL_HINT = 'pip install -e ".[methods]"'
 
 #: method name -> (module that must import, its PyPI distribution)
 PACKAGES: dict[str, tuple[str, str]] = {
+    "galore": ("galore_torch", "galore-torch"),
     "adamw8bit": ("bitsandbytes", "bitsandbytes"),
     "paged-adamw8bit": ("bitsandbytes", "bitsandbytes"),
     "ao-adamw8bit": ("torchao", "torchao"),

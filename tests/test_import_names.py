@@ -46,7 +46,7 @@ def test_packages_that_own_our_folder_names_are_the_ones_imported(tmp_path, cwd)
     for name in FOLDERS:
         (site / name).mkdir(parents=True)
         (site / name / "__init__.py").write_text(f"OWNER = 'stand-in {name}'\n")
-    code = f"""
+    code = """
         import json, harness, methods, kernels, suites
         from memft_bench.harness.config import load_suite
         from memft_bench.methods.base import get_method_class
