@@ -72,6 +72,15 @@ def problem(rng: np.random.Generator, b: int, d: int, s: int, k: int) -> tuple[n
     return A, X @ A.T
 
 
+def resolve_device(text: str, current_index=None) -> torch.device:
+    """`text` as an indexed device: a bare `cuda` is the current GPU (`torch.cuda.set_device` refuses a
+    device without an index). `current_index` stands in for `torch.cuda.current_device` (tests)."""
+    device = torch.device(text)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", (current_index or torch.cuda.current_device)())
+    return device
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -80,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore", RuntimeWarning)  # scikit-learn's early-stop warnings
     rng = np.random.default_rng(0)
+    args.device = str(resolve_device(args.device))
     gpu = args.device.startswith("cuda")
     if gpu:  # synchronize() and get_device_name() below act on the current device: make it this one
         torch.cuda.set_device(torch.device(args.device))

@@ -138,6 +138,8 @@ def stack_notes(baseline: pd.DataFrame, current: pd.DataFrame) -> list[str]:
     from memft_bench.harness.stack import stack_changes
     from memft_bench.harness.stack_records import mixed_versions, recorded_stack
 
+    if "env" not in baseline.columns or "env" not in current.columns:
+        return []
     notes = []
     changes = stack_changes(recorded_stack(baseline["env"]), recorded_stack(current["env"]))
     if changes:
