@@ -152,3 +152,13 @@ def test_bench_env_constraints_reinstall_what_a_run_recorded(tmp_path):
     assert pins == ["torch==2.13.0", "transformers==5.24.0"]
     missing = _bench("env", "--constraints", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and missing.stderr.startswith("bench: error: --constraints")
+
+
+def test_ci_runs_the_readme_test_command_verbatim_and_both_commands_install_the_lock():
+    printed = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--print-test-command"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout.strip()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert printed.endswith("python -m pytest -q") and f"\n{printed}\n" in readme
+    run_command = next(line for line in readme.splitlines() if line.endswith("&& bench run"))
+    for command in (printed, run_command):
+        assert command.startswith("pip install -c requirements-lock.txt -e ")
