@@ -36,8 +36,10 @@ class ModelSpec:
     kind: str = option(
         "tiny-llama",
         "tiny-llama: a Llama-shaped model built from this config with a seeded random init (no download); "
+        "llama-shape: a real model's shapes (these fields, vocab_size, tie_word_embeddings), random init, built "
+        "directly on the trial's device, for memory and speed at scale (its outputs mean nothing); "
         "pretrained: `path` is a local directory or a Hugging Face id",
-        choices=("tiny-llama", "pretrained"),
+        choices=("tiny-llama", "llama-shape", "pretrained"),
     )
     path: str | None = option(None, "local directory or hub id when kind is pretrained")
     trust_remote_code: bool = option(
@@ -49,6 +51,12 @@ class ModelSpec:
     num_attention_heads: int = option(4, "tiny-llama: attention heads", min=1)
     num_key_value_heads: int = option(4, "tiny-llama: key/value heads (grouped-query attention)", min=1)
     max_position_embeddings: int = option(256, "tiny-llama: longest sequence", min=16)
+    vocab_size: int = option(
+        32000, "llama-shape: vocabulary size (tiny-llama takes its word tokenizer's; the embedding and output "
+        "projection are vocab_size x hidden_size, so at 128k words they are a large share of a 1B model)", min=2)
+    tie_word_embeddings: bool = option(
+        False, "llama-shape: the output projection shares the input embedding's weight (Llama-3.2 1B and 3B do, "
+        "Llama-2 does not)")
     precision: str = option(
         "fp32", "one policy for every method: fp32; bf16-mixed (frozen weights bf16, trained weights and optimizer "
         "state fp32, bf16 autocast); bf16 (everything bf16)")
@@ -71,6 +79,9 @@ class ModelSpec:
             raise ConfigError(
                 f"{where}.path: {self.path!r} is neither a directory nor a hub id of the form owner/name"
             )
+        if self.kind == "llama-shape" and self.pretrain_steps:
+            raise ConfigError(f"{where}.pretrain_steps: a llama-shape model is never pre-trained (its values are "
+                              "random on purpose: only its shapes are measured); set it to 0")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"{where}.num_attention_heads: must divide hidden_size ({self.hidden_size})")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -85,6 +96,12 @@ class ModelSpec:
             from memft_bench.harness.pretrained import label
 
             return label(str(self.path))
+        if self.kind == "llama-shape":
+            return (
+                f"llama-shape (random init, shapes only: {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
+                f"mlp {self.intermediate_size}, {self.num_attention_heads} heads, {self.num_key_value_heads} kv heads, "
+                f"vocab {self.vocab_size}, {'tied' if self.tie_word_embeddings else 'untied'} embeddings)"
+            )
         start = "random init"
         if self.pretrain_steps:
             start = f"pre-trained {self.pretrain_steps} steps on the synthetic corpus"
@@ -97,8 +114,10 @@ class ModelSpec:
 @dataclass
 class TaskSpec:
     name: str = option(help="task name, as it appears in result rows")
-    source: str = option("synthetic", "synthetic: generated records; commonsense: LLM-Adapters files",
-                         choices=("synthetic", "commonsense"))
+    source: str = option(
+        "synthetic", "synthetic: generated records; commonsense: LLM-Adapters files; tokens: sequences of "
+        "uniformly random token ids, cutoff_len long, loss on every token (llama-shape models: memory and speed "
+        "only, its accuracy means nothing)", choices=("synthetic", "commonsense", "tokens"))
     generator: str = option("", "synthetic: the generator's name (see harness/synthetic.py)")
     train_size: int = option(2000, "synthetic: training records", min=1)
     test_size: int = option(200, "synthetic: test records", min=1)
@@ -136,6 +155,10 @@ class BudgetSpec:
     )
     lr_warmup_steps: int = option(0, "linear warm-up steps of the schedule", min=0)
     timing_warmup_steps: int = option(3, "steps left out of the step-time statistics", min=0)
+    gradient_checkpointing: bool = option(
+        False, "recompute each decoder layer's activations in backward instead of keeping them "
+        "(transformers' activation checkpointing, use_reentrant=False), the same for every method that "
+        "backpropagates; zeroth-order methods record that it does not apply")
 
     @property
     def batch_size(self) -> int:
@@ -177,6 +200,10 @@ class SuiteSpec:
     def validate(self, where: str) -> None:
         if not self.tasks:
             raise ConfigError(f"{where}.tasks: a suite needs at least one task")
+        for task in self.tasks:
+            if task.source == "tokens" and self.model.kind != "llama-shape":
+                raise ConfigError(f"{where}.tasks.{task.name}: a tokens task draws ids from model.vocab_size, "
+                                  "which only model.kind llama-shape has")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}.tasks: task names must be unique; got {names}")
@@ -309,7 +336,24 @@ def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
     return suite_from_data(data, f"{suite.name} (with --set)")
 
 
+#: Fields added to the schema after results were recorded, with their defaults: left out of fingerprints
+#: while at the default, so a run directory recorded before they existed resumes (its trial ids still
+#: match) instead of running every trial again. A new field that changes nothing at its default goes here.
+LATER_FIELD_DEFAULTS: dict[str, Any] = {"vocab_size": 32000, "tie_word_embeddings": False,
+                                        "gradient_checkpointing": False}
+
+
+def _without_later_defaults(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_later_defaults(v) for k, v in data.items()
+                if not (k in LATER_FIELD_DEFAULTS and v == LATER_FIELD_DEFAULTS[k] and type(v) is
+                        type(LATER_FIELD_DEFAULTS[k]))}
+    if isinstance(data, list):
+        return [_without_later_defaults(v) for v in data]
+    return data
+
+
 def fingerprint(data: Any) -> str:
     """A short stable hash of plain data: identifies a trial's full configuration for resuming."""
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    blob = json.dumps(_without_later_defaults(data), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]

@@ -3,7 +3,8 @@
 Records follow the LLM-Adapters format `{"instruction", "input", "output", "answer"}`. Training
 examples are the prompt followed by the output; the loss covers the response tokens only (prompt
 labels are -100) and padding never enters the loss. The data order is a seeded shuffle, so every
-method of a trial sees the same examples in the same order.
+method of a trial sees the same examples in the same order. A `tokens` task (the scale suites) is records
+of ready token ids, `{"token_ids": [...]}`, all `cutoff_len` long, with the loss on every token.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from memft_bench.harness.config import SuiteSpec, TaskSpec
 from memft_bench.harness.prompts import build_prompt
-from memft_bench.harness.synthetic import GENERATORS, generate_split
+from memft_bench.harness.synthetic import GENERATORS, generate_split, token_sequences
 from memft_bench.methods.base import Batch
 
 IGNORE_INDEX = -100
@@ -27,19 +28,30 @@ class TaskData:
     """A trial's training records and its test sets (name -> records), with each record's answer options."""
 
     name: str
-    train: list[dict[str, str]]
-    tests: dict[str, list[dict[str, str]]]
+    train: list[dict[str, Any]]
+    tests: dict[str, list[dict[str, Any]]]
     options: Callable[[str, dict[str, str]], tuple[str, ...]]
     source: str = ""
     #: test set name -> each item's index in its source file (default: its position in `tests`)
     test_indices: dict[str, list[int]] = field(default_factory=dict)
+    #: records are token ids (`{"token_ids": [...]}`), scored by next-token accuracy, which means nothing
+    tokens: bool = False
 
     def indices(self, test_name: str) -> list[int]:
         return self.test_indices.get(test_name) or list(range(len(self.tests[test_name])))
 
 
 def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
-    """Synthetic records, or the commonsense mix and test sets (`seed` shuffles the mix and picks subsets)."""
+    """Synthetic records, random token ids, or the commonsense mix and test sets (`seed` shuffles the mix and
+    picks subsets)."""
+    if task.source == "tokens":
+        length, vocab = suite.budget.cutoff_len, suite.model.vocab_size
+        train = token_sequences(task.train_size, length, vocab, suite.data_seed)
+        test = token_sequences(task.test_size, length, vocab, suite.data_seed + 1_000_003)
+        return TaskData(task.name, [{"token_ids": ids} for ids in train],
+                        {task.name: [{"token_ids": ids} for ids in test]}, lambda _name, _record: (),
+                        f"uniformly random token ids (vocabulary {vocab}, length {length}): memory and speed only",
+                        tokens=True)
     if task.source == "synthetic":
         train, test = generate_split(task.generator, task.train_size, task.test_size, suite.data_seed)
         options = GENERATORS[task.generator].options
@@ -56,7 +68,7 @@ def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
                     {name: indices for name, (indices, _) in items.items()})
 
 
-def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int,
+def encode_example(tokenizer: Any, record: dict[str, Any], cutoff_len: int,
                    prompt_of: Callable[[dict[str, str]], str] = build_prompt) -> dict[str, list[int]]:
     """Token ids and labels of prompt + output (+ EOS), with the prompt's labels masked.
 
@@ -64,6 +76,9 @@ def encode_example(tokenizer: Any, record: dict[str, str], cutoff_len: int,
     appended when there is room, and the first len(tokenise(prompt)) labels become -100. `prompt_of`
     is the Alpaca prompt, or LLM-Adapters' own whitespace under `--eval-mode llm-adapters`.
     """
+    if "token_ids" in record:  # a tokens task: the ids are the example, and every token is a target
+        ids = list(record["token_ids"][:cutoff_len])
+        return {"input_ids": ids, "labels": list(ids)}
     prompt = prompt_of(record)
     full_ids = tokenizer(prompt + record["output"], truncation=True, max_length=cutoff_len)["input_ids"]
     if tokenizer.eos_token_id is not None and len(full_ids) < cutoff_len and (

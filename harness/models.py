@@ -2,14 +2,18 @@
 
 The harness builds the model, never a method: the same seed gives every method the same initial
 weights. `tiny-llama` builds a small `LlamaForCausalLM` from the suite's config with a word-level
-tokenizer over the synthetic tasks' vocabulary (no download). `pretrained` loads a local directory
-or hub id with safetensors only, and `trust_remote_code=False` unless the user passed
-`--trust-remote-code`.
+tokenizer over the synthetic tasks' vocabulary (no download). `llama-shape` builds a real model's shapes
+(Llama-3.2-1B, Llama-2-7B, ...) with random values, directly on the trial's device and in the storage
+dtype, for memory and speed at scale: a 7B model never passes through host memory, and its outputs mean
+nothing (its tasks are random token ids, `harness.data`). `pretrained` loads a local directory or hub id
+with safetensors only, and `trust_remote_code=False` unless the user passed `--trust-remote-code`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +57,10 @@ def _first_line(exc: BaseException) -> str:
 def build_tokenizer(spec: ModelSpec) -> Any:
     if spec.kind == "tiny-llama":
         return build_word_tokenizer(vocabulary_text())
+    if spec.kind == "llama-shape":
+        # Its tasks are token ids, never text: the tokenizer only names the special ids (padding, BOS, EOS),
+        # which are ids 0-3 of the model's own vocab_size.
+        return build_word_tokenizer("")
     from transformers import AutoTokenizer
 
     from memft_bench.harness.pretrained import check_model_files, resolve
@@ -88,6 +96,49 @@ def tiny_llama_config(spec: ModelSpec, tokenizer: Any) -> Any:
     )
 
 
+def llama_shape_config(spec: ModelSpec, tokenizer: Any) -> Any:
+    """The `llama-shape` kind's LlamaConfig: a real model's shapes, its vocabulary size and embedding tying.
+
+    Only what decides memory and time is set: Llama's rotary base and scaling, norm epsilon and context
+    length change neither the parameters nor the step's tensors at a fixed sequence length."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+
+
+def model_config(spec: ModelSpec, tokenizer: Any) -> Any:
+    """The LlamaConfig of a model the harness builds itself (`tiny-llama`, `llama-shape`), for the trial and
+    for the pre-flight's meta model alike, so both build the same shapes."""
+    if spec.kind == "llama-shape":
+        return llama_shape_config(spec, tokenizer)
+    return tiny_llama_config(spec, tokenizer)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create floating parameters in `dtype`: a model built in its storage dtype never exists in float32
+    (a 7B model would hold 27 GB for a moment). Rotary frequencies are made float32 explicitly by
+    transformers, so buffers stay as `from_pretrained(dtype=...)` leaves them."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device | str) -> torch.nn.Module:
     """The trial's starting model: identical for every method given the same spec and seed.
 
@@ -100,6 +151,14 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
 
     dtype = Precision(spec.precision).storage_dtype
     torch.manual_seed(seed)
+    if spec.kind == "llama-shape":
+        # On the device itself, in the storage dtype: parameters are allocated and initialised where they will
+        # be trained, with no host copy and no float32 detour. The seed fixes the values on the device's own
+        # generator, so every method of a trial starts from the same (meaningless) weights.
+        with torch.device(device), default_dtype(dtype):
+            model = LlamaForCausalLM(llama_shape_config(spec, tokenizer))
+        model.config.use_cache = False
+        return model
     if spec.kind == "tiny-llama":
         model = LlamaForCausalLM(tiny_llama_config(spec, tokenizer))
         if spec.pretrain_steps:
@@ -207,3 +266,53 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
                                reduction="sum")
     return loss_sum, int((labels != -100).sum())
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
+    """Turn on activation checkpointing (non-reentrant) on a transformers model; returns how many of its modules
+    now recompute their activations in backward, read back from the model, so a row records what reached it.
+
+    Non-reentrant, because the reentrant form needs an input that requires grad (frozen embeddings under LoRA
+    give none) and re-runs parameter hooks differently. transformers 5 renamed the method
+    `activation_checkpointing_enable` and kept `gradient_checkpointing_enable` as a deprecated alias (its
+    FutureWarning would only add noise to every trial log)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise BenchError(f"{type(model).__name__} has no gradient checkpointing switch; set "
+                         "budget.gradient_checkpointing=false")
+    return checkpointed_modules(model)
+
+
+def checkpointed_modules(model: torch.nn.Module) -> int:
+    """Decoder layers whose `gradient_checkpointing` flag is set: 0 when checkpointing is off.
+
+    transformers' checkpointed layers derive from `GradientCheckpointingLayer`; the model class above them
+    carries the flag too but recomputes nothing itself, so it is not counted (older transformers: every
+    flagged module)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        GradientCheckpointingLayer = torch.nn.Module  # noqa: N806 (a class, as the import names it)
+    return sum(1 for m in model.modules()
+               if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False) is True)
+
+
+@torch.no_grad()
+def next_token_accuracy(model: torch.nn.Module, sequences: Sequence[Sequence[int]], batch_size: int,
+                        device: torch.device | str) -> tuple[int, int]:
+    """(correctly predicted next tokens, tokens predicted) over `sequences` (equal lengths), top-1.
+
+    The evaluation of a random-token task: on uniformly random tokens nothing can be learnt, so its
+    accuracy is chance (1 / vocabulary) whatever the method; it is measured, not assumed, so a row keeps an
+    accuracy like every other and the evaluation phase's memory is real, and it is never read as quality."""
+    correct = total = 0
+    for start in range(0, len(sequences), batch_size):
+        ids = torch.tensor([list(s) for s in sequences[start:start + batch_size]], dtype=torch.long, device=device)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1]
+        correct += int((logits.argmax(-1) == ids[:, 1:]).sum())
+        total += ids[:, 1:].numel()
+    return correct, total

@@ -124,13 +124,13 @@ def build_meta_model(spec: ModelSpec) -> torch.nn.Module:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
-    from memft_bench.harness.models import build_tokenizer, tiny_llama_config
+    from memft_bench.harness.models import build_tokenizer, model_config
     from memft_bench.harness.precision import Precision
 
     dtype = Precision(spec.precision).storage_dtype
     try:
-        if spec.kind == "tiny-llama":
-            config = tiny_llama_config(spec, build_tokenizer(spec))
+        if spec.kind in ("tiny-llama", "llama-shape"):  # llama-shape: a 7B model's shapes, never its memory
+            config = model_config(spec, build_tokenizer(spec))
             with torch.device("meta"):
                 model = LlamaForCausalLM(config)
         else:
@@ -154,8 +154,10 @@ def build_meta_model(spec: ModelSpec) -> torch.nn.Module:
 def activation_bytes(model: torch.nn.Module, suite: SuiteSpec, uses_backward: bool, compute_bytes: int) -> int:
     """An order-of-magnitude estimate of the activations one micro-batch keeps for backward (Llama-shaped
     decoder: per token and layer about 10 hidden + 4 MLP-width values and the attention row), plus the
-    logits and their float32 loss copy. A forward-only method keeps about one layer's worth. Shown apart
-    from the exact parts and never used to refuse a trial: kernels (SDPA, fused losses) change it."""
+    logits and their float32 loss copy. A forward-only method keeps about one layer's worth. With
+    `budget.gradient_checkpointing`, backward keeps each layer's input (one hidden vector per token) and one
+    layer's worth being recomputed. Shown apart from the exact parts and never used to refuse a trial:
+    kernels (SDPA, fused losses) change it."""
     config = model.config
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     width = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
@@ -166,7 +168,11 @@ def activation_bytes(model: torch.nn.Module, suite: SuiteSpec, uses_backward: bo
     tokens = suite.budget.micro_batch_size * seq
     per_layer = tokens * (10 * hidden + 4 * width + heads * seq) * compute_bytes
     logits = tokens * vocab * (compute_bytes + 4) * (2 if uses_backward else 1)
-    return (per_layer * layers if uses_backward else per_layer) + logits
+    if not uses_backward:
+        return per_layer + logits
+    if suite.budget.gradient_checkpointing:
+        return tokens * hidden * compute_bytes * layers + per_layer + logits
+    return per_layer * layers + logits
 
 
 # -- checking a sweep -------------------------------------------------------------------------------

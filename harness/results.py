@@ -42,7 +42,7 @@ class Scan:
 #: The columns every row has, in report order. Null where a meter does not apply.
 COLUMNS = [
     "run_id", "trial_id", "suite", "task", "method", "variant", "method_params", "model", "seed", "device",
-    "precision", "dtype",
+    "precision", "dtype", "gradient_checkpointing",
     "status", "reason",
     "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
     "accuracy", "accuracy_per_task", "eval_items", "predictions", "accuracy_before", "accuracy_per_task_before",

@@ -1,4 +1,5 @@
-"""Synthetic tasks for the `tiny` suite, in the commonsense data's record format.
+"""Synthetic tasks for the `tiny` suite, in the commonsense data's record format, and the random token
+sequences of the shape-only scale suites (`token_sequences`).
 
 Each generator returns records `{"instruction", "input", "output", "answer"}` exactly like the
 LLM-Adapters files (e.g. output "the correct answer is answer2", answer "answer2"), so the tiny suite
@@ -163,6 +164,16 @@ def pretraining_text(n_records: int, seed: int) -> list[str]:
             record = GENERATORS[rng.choice(PRETRAINING_GENERATORS)].generate_one(rng)
             out.append(build_prompt(record) + record["output"])
     return out
+
+
+def token_sequences(n: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """`n` sequences of `length` token ids drawn uniformly from [0, vocab_size), deterministic in `seed`.
+
+    The task of the shape-only scale suites: memory and step time depend on a batch's shape, not on its
+    values, and a fixed length makes every step of every method the same size (no padding, no length
+    spread between steps). There is nothing to learn in it, so no accuracy is claimed."""
+    rng = random.Random(f"tokens:{seed}")
+    return [[rng.randrange(vocab_size) for _ in range(length)] for _ in range(n)]
 
 
 def vocabulary_text() -> str:

@@ -179,7 +179,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         suite = suite_from_data(spec["suite"], "trial spec")
         budget = suite.budget
         precision = Precision(suite.model.precision)
-        row.update(model=suite.model.label, precision=precision.name, batch_size=budget.batch_size)
+        row.update(model=suite.model.label, precision=precision.name, batch_size=budget.batch_size,
+                   gradient_checkpointing=budget.gradient_checkpointing)  # asked; then what reached the model
         timer.warmup = extras.warmup = budget.timing_warmup_steps
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -197,6 +198,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"], precision)
         method.total_steps = budget.steps  # a schedule that needs the budget (peft's AdaLoRA) reads it in prepare()
         row["forward_passes_per_step"] = method.forward_passes_per_step
+        row["gradient_checkpointing"] = gradient_checkpointing(model, method, budget.gradient_checkpointing, notes)
         if suite.evaluation.before_training and method.keeps_base_function:
             # The base model as built (storage dtype), before any method touched it: the same measurement
             # whichever method of the run makes it first.
@@ -243,8 +245,12 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             row["eval_time_s"] = time.perf_counter() - t0
             row.update(accuracy=sum(per_task.values()) / len(per_task), accuracy_per_task=per_task,
                        eval_items=items)
+            if task.tokens:
+                notes["accuracy"] = (f"not meaningful: next-token accuracy on uniformly random tokens (chance 1/"
+                                     f"{suite.model.vocab_size}) of a randomly initialised model; the row is read "
+                                     "for memory and time")
             peaks = meters.stop()
-            if spec.get("predictions_file"):
+            if spec.get("predictions_file") and lines:  # a tokens task has no items to record
                 from memft_bench.harness import predictions
 
                 predictions.write(Path(spec["predictions_file"]), lines)
@@ -286,6 +292,26 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def gradient_checkpointing(model: torch.nn.Module, method: Any, wanted: bool, notes: dict[str, str]) -> bool | None:
+    """Apply `budget.gradient_checkpointing` to the built model, before the method prepares it, the same way for
+    every method that backpropagates; returns the row's value: what reached the model (True when its decoder
+    layers recompute their activations), or None where it does not apply (a zeroth-order method has no backward,
+    so there are no activations kept for one)."""
+    from memft_bench.harness.models import enable_gradient_checkpointing
+
+    if not wanted:
+        return False
+    if not method.uses_backward:
+        notes["gradient_checkpointing"] = (f"does not apply: {type(method).__name__} runs forward passes only, "
+                                           "so it keeps no activations for a backward pass")
+        return None
+    layers = enable_gradient_checkpointing(model)
+    notes["gradient_checkpointing"] = f"on: {layers} decoder layers recompute their activations in backward " \
+                                      "(non-reentrant)"
+    print(f"gradient checkpointing: {notes['gradient_checkpointing']}", flush=True)
+    return layers > 0
+
+
 def evaluate_all(model, tokenizer, task, suite, precision,
                  trial_id: str) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
     """Accuracy and item count of every test set of the trial's task, and the per-item records, in the
@@ -305,6 +331,15 @@ def _evaluate_all(model, tokenizer, task, suite,
 
     per_task, items, lines = {}, {}, []
     for test_name, records in task.tests.items():
+        if task.tokens:  # random token ids: next-token accuracy, chance level by construction (no items)
+            from memft_bench.harness.models import next_token_accuracy
+
+            correct, total = next_token_accuracy(model, [r["token_ids"] for r in records],
+                                                 suite.evaluation.batch_size, next(model.parameters()).device)
+            per_task[test_name], items[test_name] = correct / max(total, 1), total
+            print(f"evaluated {test_name}: next-token accuracy {per_task[test_name]:.4f} on {total} tokens "
+                  "(random tokens: not meaningful)", flush=True)
+            continue
         if suite.evaluation.mode == "llm-adapters":
             result = llm_adapters.evaluate(model, tokenizer, records, extractor(task, test_name))
         elif suite.evaluation.mode == "generate":

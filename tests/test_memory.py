@@ -42,9 +42,9 @@ def test_rss_peak_is_a_real_measurement():
 
 
 def test_rss_peak_resets_between_phases():
-    from memft_bench.harness.memory import reset_rss_peak
-
     import mmap
+
+    from memft_bench.harness.memory import reset_rss_peak
 
     if not reset_rss_peak():  # from here on, the peak is this test's, not that of the tests run before it
         pytest.skip("this kernel cannot reset the peak RSS")
