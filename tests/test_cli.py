@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.commands import BENCH_CLI
@@ -58,6 +59,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "a" / "results.jsonl").exists()
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 def test_end_to_end_run_resume_and_failed_trial(tmp_path):
     suite = small_suite_data(steps=4)
     suite["model"]["pretrain_steps"] = 3

@@ -139,6 +139,7 @@ def _trial_processes(out: Path) -> list[str]:
     return [line for line in ps.splitlines() if TRIAL_MODULE in line and str(out) in line]
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 def test_parallel_trials_ctrl_c_kills_all_in_flight_then_resume(tmp_path):
     """--jobs 2: both trials run at once; Ctrl-C kills both and exits 130 with no row for them; the same
     command then gives exactly one row per trial, with the fault trial's reason intact."""

@@ -73,6 +73,7 @@ def test_prediction_on_meta_equals_the_accounting_after_real_steps(method, preci
         assert predicted[column] == pytest.approx(measured[column], rel=1e-9, abs=1e-12), column
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 def test_every_problem_of_a_sweep_is_reported_at_once_and_nothing_starts(tmp_path):
     out = tmp_path / "run"
     result = _bench("run", "--methods", "lora,smt,sgc,full", "--out", str(out),
@@ -87,6 +88,7 @@ def test_every_problem_of_a_sweep_is_reported_at_once_and_nothing_starts(tmp_pat
     assert not (out / "results.jsonl").exists() and not (out / "logs").exists()
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 def test_unknown_set_section_is_an_error_and_a_method_not_run_a_warning(tmp_path):
     typo = _bench("run", "--set", "nosuch.x=1", "--out", str(tmp_path / "a"))
     assert typo.returncode == 2 and typo.stderr.count("\n") == 1
@@ -97,6 +99,7 @@ def test_unknown_set_section_is_an_error_and_a_method_not_run_a_warning(tmp_path
     assert "bench: warning: --set lora.…: lora is not in this run's methods (full)" in not_run.stderr
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 def test_dry_run_prints_each_trials_memory_and_starts_nothing(tmp_path):
     out = tmp_path / "run"
     result = _bench("run", "--dry-run", "--methods", "full,lora,mezo", "--out", str(out))

@@ -44,6 +44,7 @@ def _rows(out: Path) -> dict[str, dict]:
     return {r["method"]: r for r in read_rows(out / "results.jsonl")}
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 def test_every_fault_becomes_a_row_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "run"
     methods = "fault-raise,fault-nan,fault-hang,fault-sigkill,fault-oom,full"
@@ -86,6 +87,7 @@ def _trial_processes(out: Path) -> list[str]:
     return [line for line in ps.splitlines() if TRIAL_MODULE in line and str(out) in line]
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_interrupted_sweep_resumes_to_one_row_per_trial(tmp_path, sig):
     out = tmp_path / "run"

@@ -113,6 +113,7 @@ def test_schema_refuses_what_a_shape_only_model_cannot_do():
         suite_from_data({**data, "model": {**data["model"], "kind": "tiny-llama"}}, "t")
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses: left out of the stacks' fast tests
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_shrunken_scale_suite_trains_through_the_cli(tmp_path, checkpointing):
     out = tmp_path / "run"
