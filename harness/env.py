@@ -47,8 +47,14 @@ def lock_differences() -> list[str] | None:
         return [f"unreadable lock: {exc}"]
 
 
+#: a file at the checkout's root holding the commit (`.ci/gpu-prepare` writes it), read where git cannot tell:
+#: a copy of the tree without `.git` (a lent GPU machine)
+COMMIT_FILE = "COMMIT"
+
+
 def git_commit(root: Path = PROJECT_ROOT) -> str | None:
-    """HEAD of the harness's checkout, with "+dirty" when the work tree has changes; None outside git."""
+    """HEAD of the harness's checkout, with "+dirty" when the work tree has changes; where git cannot tell (no
+    `.git`, no git), the first line of ROOT/COMMIT; None when neither answers."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
@@ -56,7 +62,11 @@ def git_commit(root: Path = PROJECT_ROOT) -> str | None:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        try:
+            lines = (Path(root) / COMMIT_FILE).read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return lines[0] if lines else None
 
 
 def _cpu_name() -> str:

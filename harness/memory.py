@@ -1,6 +1,6 @@
 """Memory, measured four ways; each meter that does not apply reports None, never a made-up number.
 
-1. NVML (GPU): a thread samples the GPU's used memory and this process's usage every few ms; the
+1. NVML (GPU): a thread samples the GPU's used memory every 20 ms (this process's usage only when it peaks); the
    device figure is the phase's peak minus the idle baseline taken before the model was built, so it
    sees everything the process holds, CuPy's pool and the CUDA context included (and, on a shared
    GPU, other processes' growth too). The GPU is found by its UUID or PCI bus id from torch, never by
@@ -133,10 +133,24 @@ class NvmlSampler:
     The per-process peak matches NVML's process list against `os.getpid()`. In a container with its
     own PID namespace NVML reports host PIDs, which never match; the figure is then None and
     `process_note` says why (set once, the first time it applies).
+
+    Every 20 ms, not every few: the device figure only moves when a process calls cudaMalloc/cudaFree, and
+    within a phase torch's caching allocator only grows its segments (nothing calls empty_cache), so the used
+    memory is a staircase whose top `stop()`'s last sample reads anyway; a 5 ms loop of NVML calls (each a
+    driver query, the process listing costlier still) competes with the training loop for the GIL and a
+    CPU core and perturbs the step times measured beside it. The process list is read only when the device
+    figure reaches a new peak (a process's usage is part of the device's) and at `stop()`, and no more in a
+    phase once NVML said it cannot list them.
+
+    A sample that raises (the GPU fell off the bus, NVML went away) is not the end silently: the thread tries
+    again a few times, and `sample_note` says that sampling failed, how often, after how many good samples,
+    and whether it stopped, so the peak is known to be partial; the trial copies it into its row's
+    `meter_notes` (key `nvml`).
     """
 
     device_index: int = 0
-    interval_s: float = 0.005
+    interval_s: float = 0.02
+    max_failures: int = 3  # consecutive failed samples before the thread gives up
     baseline_device_mb: float = 0.0
     peak_device_mb: float = 0.0
     peak_process_mb: float | None = None
@@ -147,8 +161,15 @@ class NvmlSampler:
     _handle: object = None
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    sample_note: str | None = None
+    _gave_up: bool = False
     _why_no_process: str | None = None
     _samples: int = 0
+    _listed_at_mb: float = -1.0  # the device figure at the last process listing
+    _can_list: bool = True
+    _failures: int = 0
+    _last_error: str | None = None
+    _gave_up: bool = False
 
     def init(self) -> bool:
         """Initialise NVML, find the GPU and take the idle baseline; call before the model is built."""
@@ -183,16 +204,23 @@ class NvmlSampler:
             with contextlib.suppress(Exception):
                 pynvml.nvmlShutdown()
 
-    def _sample(self) -> None:
+    def _sample(self, list_processes: bool = False) -> None:
         pynvml = self._pynvml
         used = pynvml.nvmlDeviceGetMemoryInfo(self._handle).used / MB
         self.peak_device_mb = max(self.peak_device_mb, used)
         self._samples += 1
+        if self._can_list and (list_processes or used > self._listed_at_mb):
+            self._listed_at_mb = used
+            self._sample_processes()
+
+    def _sample_processes(self) -> None:
+        pynvml = self._pynvml
         pid = os.getpid()
         try:
             procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle))
         except Exception as exc:  # pynvml.NVMLError: not supported here (some containers, vGPU)
             self._why_no_process = f"NVML cannot list the processes on this GPU ({exc})"
+            self._can_list = False  # it will not start to for the rest of this phase
             return
         mine = [p for p in procs if p.pid == pid]
         if not mine:
@@ -211,9 +239,23 @@ class NvmlSampler:
         while not self._stop.is_set():
             try:
                 self._sample()
-            except Exception:  # the GPU fell off the bus or NVML went away: keep what was sampled
-                return
+                self._failures = 0
+            except Exception as exc:  # the GPU fell off the bus or NVML went away: keep what was sampled
+                self._failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"[:200]
+                self._record_failure()
+                if self._failures >= self.max_failures:
+                    self._gave_up = True
+                    self._record_failure()
+                    log.warning("NVML sampling of cuda:%d stopped: %s", self.device_index, self.sample_note)
+                    return
             self._stop.wait(self.interval_s)
+
+    def _record_failure(self) -> None:
+        how = (f"stopped after {self._failures} failures in a row" if self._gave_up
+               else "retried")
+        self.sample_note = (f"NVML sampling failed ({self._last_error}) after {self._samples} good samples and "
+                            f"{how}: the device peak covers only what was sampled")
 
     def start(self) -> bool:
         """Begin a phase: reset the peaks and sample in the background; False when the sampler is inert."""
@@ -225,6 +267,11 @@ class NvmlSampler:
         self.peak_process_mb = None
         self._why_no_process = None
         self._samples = 0
+        self._listed_at_mb = -1.0
+        self._can_list = True
+        self._failures = 0
+        self._gave_up = False
+        self.sample_note = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
         self._thread.start()
@@ -241,8 +288,12 @@ class NvmlSampler:
         self._stop.set()
         self._thread.join()
         self._thread = None
-        with contextlib.suppress(Exception):  # a last sample; a lost GPU keeps what was sampled
-            self._sample()
+        try:  # a last sample (the top of the allocator's staircase), with the process list
+            self._sample(list_processes=True)
+        except Exception as exc:  # a lost GPU keeps what was sampled, and says so
+            self._last_error = f"{type(exc).__name__}: {exc}"[:200]
+            self._failures += 1
+            self._record_failure()
         if self.peak_process_mb is None and self.process_note is None:
             self.process_note = (self._why_no_process or "NVML gave no per-process figure") + (
                 "; per-process figure unavailable")

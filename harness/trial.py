@@ -103,6 +103,8 @@ class PhaseMeters:
             nvml_device, nvml_process = self.nvml.stop()
             if self.nvml.process_note:
                 self.notes["nvml_process"] = self.nvml.process_note
+            if self.nvml.sample_note:  # sampling failed part-way: the device peak is partial, and says so
+                self.notes["nvml"] = self.nvml.sample_note
         return {"rss": rss_peak_mb(), "allocated": allocated, "reserved": reserved, "nvml": nvml_device,
                 "nvml_process": nvml_process}
 

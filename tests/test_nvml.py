@@ -67,6 +67,8 @@ class FakeNvml:
         self.inits = 0
         self.shutdowns = 0
         self.memory_reads = 0
+        self.process_reads = 0
+        self.memory_error: str | None = None  # set: every memory read raises this (NVML lost the GPU)
 
     def module(self) -> types.ModuleType:
         m = types.ModuleType("pynvml")
@@ -110,11 +112,14 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, handle):
         self._live()
         self.memory_reads += 1
+        if self.memory_error:
+            raise FakeNVMLError(self.memory_error)
         gpu = handle.gpu
         return types.SimpleNamespace(used=int(gpu.used_mb * MB), total=80 * 1024 * MB)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         self._live()
+        self.process_reads += 1
         if not self.process_listing:
             raise FakeNVMLError("Not Supported")
         return [types.SimpleNamespace(pid=pid, usedGpuMemory=None if mb is None else int(mb * MB))
@@ -276,9 +281,11 @@ def test_process_figure_when_nvml_sees_this_pid(fake_gpus):
     sampler = NvmlSampler(device_index=0, interval_s=0.001)
     assert sampler.init()
     sampler.start()
-    gpus[1].processes[1] = (os.getpid(), 512.0)
+    gpus[1].processes[1] = (os.getpid(), 512.0)  # this process grows: so does the device's figure
+    gpus[1].used_mb += 256.0
     wait_for_samples(fake)
     gpus[1].processes[1] = (os.getpid(), 300.0)
+    gpus[1].used_mb -= 212.0
     assert sampler.stop()[1] == pytest.approx(512.0)
     assert sampler.process_note is None
     sampler.close()
