@@ -12,8 +12,10 @@ import logging
 
 # torchao, which peft imports whenever it is installed (the `methods` extra installs it), logs at import
 # that its CUDA-only kernels cannot load on a CPU machine, and torch's pytree then warns about torchao's
-# enums: several lines of noise before every one-line error and in every trial log. Only errors pass.
-for _noisy in ("torchao", "torch.utils._pytree"):
+# enums; bitsandbytes (imported by peft too) warns that it could not fetch a CPU kernel from the hub, which
+# Hugging Face's `kernels` package (a transformers dependency) refuses for an untrusted repository, as it
+# should: several lines of noise before every one-line error and in every trial log. Only errors pass.
+for _noisy in ("torchao", "torch.utils._pytree", "bitsandbytes"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 BUILTIN_METHODS: dict[str, tuple[str, str]] = {
