@@ -1,5 +1,5 @@
 """Cost of the three evaluation modes on the same items and model, in one process: seconds per item and
-the ratio to `loglik`. The figure README.md gives for `--eval-mode llm-adapters`.
+the ratio to `loglik`. The figure docs/suites.md gives for `--eval-mode llm-adapters`.
 
     python benchmarks/eval_modes.py [--model smollm2-135m] [--items 3] [--device cpu] [--data-dir DIR]
         [--tasks boolq,piqa] [--clock wall|cpu]

@@ -18,7 +18,8 @@ so a figure can be set beside their tables without the caveats of the fast modes
   stripped, and read with their per-task regular expression (`harness.commonsense.extract_answer`, the
   first match of the task's answer words; none counts as wrong).
 
-This is slow (4 beams, batch 1, no length sorting): see README.md for its cost against the fast modes.
+This is slow (4 beams, batch 1, no length sorting): docs/suites.md (the commonsense suite) gives its cost
+against the fast modes.
 """
 
 from __future__ import annotations
