@@ -321,7 +321,13 @@ def env(lock: Path | None, results: Path | None) -> None:
         return
     from memft_bench.harness.env import environment
     from memft_bench.harness.runner import resolve_device
-    from memft_bench.harness.stack import installed_stack, lock_differences, lock_file, read_lock
+    from memft_bench.harness.stack import (
+        describe_differences,
+        installed_stack,
+        lock_differences,
+        lock_file,
+        read_lock,
+    )
 
     device = resolve_device("auto")
     click.echo(json.dumps(environment(device), indent=2))
@@ -339,7 +345,7 @@ def env(lock: Path | None, results: Path | None) -> None:
     differences = lock_differences(stack, pins)
     if differences:
         click.echo(f"bench: note: the installed stack differs from {path} in {len(differences)} package(s): "
-                   + ", ".join(map(str, differences)), err=True)
+                   + describe_differences(differences), err=True)
     else:
         click.echo(f"bench: note: the installed stack matches {path} ({len(stack) - 1} packages)", err=True)
 

@@ -77,18 +77,22 @@ def installed_stack(root: str = DISTRIBUTION) -> dict[str, str]:
     """name -> version of every installed distribution that `root` depends on, transitively, through its
     core requirements and any of its extras (an extra's packages count where they are installed)."""
     stack: dict[str, str] = {}
+    visited: dict[str, set[str]] = {}  # name -> the extras it was followed with
     pending = [(root, _extras(root))]
     while pending:
         dist, extras = pending.pop()
         for req in _requirements(dist):
             name = normalize(req.name)
-            if name in stack or not _applies(req, extras):
+            if not _applies(req, extras):
                 continue
-            version = _version(req.name)
+            version = stack.get(name) or _version(req.name)
             if version is None:
                 continue  # an extra's package that is not installed, or a broken environment
             stack[name] = version
-            pending.append((req.name, set(req.extras)))
+            wanted = set(req.extras)
+            if name not in visited or not wanted <= visited[name]:  # new, or met again with more extras
+                visited[name] = visited.get(name, set()) | wanted
+                pending.append((req.name, visited[name]))
     own = _version(root)
     if own is not None:
         stack[normalize(root)] = own
@@ -135,11 +139,22 @@ class Difference:
 
 
 def lock_differences(stack: dict[str, str], lock: dict[str, str]) -> list[Difference]:
-    """The packages of `stack` whose version is not the lock's, and locked ones `stack` lacks where they are
-    part of it (a package of an extra that is not installed is not a difference)."""
+    """The packages of `stack` whose version is not the lock's, or that the lock does not pin (a CUDA build of
+    torch brings nvidia-* and triton, which a lock made on a CPU machine lacks). A locked package that is not
+    installed is no difference: it belongs to an extra this installation did not ask for."""
     out = [Difference(name, version, lock.get(name)) for name, version in stack.items()
            if name != normalize(DISTRIBUTION) and not (name in lock and same_version(version, lock[name]))]
     return sorted(out, key=lambda d: d.name)
+
+
+def describe_differences(differences: list[Difference]) -> str:
+    """One line: the versions that differ in full, then the packages the lock does not pin, by name."""
+    changed = [str(d) for d in differences if d.wanted]
+    unlocked = [d.name for d in differences if not d.wanted]
+    parts = [", ".join(changed)] if changed else []
+    if unlocked:
+        parts.append(f"{len(unlocked)} not in the lock: {', '.join(unlocked)}")
+    return "; ".join(parts)
 
 
 def stack_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
@@ -155,14 +170,21 @@ class Unsupported:
     allowed: str
 
     def __str__(self) -> str:
+        hint = (f"pip install -c {LOCK_NAME} -e . installs the tested versions" if lock_file() else
+                f"pip install '{self.name}{self.allowed}'")
         return (f"{self.name} {self.installed} is installed, outside the supported range {self.name}{self.allowed} "
-                f"(pip install -c {LOCK_NAME} -e . installs the tested versions)")
+                f"({hint})")
+
+
+#: extras that only the tests and CI use: an old pytest does not change a measurement, so it is not refused
+TOOLING_EXTRAS = frozenset({"test"})
 
 
 def unsupported(root: str = DISTRIBUTION) -> list[Unsupported]:
-    """Installed direct dependencies of `root` (core, and extras' where installed) outside the declared range."""
+    """Installed direct dependencies of `root` (core, and the runtime extras' where installed: not the test
+    tools) outside the declared range."""
     out = []
-    extras = _extras(root)
+    extras = _extras(root) - TOOLING_EXTRAS
     for req in _requirements(root):
         if not _applies(req, extras) or not str(req.specifier):
             continue
@@ -181,7 +203,8 @@ def unsupported(root: str = DISTRIBUTION) -> list[Unsupported]:
 def constraints_text(stack: dict[str, str], source: str) -> str:
     """A pip constraints file pinning `stack` (a recorded row's), so `pip install -c FILE -e .` reinstalls
     it; local labels (`+cpu`) are dropped so the pins resolve on any index that has the release."""
-    lines = [f"# the stack recorded in {source}", "# reinstall with: pip install -c FILE -e \".[test]\""]
+    lines = [f"# the stack recorded in {source}",
+             "# reinstall with: pip install -c FILE -e \".[test,methods,gguf]\" (the extras whose packages it pins)"]
     lines += [f"{name}=={Version(v).public if _valid(v) else v}" for name, v in sorted(stack.items())
               if name != normalize(DISTRIBUTION)]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,13 @@ from collections.abc import Iterator
 
 from memft_bench.harness.errors import ConfigError
 
-INSTALL_HINT = 'pip install -e ".[methods]"'
+#: method -> the smallest extra of pyproject.toml that installs its package (else `methods`, which has all)
+EXTRAS = {"galore": "galore"}
+
+
+def install_hint(method: str) -> str:
+    """The command that installs `method`'s package at the tested version (the lock, from a checkout)."""
+    return f'pip install -c requirements-lock.txt -e ".[{EXTRAS.get(method, "methods")}]"'
 
 #: method name -> (module that must import, its PyPI distribution)
 PACKAGES: dict[str, tuple[str, str]] = {
@@ -58,7 +64,7 @@ def install_note(method: str) -> str:
     notes = []
     distribution = missing(method)
     if distribution:
-        notes.append(f"[not installed: {INSTALL_HINT} or pip install {distribution}]")
+        notes.append(f"[not installed: {install_hint(method)} or pip install {distribution}]")
     if method in LICENCES:
         notes.append(f"[licence: {LICENCES[method]}]")
     return " ".join(notes)
@@ -70,7 +76,7 @@ def require(method: str, where: str) -> None:
     distribution = missing(method)
     if distribution:
         raise ConfigError(f"{where}: this method needs the package {distribution}, which is not installed; "
-                          f"install it with {INSTALL_HINT} (or pip install {distribution})")
+                          f"install it with {install_hint(method)} (or pip install {distribution})")
 
 
 @contextlib.contextmanager

@@ -61,9 +61,10 @@ def test_packages_that_own_our_folder_names_are_the_ones_imported(tmp_path, cwd)
     assert (suite, method) == ("tiny", "lora")
 
 
-def test_the_hub_kernels_package_and_transformers_integration_import_from_the_root():
+@pytest.mark.parametrize("where", ["root", "elsewhere"])
+def test_the_hub_kernels_package_and_transformers_integration_import_from_the_root(tmp_path, where):
     """With Hugging Face's `kernels` installed (transformers depends on it from 5.25 on), `import kernels` is
-    theirs from the repository root, and transformers' hub-kernels integration imports there."""
+    theirs from the repository root and from anywhere else, and transformers' hub-kernels integration imports."""
     try:
         dist = importlib.metadata.distribution("kernels")
     except importlib.metadata.PackageNotFoundError:
@@ -73,7 +74,7 @@ def test_the_hub_kernels_package_and_transformers_integration_import_from_the_ro
         from transformers.integrations import hub_kernels
         print(kernels.__file__)
     """
-    out = _python(code, ROOT)
+    out = _python(code, ROOT if where == "root" else tmp_path)
     assert out.returncode == 0, out.stderr
     imported = Path(out.stdout.strip()).resolve()
     assert imported == Path(dist.locate_file("kernels/__init__.py")).resolve()

@@ -455,7 +455,7 @@ def _hide(monkeypatch, module):
 
 @pytest.mark.parametrize("name,module", [("adamw8bit", "bitsandbytes"), ("ao-adamw4bit", "torchao"),
                                          ("apollo", "apollo_torch"), ("badam", "badam"), ("adam-mini", "adam_mini"),
-                                         ("lomo", "lomo_optim")])
+                                         ("lomo", "lomo_optim"), ("galore", "galore_torch")])
 def test_a_missing_package_is_refused_in_one_line_and_listed_with_how_to_install(name, module, monkeypatch):
     from memft_bench.methods.package_check import install_note
 
@@ -463,7 +463,8 @@ def test_a_missing_package_is_refused_in_one_line_and_listed_with_how_to_install
     with pytest.raises(ConfigError) as info:
         build_options(name, {}, f"methods.{name}")
     message = str(info.value)
-    assert "\n" not in message and 'pip install -e ".[methods]"' in message
+    extra = "galore" if name == "galore" else "methods"  # the smallest extra that installs it, at the lock's version
+    assert "\n" not in message and f'pip install -c requirements-lock.txt -e ".[{extra}]"' in message
     assert "not installed" in install_note(name)
 
 

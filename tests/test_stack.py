@@ -14,6 +14,7 @@ import pytest
 from memft_bench.harness.compare import render, run_compare
 from memft_bench.harness.stack import (
     Difference,
+    describe_differences,
     installed_stack,
     lock_differences,
     lock_file,
@@ -31,12 +32,13 @@ def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
                           env={**os.environ, **(env or {})})
 
 
-def _fake_distribution(site: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+def _fake_distribution(site: Path, name: str, version: str, requires: tuple[str, ...] = (),
+                       extras: tuple[str, ...] = ()) -> None:
     """Metadata only (no code): importlib.metadata finds it first when `site` leads sys.path."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
-             *(f"Requires-Dist: {r}" for r in requires)]
+             *(f"Provides-Extra: {e}" for e in extras), *(f"Requires-Dist: {r}" for r in requires)]
     (info / "METADATA").write_text("\n".join(lines) + "\n")
 
 
@@ -97,6 +99,31 @@ def test_unsupported_names_the_package_its_version_and_the_range(tmp_path, monke
     assert [(p.name, p.allowed) for p in problems] == [("click", ">=99.0")]
     assert str(problems[0]).startswith(f"click {importlib.metadata.version('click')} is installed, outside the "
                                        "supported range click>=99.0")
+
+
+def test_test_tools_are_never_refused_but_runtime_extras_are(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    _fake_distribution(site, "demo-root", "1.0", ('pytest>=99.0; extra == "test"', 'click>=99.0; extra == "slurm"'),
+                       extras=("test", "slurm"))
+    monkeypatch.syspath_prepend(str(site))
+    assert [p.name for p in unsupported("demo-root")] == ["click"]
+
+
+def test_differences_are_told_apart_from_packages_the_lock_does_not_pin():
+    line = describe_differences([Difference("nvidia-cublas", "13.1", None), Difference("torch", "2.14.1", "2.13.0"),
+                                 Difference("triton", "3.6.0", None)])
+    assert line == "torch 2.14.1 (lock: 2.13.0); 2 not in the lock: nvidia-cublas, triton"
+
+
+def test_extras_met_again_are_followed(tmp_path, monkeypatch):
+    """`b` is required plainly first, then as `b[x]`: the packages of its extra belong to the stack too."""
+    site = tmp_path / "site"
+    _fake_distribution(site, "demo-a", "1.0", ("demo-b", "demo-c"))
+    _fake_distribution(site, "demo-c", "1.0", ("demo-b[x]",))
+    _fake_distribution(site, "demo-b", "1.0", ('demo-d; extra == "x"',), extras=("x",))
+    _fake_distribution(site, "demo-d", "2.0")
+    monkeypatch.syspath_prepend(str(site))
+    assert installed_stack("demo-a") == {"demo-a": "1.0", "demo-b": "1.0", "demo-c": "1.0", "demo-d": "2.0"}
 
 
 def test_bench_run_refuses_a_stack_outside_the_declared_ranges_before_any_trial(tmp_path):
