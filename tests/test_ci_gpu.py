@@ -408,3 +408,12 @@ def test_a_stack_outside_the_ranges_is_noted_and_the_run_goes_on(ci, monkeypatch
     monkeypatch.setattr(clean, "py_json", lambda code, timeout=120: [], raising=False)
     clean.check_stack(step)
     assert "BENCH_ALLOW_UNSUPPORTED_STACK" not in clean.env
+
+
+def test_reports_go_under_the_cards_short_name_one_folder_per_run(ci):
+    import datetime as dt
+
+    when = dt.datetime(2026, 12, 6, 3, 30, tzinfo=dt.UTC)
+    assert ci.report_dir("NVIDIA H200", when) == "reports/gpu-h200/acceptance-20261206-0330"
+    assert ci.report_dir("NVIDIA H100 80GB HBM3", when) == "reports/gpu-h100/acceptance-20261206-0330"
+    assert ci.report_dir(None, when) == "reports/gpu-none/acceptance-20261206-0330"
