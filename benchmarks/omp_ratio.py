@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import orthogonal_mp
 
-from memft_bench.kernels.omp import OmpSolver, _SharedSelect, batched_omp_torch, cupy_available
+from memft_bench.kernels.omp import OmpSolver, SharedSelect, batched_omp_torch, cupy_available
 from memft_bench.kernels.sensing import BlockSensing
 from memft_bench.kernels.sensing import omp as streamed_omp
 from memft_bench.methods.sgc import auto_block_columns
@@ -130,7 +130,7 @@ def measure(args: argparse.Namespace, rng: np.random.Generator, cupy_solver: Omp
         cupy_cells = f"{t_cupy * 1e3:.2f} | {t_torch / t_cupy:.2f}" if t_cupy else f"{cell} | –"
         return (f"| {b} | {d} | {s} | {k} | {t_torch * 1e3:.2f} | {cupy_cells} | {s * t_matmul * 1e3:.2f} | "
                 f"{s * t_matmul / t_torch:.2f} | " + (f"{s * t_matmul / t_cupy:.2f} |" if t_cupy else "– |"))
-    select = _SharedSelect(At, b)
+    select = SharedSelect(At, b)
     t_matmul, t_select = best_interleaved(  # the correlation step and its roofline, in turns
         [lambda: torch.matmul(residual, At, out=out), lambda: select(residual)], args.repeats)
     t_gram = None  # the Gram matrix is d x d: 1 GiB at d = 16384, where it stops being a fair peer

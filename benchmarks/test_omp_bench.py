@@ -57,7 +57,7 @@ def test_sklearn_multi_target_gram(benchmark, b, d, s, k):
 @pytest.mark.parametrize("part", ["correlation_step", "plain_matmul"])
 @pytest.mark.parametrize(("b", "d", "s", "k"), SHAPES)
 def test_correlation_step_against_matmul(benchmark, part, b, d, s, k):
-    from memft_bench.kernels.omp import _SharedSelect
+    from memft_bench.kernels.omp import SharedSelect
 
     A = torch.randn(k, d)
     residual = torch.randn(b, k)
@@ -65,7 +65,7 @@ def test_correlation_step_against_matmul(benchmark, part, b, d, s, k):
         out = torch.empty(b, d)
         benchmark(lambda: torch.matmul(residual, A, out=out))
     else:
-        select = _SharedSelect(A, b)
+        select = SharedSelect(A, b)
         benchmark(lambda: select(residual))
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.records_io import now
 from memft_bench.harness.results import empty_row
-from memft_bench.harness.trial import now
 
 #: What every executor yields: the trial, its row, and the wall-clock seconds it took from start to row.
 Finished = tuple[Any, dict[str, Any], float]
@@ -80,7 +80,7 @@ class TrialProcess:
         return time.monotonic() - self.t0
 
     def poll(self) -> dict[str, Any] | None:
-        from memft_bench.harness.runner import _signal_reason
+        from memft_bench.harness.runner import signal_reason
 
         returncode = self.child.poll()
         if returncode is None:
@@ -88,7 +88,7 @@ class TrialProcess:
                 self.kill()
                 return self._row_or("timeout", f"trial exceeded trial_timeout_s={self.timeout_s:g} and was stopped")
             return None
-        return self._row_or(*_signal_reason(returncode))
+        return self._row_or(*signal_reason(returncode))
 
     def wait(self, on_progress: Show | None = None, interval: float = 0.2) -> dict[str, Any]:
         """Block until the trial ends (its row), reporting progress lines; the child is killed if interrupted."""
@@ -103,12 +103,12 @@ class TrialProcess:
 
     def report(self, on_progress: Show | None) -> None:
         """Refresh `progress_line` from the log (every 2 s) and pass it on."""
-        from memft_bench.harness.runner import _last_progress_line
+        from memft_bench.harness.runner import last_progress_line
 
         if time.monotonic() - self._last_progress < PROGRESS_EVERY_S:
             return
         self._last_progress = time.monotonic()
-        self.progress_line = _last_progress_line(self.log_path) or self.progress_line
+        self.progress_line = last_progress_line(self.log_path) or self.progress_line
         if on_progress and self.progress_line:
             on_progress(self.progress_line)
 
@@ -127,10 +127,10 @@ class TrialProcess:
 def start_local(trial: Any, out_dir: Path, timeout_s: float | None,
                 env: dict[str, str] | None = None) -> tuple[TrialProcess, Path]:
     """Start `trial` with its spec and row in a private directory under `out_dir` (the caller removes it)."""
-    from memft_bench.harness.runner import _log_name
+    from memft_bench.harness.runner import log_name
 
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".trial-"))
-    process = TrialProcess(trial.spec, tmp / "spec.json", tmp / "row.json", out_dir / "logs" / _log_name(trial),
+    process = TrialProcess(trial.spec, tmp / "spec.json", tmp / "row.json", out_dir / "logs" / log_name(trial),
                            timeout_s, env)
     return process, tmp
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from memft_bench.harness.config import SuiteSpec, fingerprint
 from memft_bench.harness.errors import BenchError, ConfigError
+from memft_bench.harness.records_io import now
 from memft_bench.harness.results import (
     RESULTS_FILE,
     append_row,
@@ -31,7 +32,6 @@ from memft_bench.harness.results import (
     repair_torn_tail,
     scan_rows,
 )
-from memft_bench.harness.trial import now
 
 LOCK_FILE = ".lock"
 FAILED_STATUSES = ("oom", "diverged", "error", "timeout")
@@ -98,11 +98,11 @@ def resolve_device(device: str) -> str:
 
 def _method_module(name: str) -> str | None:
     """The module a child process must import to find `name` (None for built-ins and entry points)."""
-    from memft_bench.methods.base import _entry_points, get_method_class
+    from memft_bench.methods.base import get_method_class, plugin_entry_points
     from memft_bench.methods.builtin import BUILTIN_METHODS
 
     cls = get_method_class(name)
-    if name in BUILTIN_METHODS or name in _entry_points():
+    if name in BUILTIN_METHODS or name in plugin_entry_points():
         return None
     if cls.__module__ == "__main__":
         raise ConfigError(
@@ -202,7 +202,7 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         yield
 
 
-def _signal_reason(returncode: int) -> tuple[str, str]:
+def signal_reason(returncode: int) -> tuple[str, str]:
     """Status and reason of a trial process that ended without writing its row."""
     if returncode < 0:
         number = -returncode
@@ -236,13 +236,13 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _log_name(trial: Trial) -> str:
+def log_name(trial: Trial) -> str:
     method = f"{trial.method}[{trial.variant}]" if trial.variant else trial.method
     name = f"{trial.task}__{method}__seed{trial.seed}.log"
     return "".join(c if c.isalnum() or c in "._-[]=," else "_" for c in name)
 
 
-def _last_progress_line(log_path: Path) -> str | None:
+def last_progress_line(log_path: Path) -> str | None:
     """The trial log's latest `step ...` or `evaluated ...` line, for the progress bar."""
     try:
         with open(log_path, "rb") as f:

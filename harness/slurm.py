@@ -256,7 +256,7 @@ def run_trial_job(spec_path: str, row_path: str, log_path: str, timeout_s: float
     from submitit import JobEnvironment
     from submitit.core.utils import UncompletedJobError
 
-    from memft_bench.harness.trial import write_json_atomic
+    from memft_bench.harness.records_io import write_json_atomic
 
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     env = {"OMP_NUM_THREADS": cpus, "MKL_NUM_THREADS": cpus} if cpus and "OMP_NUM_THREADS" not in os.environ else {}
@@ -342,7 +342,7 @@ class SlurmExecutor:
     def _submit(self, trials: list[Any], out_dir: Path, timeout_s: float | None) -> list[tuple[str, dict[str, Any]]]:
         import submitit
 
-        from memft_bench.harness.runner import _log_name
+        from memft_bench.harness.runner import log_name
 
         folder = (out_dir / "slurm" / "submitit").resolve()
         executor = submitit.SlurmExecutor(folder=folder / "%j")
@@ -350,10 +350,10 @@ class SlurmExecutor:
         entries = []
         with self._submission_errors(), executor.batch():
             for trial in trials:
-                name = _log_name(trial)[: -len(".log")]
+                name = log_name(trial)[: -len(".log")]
                 work = (out_dir / "slurm" / "trials" / f"{name}-{uuid.uuid4().hex[:8]}").resolve()
                 work.mkdir(parents=True)
-                log = (out_dir / "logs" / _log_name(trial)).resolve()
+                log = (out_dir / "logs" / log_name(trial)).resolve()
                 log.parent.mkdir(parents=True, exist_ok=True)
                 log.write_text("submitted to Slurm; waiting for a node\n", encoding="utf-8")
                 (work / "spec.json").write_text(json.dumps(trial.spec), encoding="utf-8")
@@ -428,11 +428,11 @@ class SlurmExecutor:
             ledger_add(out_dir, "withdrawn", {"trial_id": item.trial.trial_id, "job_id": job_id})
 
     def _status(self, watched: dict[str, _Watched]) -> str:
-        from memft_bench.harness.runner import _last_progress_line
+        from memft_bench.harness.runner import last_progress_line
 
         running = [(job_id, item) for job_id, item in sorted(watched.items()) if item.state == "RUNNING"]
         parts = [f"slurm: {len(running)} running, {len(watched) - len(running)} waiting"]
         for job_id, item in running:
-            line = _last_progress_line(Path(item.entry["log"]))
+            line = last_progress_line(Path(item.entry["log"]))
             parts.append(f"{item.trial.label} [{job_id}]" + (f": {line}" if line else ""))
         return " | ".join(parts)

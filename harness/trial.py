@@ -9,7 +9,6 @@ Failures inside the trial become the row's `status` (oom, diverged, error) with 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import importlib
 import json
 import logging
@@ -22,14 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memft_bench.harness.errors import BenchError
+from memft_bench.harness.records_io import now, write_json_atomic
 from memft_bench.harness.results import empty_row
 
 if TYPE_CHECKING:
     import torch
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -393,15 +389,6 @@ def extractor(task, test_name: str):
     if test_name in ANSWER_WORDS:
         return lambda record, text: extract_answer(test_name, text)
     return lambda record, text: first_option_in(text, task.options(test_name, record))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # concurrent trials may write the same file
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def die_with_runner() -> None:

@@ -75,7 +75,7 @@ def batched_omp_torch(
     A = A.to(Y.dtype)
     rows = torch.arange(b, device=Y.device)
     if shared:
-        select = _SharedSelect(A, b)
+        select = SharedSelect(A, b)
         columns = lambda j: A[:, j].T  # noqa: E731
     else:
         At = A.transpose(1, 2)
@@ -89,7 +89,7 @@ def batched_omp_torch(
     return (X, support) if return_support else X
 
 
-class _SharedSelect:
+class SharedSelect:
     """argmax_j |a_j^T r| for a shared A, into one reused (b, d) buffer (a fresh multi-megabyte tensor per
     iteration costs page faults that a matmul of these shapes does not amortise)."""
 

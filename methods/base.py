@@ -310,14 +310,14 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     return decorator
 
 
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+def plugin_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def available_methods() -> dict[str, str]:
     """name -> summary of every method the harness can run, without importing any method module."""
     names = {name: summary for name, (_, summary) in BUILTIN_METHODS.items()}
-    for name, ep in _entry_points().items():
+    for name, ep in plugin_entry_points().items():
         names.setdefault(name, f"plugin {ep.value}")
     for name, cls in _REGISTRY.items():
         names.setdefault(name, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
@@ -331,7 +331,7 @@ def get_method_class(name: str) -> type[Method]:
     if name in BUILTIN_METHODS:
         importlib.import_module(f"memft_bench.methods.{BUILTIN_METHODS[name][0]}")
     else:
-        ep = _entry_points().get(name)
+        ep = plugin_entry_points().get(name)
         if ep is not None:
             loaded = ep.load()
             if isinstance(loaded, type) and issubclass(loaded, Method) and name not in _REGISTRY:
