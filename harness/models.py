@@ -77,53 +77,29 @@ def build_tokenizer(spec: ModelSpec) -> Any:
     return tokenizer
 
 
-def tiny_llama_config(spec: ModelSpec, tokenizer: Any) -> Any:
-    """The `tiny-llama` kind's LlamaConfig: the suite's shapes over the word tokenizer's vocabulary."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-
-
-def llama_shape_config(spec: ModelSpec, tokenizer: Any) -> Any:
-    """The `llama-shape` kind's LlamaConfig: a real model's shapes, its vocabulary size and embedding tying.
-
-    Only what decides memory and time is set: Llama's rotary base and scaling, norm epsilon and context
-    length change neither the parameters nor the step's tensors at a fixed sequence length."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
-
-
 def model_config(spec: ModelSpec, tokenizer: Any) -> Any:
-    """The LlamaConfig of a model the harness builds itself (`tiny-llama`, `llama-shape`), for the trial and
-    for the pre-flight's meta model alike, so both build the same shapes."""
-    if spec.kind == "llama-shape":
-        return llama_shape_config(spec, tokenizer)
-    return tiny_llama_config(spec, tokenizer)
+    """The LlamaConfig of a model the harness builds itself, for the trial and for the pre-flight's meta model
+    alike, so both build the same shapes.
+
+    `tiny-llama` takes the word tokenizer's vocabulary and untied embeddings; `llama-shape` a real model's
+    vocabulary size and tying. Only what decides memory and time is set: Llama's rotary base and scaling, norm
+    epsilon and context length change neither the parameters nor the step's tensors at a fixed length."""
+    from transformers import LlamaConfig
+
+    shape_only = spec.kind == "llama-shape"
+    return LlamaConfig(
+        vocab_size=spec.vocab_size if shape_only else len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=spec.tie_word_embeddings if shape_only else False,
+    )
 
 
 @contextlib.contextmanager
@@ -156,11 +132,11 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int, device: torch.device
         # be trained, with no host copy and no float32 detour. The seed fixes the values on the device's own
         # generator, so every method of a trial starts from the same (meaningless) weights.
         with torch.device(device), default_dtype(dtype):
-            model = LlamaForCausalLM(llama_shape_config(spec, tokenizer))
+            model = LlamaForCausalLM(model_config(spec, tokenizer))
         model.config.use_cache = False
         return model
     if spec.kind == "tiny-llama":
-        model = LlamaForCausalLM(tiny_llama_config(spec, tokenizer))
+        model = LlamaForCausalLM(model_config(spec, tokenizer))
         if spec.pretrain_steps:
             load_or_pretrain(model, spec, tokenizer, seed, device)
         for p in model.parameters():  # parameters only: buffers (rotary frequencies) stay float32, as

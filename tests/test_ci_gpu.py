@@ -251,13 +251,19 @@ def test_nvml_samples_every_20_ms_or_more():
     assert NvmlSampler().interval_s >= 0.02
 
 
-def test_nvml_lists_processes_only_on_a_new_peak(fake_gpus):  # noqa: F811
+def _sampling(install_fake):
+    """A started sampler on a stand-in GPU that this process uses 100 MiB of."""
     gpus = two_gpus()
     gpus[0].processes = [(os.getpid(), 100.0)]
-    fake = fake_gpus(gpus, cuda_to_nvml=[0])
+    fake = install_fake(gpus, cuda_to_nvml=[0])
     sampler = NvmlSampler(device_index=0, interval_s=0.001)
     assert sampler.init()
     sampler.start()
+    return gpus, fake, sampler
+
+
+def test_nvml_lists_processes_only_on_a_new_peak(fake_gpus):  # noqa: F811
+    gpus, fake, sampler = _sampling(fake_gpus)
     target = fake.memory_reads + 50
     while fake.memory_reads < target:
         time.sleep(0.001)
@@ -274,12 +280,7 @@ def test_nvml_lists_processes_only_on_a_new_peak(fake_gpus):  # noqa: F811
 
 
 def test_nvml_sampling_failure_is_noted_not_silent(fake_gpus):  # noqa: F811
-    gpus = two_gpus()
-    gpus[0].processes = [(os.getpid(), 100.0)]
-    fake = fake_gpus(gpus, cuda_to_nvml=[0])
-    sampler = NvmlSampler(device_index=0, interval_s=0.001)
-    assert sampler.init()
-    sampler.start()
+    gpus, fake, sampler = _sampling(fake_gpus)
     gpus[0].used_mb += 200.0
     target = fake.memory_reads + 3
     while fake.memory_reads < target:
