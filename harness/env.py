@@ -18,31 +18,29 @@ PACKAGES = ("torch", "transformers", "peft", "galore-torch", "nvidia-ml-py", "pa
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def package_versions() -> dict[str, str | None]:
-    """Every package of the installed stack (memft-bench's requirements, followed transitively: what
+def package_versions(stack: dict[str, str]) -> dict[str, str | None]:
+    """Every package of the installed `stack` (memft-bench's requirements, followed transitively: what
     `bench env --constraints` needs to reinstall it), plus the key packages by name (None when absent)."""
-    from memft_bench.harness.stack import installed_stack
-
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    versions.update(installed_stack())
+    versions.update(stack)
     return versions
 
 
-def lock_differences() -> list[str] | None:
-    """Where the installed stack differs from the repository's lock ([] when it matches); None without a lock
-    (a wheel install)."""
-    from memft_bench.harness.stack import installed_stack, lock_differences, lock_file, read_lock
+def lock_differences(stack: dict[str, str]) -> list[str] | None:
+    """Where the installed `stack` differs from the repository's lock ([] when it matches); None without a
+    lock (a wheel install)."""
+    from memft_bench.harness.stack import lock_differences, lock_file, read_lock
 
     path = lock_file()
     if path is None:
         return None
     try:
-        return [str(d) for d in lock_differences(installed_stack(), read_lock(path))]
+        return [str(d) for d in lock_differences(stack, read_lock(path))]
     except (OSError, ValueError) as exc:
         return [f"unreadable lock: {exc}"]
 
@@ -156,13 +154,16 @@ def environment(device: str | None = None) -> dict[str, Any]:
     import os
     import sys
 
+    from memft_bench.harness.stack import installed_stack
+
+    stack = installed_stack()  # walked once: the packages and their differences from the lock both read it
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
-        "packages": package_versions(),
-        "lock_differences": lock_differences(),
+        "packages": package_versions(stack),
+        "lock_differences": lock_differences(stack),
         "git_commit": git_commit(),
         "device": device,
         "gpu_name": None,

@@ -12,26 +12,27 @@ from memft_bench.harness.errors import BenchError
 from memft_bench.harness.stack import constraints_text, normalize
 
 
-def recorded_stack(envs: Iterable[Any]) -> dict[str, str]:
-    """name -> version over the rows' `env` records; a package recorded at several versions in one run
-    (a run resumed after an upgrade) takes its most frequent one."""
+def _versions_seen(envs: Iterable[Any]) -> dict[str, Counter]:
+    """name -> how many rows recorded each version of it, over the rows' `env` records."""
     seen: dict[str, Counter] = {}
     for env in envs:
         packages = env.get("packages") if isinstance(env, dict) else None
         for name, version in (packages or {}).items():
             if isinstance(version, str) and version:
                 seen.setdefault(normalize(name), Counter())[version] += 1
-    return {name: counts.most_common(1)[0][0] for name, counts in sorted(seen.items())}
+    return dict(sorted(seen.items()))
+
+
+def recorded_stack(envs: Iterable[Any]) -> dict[str, str]:
+    """name -> version over the rows' `env` records; a package recorded at several versions in one run
+    (a run resumed after an upgrade) takes its most frequent one."""
+    return {name: counts.most_common(1)[0][0] for name, counts in _versions_seen(envs).items()}
 
 
 def mixed_versions(envs: Iterable[Any]) -> list[str]:
     """Packages recorded at more than one version within one run, as `name a, b`."""
-    seen: dict[str, set[str]] = {}
-    for env in envs:
-        for name, version in ((env or {}).get("packages") or {}).items() if isinstance(env, dict) else ():
-            if isinstance(version, str) and version:
-                seen.setdefault(normalize(name), set()).add(version)
-    return [f"{name} {', '.join(sorted(v))}" for name, v in sorted(seen.items()) if len(v) > 1]
+    return [f"{name} {', '.join(sorted(counts))}" for name, counts in _versions_seen(envs).items()
+            if len(counts) > 1]
 
 
 def recorded_constraints(results: Path) -> str:

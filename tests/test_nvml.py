@@ -334,7 +334,7 @@ def test_sampler_is_inert_and_says_why_without_a_gpu():
 
 @pytest.fixture
 def quick_env(monkeypatch):
-    monkeypatch.setattr(env_module, "package_versions", lambda: {})
+    monkeypatch.setattr(env_module, "package_versions", lambda stack: {})
     monkeypatch.setattr(env_module, "git_commit", lambda root=None: None)
 
 
