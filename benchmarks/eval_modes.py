@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from memft_bench.harness import commonsense, llm_adapters
-from memft_bench.harness.config import ModelSpec
-from memft_bench.harness.evaluate import evaluate_generate, evaluate_loglik
-from memft_bench.harness.models import build_model, build_tokenizer
+from memft_bench.harness.sources import commonsense
+from memft_bench.harness.spec.config import ModelSpec
+from memft_bench.harness.trial import llm_adapters
+from memft_bench.harness.trial.evaluate import evaluate_generate, evaluate_loglik
+from memft_bench.harness.trial.models import build_model, build_tokenizer
 
 
 def main() -> None:

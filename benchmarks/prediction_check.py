@@ -26,17 +26,17 @@ def main() -> None:
 
     from tabulate import tabulate
 
-    from memft_bench.harness import runner
-    from memft_bench.harness.config import apply_overrides, load_suite
-    from memft_bench.harness.preflight import run_preflight
-    from memft_bench.harness.results import read_rows, results_path
-    from memft_bench.harness.sweeps import split_overrides
+    from memft_bench.harness.results.rows import read_rows, results_path
+    from memft_bench.harness.run import planning
+    from memft_bench.harness.run.preflight import run_preflight
+    from memft_bench.harness.spec.config import apply_overrides, load_suite
+    from memft_bench.harness.spec.sweeps import split_overrides
 
     plain, sweeps = split_overrides(args.overrides)
     suite = load_suite(args.suite)
     if plain:
         suite = apply_overrides(suite, plain)
-    plan = runner.plan(suite, args.methods.split(","), args.run, "cpu", sweeps=sweeps)
+    plan = planning.plan(suite, args.methods.split(","), args.run, "cpu", sweeps=sweeps)
     checked = run_preflight(plan, plan.variants)
     rows = {(r["method"], r.get("variant") or ""): r for r in read_rows(results_path(args.run))
             if r["status"] == "ok"}

@@ -21,9 +21,9 @@ METHODS = ["full", "lora", "dora", "galore", "mezo", "sgc", "mesgc", "cesgc", "s
 
 @pytest.fixture(scope="module")
 def setup():
-    from memft_bench.harness.config import load_suite
-    from memft_bench.harness.data import encode_example, load_task, training_batches
-    from memft_bench.harness.models import build_tokenizer
+    from memft_bench.harness.spec.config import load_suite
+    from memft_bench.harness.trial.data import encode_example, load_task, training_batches
+    from memft_bench.harness.trial.models import build_tokenizer
 
     suite = load_suite("tiny")
     tokenizer = build_tokenizer(suite.model)
@@ -35,7 +35,7 @@ def setup():
 
 @pytest.mark.parametrize("method_name", METHODS)
 def test_step(benchmark, setup, method_name):
-    from memft_bench.harness.models import build_model, causal_lm_loss
+    from memft_bench.harness.trial.models import build_model, causal_lm_loss
     from memft_bench.methods.base import create
 
     suite, tokenizer, batch = setup

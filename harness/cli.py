@@ -21,8 +21,8 @@ from typing import Any
 
 import click
 
-from memft_bench.harness.errors import BenchError
-from memft_bench.harness.execution import Execution, execution_options
+from memft_bench.harness.core.errors import BenchError
+from memft_bench.harness.run.execution import Execution, execution_options
 
 USAGE_ERROR = 2
 TRIALS_FAILED = 1
@@ -45,7 +45,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from memft_bench.harness.results import ResultsWarning
+        from memft_bench.harness.results.rows import ResultsWarning
 
         with warnings.catch_warnings():
             original = warnings.showwarning
@@ -122,8 +122,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     check_stack()
     import_plugins(plugins)
-    from memft_bench.harness.config import apply_overrides, load_suite
-    from memft_bench.harness.sweeps import split_overrides
+    from memft_bench.harness.spec.config import apply_overrides, load_suite
+    from memft_bench.harness.spec.sweeps import split_overrides
 
     spec = load_suite(suite)
     plain, sweeps = split_overrides(list(overrides))
@@ -153,12 +153,12 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
             task.limit_train = limit_train or task.limit_train
             task.limit_eval = limit_eval or task.limit_eval
 
-    from memft_bench.harness import runner
+    from memft_bench.harness.run import planning, runner
 
     out_dir = out or Path("runs") / spec.name
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
     executor, trial_device = execution.build(spec, device, trial_timeout)
-    run_plan = runner.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, trial_device,
+    run_plan = planning.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, trial_device,
                            sweeps=sweeps, command=command)
     for section in sorted({text.partition(".")[0].strip() for text in overrides}):
         if section not in run_plan.methods and section not in ("model", "budget", "evaluation"):
@@ -170,14 +170,14 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
                f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device}{executor.describe()} "
                f"-> {out_dir}")
-    from memft_bench.harness.preflight import run_preflight
+    from memft_bench.harness.run.preflight import run_preflight
 
     checked = run_preflight(run_plan, run_plan.variants if dry_run else
                             runner.pending_variants(run_plan, retry_failed))
     for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
         _warn(line)
     if dry_run:
-        from memft_bench.harness.preflight import render_estimates
+        from memft_bench.harness.run.preflight import render_estimates
 
         click.echo(render_estimates(checked, run_plan))
         return
@@ -188,14 +188,14 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         if run_plan.device == "cpu":  # N trials at once share this machine's memory
             checked.free_bytes //= len(slots)
         else:  # one trial per GPU: each must fit on the GPU with the least free memory
-            from memft_bench.harness.preflight import free_memory_bytes
+            from memft_bench.harness.run.preflight import free_memory_bytes
 
             frees = [free_memory_bytes(f"cuda:{i}") for i in execution.gpu_indices()]
             checked.free_bytes = None if None in frees else min(f for f in frees if f is not None)
     refusals = {} if not fit_check else {
         key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
     try:
-        from memft_bench.harness.estimate import announce
+        from memft_bench.harness.run.estimate import announce
 
         announce(run_plan, click.echo)  # a long run on a CPU: how long it will take here, and the CPU preset
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
@@ -209,7 +209,7 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     if pending:
         click.echo(pending)
     if not no_report:
-        from memft_bench.harness.report import write_report
+        from memft_bench.harness.analysis.report import write_report
 
         click.echo(f"report: {write_report([out_dir])}")
     click.echo(f"results: {out_dir / 'results.jsonl'} ({len(rows) - len(failed)} ok, {len(failed)} failed)")
@@ -225,7 +225,7 @@ def check_stack() -> None:
     BENCH_ALLOW_UNSUPPORTED_STACK=1 the lines are warnings and the run goes on (rows record the versions)."""
     import os
 
-    from memft_bench.harness.stack import unsupported
+    from memft_bench.harness.measure.stack import unsupported
 
     problems = unsupported()
     if not problems:
@@ -283,7 +283,7 @@ def list_methods(verbose: bool, plugins: tuple[str, ...]) -> None:
     for name, summary in sorted(methods.items()):
         click.echo(f"{name:<{width}}  {summary} {install_note(name)}".rstrip())
         if verbose:
-            from memft_bench.harness.options import describe
+            from memft_bench.harness.core.options import describe
             from memft_bench.methods.base import get_method_class
 
             for field, type_name, default, help_text in describe(get_method_class(name).Options):
@@ -294,7 +294,7 @@ def list_methods(verbose: bool, plugins: tuple[str, ...]) -> None:
 @friendly_errors
 def list_suites_command() -> None:
     """Built-in suites (suites/*.yaml)."""
-    from memft_bench.harness.config import list_suites
+    from memft_bench.harness.spec.config import list_suites
 
     suites = list_suites()
     width = max(map(len, suites), default=0)
@@ -315,19 +315,19 @@ def env(lock: Path | None, results: Path | None) -> None:
     import json
 
     if results is not None:
-        from memft_bench.harness.stack_records import recorded_constraints
+        from memft_bench.harness.analysis.stack_records import recorded_constraints
 
         click.echo(recorded_constraints(results), nl=False)
         return
-    from memft_bench.harness.env import environment
-    from memft_bench.harness.runner import resolve_device
-    from memft_bench.harness.stack import (
+    from memft_bench.harness.measure.env import environment
+    from memft_bench.harness.measure.stack import (
         describe_differences,
         installed_stack,
         lock_differences,
         lock_file,
         read_lock,
     )
+    from memft_bench.harness.run.devices import resolve_device
 
     device = resolve_device("auto")
     click.echo(json.dumps(environment(device), indent=2))
@@ -363,7 +363,7 @@ def env(lock: Path | None, results: Path | None) -> None:
 def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_figures: bool, reference: str,
            quiet: bool) -> None:
     """Print and write a Markdown comparison report of one or more runs, with figures."""
-    from memft_bench.harness.report import write_report
+    from memft_bench.harness.analysis.report import write_report
 
     path = write_report(list(run_dirs), out, title, with_figures=not no_figures, reference=reference)
     if not quiet:
@@ -375,12 +375,12 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, title: str | None, no_f
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("current", type=click.Path(path_type=Path))
 @click.option("--tolerance", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML with accuracy_abs, peak_rel, time_ratio_rel, exact_rel (see harness/compare.py).")
+              help="YAML with accuracy_abs, peak_rel, time_ratio_rel, exact_rel (see harness/analysis/compare.py).")
 @click.option("--all", "show_all", is_flag=True, help="Also list the checks that did not change.")
 @friendly_errors
 def compare(baseline: Path, current: Path, tolerance: Path | None, show_all: bool) -> None:
     """Compare CURRENT against BASELINE (run directories or results files); exit 1 on a regression."""
-    from memft_bench.harness.compare import render, run_compare
+    from memft_bench.harness.analysis.compare import render, run_compare
 
     comparison = run_compare(baseline, current, tolerance)
     click.echo(render(comparison, show_all))

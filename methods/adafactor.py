@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memft_bench.harness.options import option
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import MethodOptions, OptimizerMethod, register
 
 

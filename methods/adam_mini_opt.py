@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import AdamOptions, register, tensor_counts
 from memft_bench.methods.package_check import require
 from memft_bench.methods.state_inventory import InventoriedOptimizerMethod

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from memft_bench.harness.errors import UnknownNameError
-from memft_bench.harness.options import build, option, to_dict
-from memft_bench.harness.precision import Precision
+from memft_bench.harness.core.errors import UnknownNameError
+from memft_bench.harness.core.options import build, option, to_dict
+from memft_bench.harness.core.precision import Precision
 from memft_bench.methods.builtin import BUILTIN_METHODS
 
 if TYPE_CHECKING:  # torch is imported only by the methods that run, never by `bench list`
@@ -110,7 +110,7 @@ class StepResult:
 class Method(abc.ABC):
     """Base class of every method.
 
-    Lifecycle, driven by the trial (`harness/trial.py`):
+    Lifecycle, driven by the trial (`harness/trial/worker.py`):
     `__init__(options, loss_fn, seed)` -> the harness sets `precision` -> `prepare(model)` ->
     `apply_precision()` -> `step(batch)` x N -> the harness reads `state_elements()` / `state_bytes()` ->
     `release_training_state()` -> the harness evaluates `self.model` and reads `hyperparameters()` and

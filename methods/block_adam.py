@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import AdamOptions, OptimizerMethod, adamw, register
 from memft_bench.methods.package_check import require
 from memft_bench.methods.state_inventory import state_inventory

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memft_bench.harness.options import option
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import AdamOptions, adamw, register
 from memft_bench.methods.fused import LayerwiseOptimizerMethod
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memft_bench.harness.options import option
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import AdamOptions, register
 from memft_bench.methods.fused import LayerwiseOptimizerMethod
 from memft_bench.methods.package_check import require
@@ -67,7 +67,7 @@ class Galore(LayerwiseOptimizerMethod):
         self.train_every_weight(model)
         projected = set(self.projected_parameter_names())
         if not projected:
-            from memft_bench.harness.errors import ConfigError
+            from memft_bench.harness.core.errors import ConfigError
 
             raise ConfigError(
                 f"methods.galore.target_modules: no 2-D weight matches {self.options.target_modules}")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import AdamOptions, Batch, OptimizerMethod, StepResult, adamw, register
 
 

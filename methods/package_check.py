@@ -15,7 +15,7 @@ import importlib.util
 import logging
 from collections.abc import Iterator
 
-from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.core.errors import ConfigError
 
 #: method -> the smallest extra of pyproject.toml that installs its package (else `methods`, which has all)
 EXTRAS = {"galore": "galore"}

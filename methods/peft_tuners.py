@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import AdamOptions, Batch, OptimizerMethod, StepResult, adamw, register
 
 REFUSED = {

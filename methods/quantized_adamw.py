@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import AdamOptions, register, tensor_counts
 from memft_bench.methods.package_check import quiet_bitsandbytes_import, require
 from memft_bench.methods.state_inventory import InventoriedOptimizerMethod, state_inventory

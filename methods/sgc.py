@@ -65,8 +65,8 @@ from dataclasses import dataclass
 
 import torch
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.options import option
 from memft_bench.kernels.omp import BACKENDS, OmpSolver
 from memft_bench.kernels.sensing import SENSING, BlockSensing
 from memft_bench.kernels.sensing import omp_sparse as streamed_omp

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import (
     AdamOptions,
     Batch,
@@ -249,7 +249,7 @@ class Smt(Method):
 
     def predicted_weight_bytes(self) -> int | None:
         """After the switch every weight is frozen (storage dtype) and the selected blocks are trained copies."""
-        from memft_bench.harness.memory import model_bytes
+        from memft_bench.harness.core.tensor_bytes import model_bytes
 
         assert self.model is not None
         storage, trained = self.precision.storage_dtype.itemsize, self.precision.trained_dtype.itemsize
@@ -262,7 +262,7 @@ class Smt(Method):
         """The warm-up's full fine-tuning state, transient: every weight's gradient and two AdamW moments, and
         the two float32 gradient sums of the target weights, beyond the sparse phase's state and weights (the
         warm-up holds every weight in the trained dtype)."""
-        from memft_bench.harness.memory import model_bytes
+        from memft_bench.harness.core.tensor_bytes import model_bytes
 
         assert self.model is not None
         weights = sum(p.numel() * self.precision.trained_dtype.itemsize for p in self.model.parameters())

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memft_bench.harness.options import option
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import Batch, StepResult, register
 from memft_bench.methods.mezo import Mezo, MezoOptions, parameter_seed
 

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-# Set before any test imports harness.models, and inherited by the trial processes the CLI tests start.
+# Set before any test imports harness.trial.models, and inherited by the trial processes the CLI tests start.
 os.environ.setdefault("BENCH_CACHE_DIR", tempfile.mkdtemp(prefix="bench-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("BENCH_OFFLINE", "1")  # never download the commonsense data (tests/test_fetch.py serves its own)
@@ -34,7 +34,7 @@ def suite_data() -> dict:
 
 @pytest.fixture
 def small_suite():
-    from memft_bench.harness.config import suite_from_data
+    from memft_bench.harness.spec.config import suite_from_data
 
     return suite_from_data(small_suite_data(), "test suite")
 
@@ -42,8 +42,8 @@ def small_suite():
 @pytest.fixture
 def tiny_model_and_batch(small_suite):
     """(model, tokenizer, one micro-batch) of the small suite, deterministic."""
-    from memft_bench.harness.data import collate, encode_example, load_task
-    from memft_bench.harness.models import build_model, build_tokenizer
+    from memft_bench.harness.trial.data import collate, encode_example, load_task
+    from memft_bench.harness.trial.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(small_suite.model)
     task = load_task(small_suite.tasks[0], small_suite)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from memft_bench.harness.options import option
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import Batch, Method, MethodOptions, StepResult, register
 
 MIB = 1024 * 1024

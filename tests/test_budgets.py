@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from memft_bench.harness import budgets
-from memft_bench.harness.config import load_suite, suite_from_data
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.models import causal_lm_loss
-from memft_bench.harness.preflight import build_meta_model as meta_model
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.run import budget_resolution
+from memft_bench.harness.spec import budgets
+from memft_bench.harness.spec.config import load_suite, suite_from_data
+from memft_bench.harness.trial.meta_model import build_meta_model as meta_model
+from memft_bench.harness.trial.models import causal_lm_loss
 from memft_bench.methods.base import Batch, create
 
 HIDDEN, MLP, LAYERS = 32, 64, 2
@@ -55,14 +56,14 @@ def test_bad_budgets_are_one_line_errors_naming_the_field(bad):
 
 def test_multiple_of_lora_resolves_k_and_s_from_shapes():
     suite = _suite({"sgc": {"state": "0.4x lora", "s_ratio": 0.125}})
-    values, resolution = budgets.resolve(suite, "sgc", {"lr": 1e-3})
+    values, resolution = budget_resolution.resolve(suite, "sgc", {"lr": 1e-3})
     budget = int(0.4 * _lora_state_by_hand(4))
     blocks = 5 * LAYERS  # one block per adapted weight (q, k, v, up, down)
     assert resolution.budget_elements == budget
     assert 2 * values["k"] * blocks <= budget < 2 * (values["k"] + 1) * blocks
     assert values["s"] == round(0.125 * values["k"]) and values["lr"] == 1e-3
-    default, _ = budgets.resolve(_suite({"sgc": {"state": "0.4x lora"}}), "sgc", {})
-    assert default["k"] == values["k"] and default["s"] == max(budgets.MIN_S, round(values["k"] / 64))
+    default, _ = budget_resolution.resolve(_suite({"sgc": {"state": "0.4x lora"}}), "sgc", {})
+    assert default["k"] == values["k"] and default["s"] == max(budget_resolution.MIN_S, round(values["k"] / 64))
     assert "k=" in resolution.note and "0.4x lora" in resolution.note
 
 
@@ -78,9 +79,10 @@ def test_resolved_state_is_what_the_methods_really_hold():
     lora.prepare(copy.deepcopy(real))
     lora.step(batch)
     lora_state = sum(v for k, v in lora.state_elements().items() if k not in ("trainable_params", "gradients"))
-    assert lora_state == _lora_state_by_hand(4) == budgets.reference_state_elements(suite, "lora", copy.deepcopy(model))
+    by_meta_model = budget_resolution.reference_state_elements(suite, "lora", copy.deepcopy(model))
+    assert lora_state == _lora_state_by_hand(4) == by_meta_model
     for name, options in (("sgc", {}), ("cesgc", {"rank": 2})):
-        values, resolution = budgets.resolve(suite, name, options)
+        values, resolution = budget_resolution.resolve(suite, name, options)
         method = create(name, values, causal_lm_loss)
         method.prepare(copy.deepcopy(real))
         method.step(batch)  # CESGC's projectors exist after its first step
@@ -90,7 +92,7 @@ def test_resolved_state_is_what_the_methods_really_hold():
 
 def test_share_of_parameters_and_chunked_blocks():
     suite = _suite({"mesgc": {"state": "5%"}}, methods={"mesgc": {"chunk_size": 256}})
-    values, resolution = budgets.resolve(suite, "mesgc", {"chunk_size": 256})
+    values, resolution = budget_resolution.resolve(suite, "mesgc", {"chunk_size": 256})
     n_params = sum(p.numel() for p in meta_model(suite.model).parameters())
     chunks = LAYERS * (3 * HIDDEN * HIDDEN + 2 * HIDDEN * MLP) // 256
     assert resolution.budget_elements == int(0.05 * n_params)
@@ -99,25 +101,25 @@ def test_share_of_parameters_and_chunked_blocks():
 
 def test_explicit_values_win_and_s_follows_the_ratio():
     suite = _suite({"sgc": {"state": "0.4x lora", "s_ratio": 0.25}})
-    values, _ = budgets.resolve(suite, "sgc", {"k": 40})
+    values, _ = budget_resolution.resolve(suite, "sgc", {"k": 40})
     assert values["k"] == 40 and values["s"] == 10
-    values, resolution = budgets.resolve(suite, "sgc", {"k": 40, "s": 3})
+    values, resolution = budget_resolution.resolve(suite, "sgc", {"k": 40, "s": 3})
     assert values == {"k": 40, "s": 3} and resolution is None
 
 
 def test_budgets_that_do_not_fit_say_what_would():
     with pytest.raises(ConfigError, match=r"k <= 1024 fits"):
-        budgets.resolve(_suite({"sgc": {"state": "50x lora"}}), "sgc", {})
+        budget_resolution.resolve(_suite({"sgc": {"state": "50x lora"}}), "sgc", {})
     with pytest.raises(ConfigError, match=r"k >= 2 needs a budget of at least"):
-        budgets.resolve(_suite({"sgc": {"state": "0.0001%"}}), "sgc", {})
+        budget_resolution.resolve(_suite({"sgc": {"state": "0.0001%"}}), "sgc", {})
     with pytest.raises(ConfigError, match="only the SGC methods"):
-        budgets.resolve(_suite({"lora": {"state": "0.1%"}}), "lora", {})
+        budget_resolution.resolve(_suite({"lora": {"state": "0.1%"}}), "lora", {})
     with pytest.raises(ConfigError, match="'1x mezo' gives k=0"):  # MeZO keeps no optimizer state
-        budgets.resolve(_suite({"sgc": {"state": "1x mezo"}}), "sgc", {})
+        budget_resolution.resolve(_suite({"sgc": {"state": "1x mezo"}}), "sgc", {})
 
 
 def test_plan_resolves_budgets_into_the_trials(tmp_path: Path):
-    from memft_bench.harness.runner import plan
+    from memft_bench.harness.run.planning import plan
 
     suite = _suite({"sgc": {"state": "0.4x lora"}})
     run = plan(suite, ["sgc"], tmp_path, "cpu", sweeps={"sgc": {"s": ["2", "4"]}})

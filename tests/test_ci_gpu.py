@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from memft_bench.harness import env as env_module
-from memft_bench.harness.memory import NvmlSampler
+from memft_bench.harness.measure import env as env_module
+from memft_bench.harness.measure.memory import NvmlSampler
 from tests.test_nvml import fake_gpus, two_gpus  # noqa: F401  (fake_gpus is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,7 +297,7 @@ def test_nvml_sampling_failure_is_noted_not_silent(fake_gpus):  # noqa: F811
     # ...and the trial's meters copy the note into the row's meter_notes
     from types import SimpleNamespace
 
-    from memft_bench.harness.trial import PhaseMeters
+    from memft_bench.harness.trial.worker import PhaseMeters
 
     meters = object.__new__(PhaseMeters)
     meters.notes, meters.nvml_on = {}, True
@@ -384,7 +384,7 @@ def test_prepare_prints_the_device_command_and_carry(prepare, capsys, monkeypatc
 def test_the_import_shim_imports_the_folders_as_memft_bench_without_an_install(ci, tmp_path):
     """The device's last resort when not even `pip install --no-deps --no-build-isolation -e .` works."""
     shim = ci.import_shim(ROOT, tmp_path / "shim")
-    code = ("import memft_bench.harness.config as c, memft_bench.kernels.omp as o; "
+    code = ("import memft_bench.harness.spec.config as c, memft_bench.kernels.omp as o; "
             "print(c.load_suite('tiny').name, c.__file__, o.__file__)")
     env = dict(os.environ, PYTHONPATH=str(shim))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,

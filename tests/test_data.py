@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from memft_bench.harness.data import IGNORE_INDEX, collate, encode_example, training_batches
-from memft_bench.harness.models import build_tokenizer
-from memft_bench.harness.prompts import build_prompt
-from memft_bench.harness.synthetic import GENERATORS, generate, generate_split
+from memft_bench.harness.sources.prompts import build_prompt
+from memft_bench.harness.sources.synthetic import GENERATORS, generate, generate_split
+from memft_bench.harness.trial.data import IGNORE_INDEX, collate, encode_example, training_batches
+from memft_bench.harness.trial.models import build_tokenizer
 
 
 def test_alpaca_prompt_with_and_without_input():
@@ -48,7 +48,7 @@ def test_batched_loss_equals_each_example_alone(tiny_model_and_batch):
     import torch
     import torch.nn.functional as F
 
-    from memft_bench.harness.models import causal_lm_loss
+    from memft_bench.harness.trial.models import causal_lm_loss
 
     model, tok, _ = tiny_model_and_batch
     records = generate("kind", 3, 2)

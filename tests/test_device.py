@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.runner import resolve_device
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.run.devices import resolve_device
 
 
 def _gpus(monkeypatch, count: int) -> None:
@@ -54,7 +54,7 @@ def test_without_a_gpu(monkeypatch):
 
 
 def test_the_trial_indexes_a_bare_cuda_from_an_older_spec(monkeypatch):
-    from memft_bench.harness.trial import trial_device
+    from memft_bench.harness.trial.worker import trial_device
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert trial_device("cuda") == torch.device("cuda", 1)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from memft_bench.harness import estimate
+from memft_bench.harness.run import estimate
 
 
 @pytest.fixture
 def commonsense_plan(tmp_path, monkeypatch):
-    from memft_bench.harness import runner
-    from memft_bench.harness.config import load_suite
+    from memft_bench.harness.run import planning
+    from memft_bench.harness.spec.config import load_suite
 
-    monkeypatch.setattr(runner, "preflight_data", lambda suite: None)  # no data needed to plan
+    monkeypatch.setattr(planning, "preflight_data", lambda suite: None)  # no data needed to plan
     suite = load_suite("commonsense")
     suite.tasks[0].data_dir = str(tmp_path)
-    return runner.plan(suite, ["sgc", "lora", "galore"], tmp_path / "run", "cpu")
+    return planning.plan(suite, ["sgc", "lora", "galore"], tmp_path / "run", "cpu")
 
 
 def test_probe_spec_trains_a_few_steps_and_scores_one_item(commonsense_plan):
-    from memft_bench.harness.config import suite_from_data
+    from memft_bench.harness.spec.config import suite_from_data
 
     spec = commonsense_plan.trials[0].spec
     probe = estimate.probe_spec(spec)

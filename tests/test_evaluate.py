@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from memft_bench.harness.evaluate import _encode_pair, candidate_response, evaluate_loglik, score_sequences
-from memft_bench.harness.prompts import build_prompt
-from memft_bench.harness.synthetic import GENERATORS, generate
+from memft_bench.harness.sources.prompts import build_prompt
+from memft_bench.harness.sources.synthetic import GENERATORS, generate
+from memft_bench.harness.trial.evaluate import _encode_pair, candidate_response, evaluate_loglik, score_sequences
 
 
 def _reference_score(model, ids: list[int], n: int) -> float:
@@ -46,7 +46,7 @@ def test_accuracy_counts_the_argmax_option(tiny_model_and_batch):
 
 
 def test_response_kept_when_prompt_is_cut():
-    from memft_bench.harness.models import build_word_tokenizer
+    from memft_bench.harness.trial.models import build_word_tokenizer
 
     tok = build_word_tokenizer("a b c d e f")
     ids, n = _encode_pair(tok, "a b c d e", " f f", max_len=4)
@@ -73,7 +73,7 @@ def test_options_differing_in_their_last_token_share_one_forward_pass(tiny_model
 
 def test_batched_generation_equals_one_at_a_time(tiny_model_and_batch):
     """Left padding with an attention mask leaves each record's greedy output as if decoded alone."""
-    from memft_bench.harness.evaluate import evaluate_generate, first_option_in
+    from memft_bench.harness.trial.evaluate import evaluate_generate, first_option_in
 
     model, tok, _ = tiny_model_and_batch
     records = generate("kind", 5, 3)

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.executors import cpu_slots, device_slots
-from memft_bench.harness.results import read_rows
-from memft_bench.harness.slurm import ENDED, SlurmExecutor, SlurmSpec, parse_scontrol, slurm_spec, submitit_parameters
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.results.rows import read_rows
+from memft_bench.harness.run.devices import cpu_slots, device_slots
+from memft_bench.harness.run.slurm import ENDED, SlurmExecutor, parse_scontrol, submitit_parameters
+from memft_bench.harness.spec.slurm import SlurmSpec, slurm_spec
 from tests.commands import BENCH_CLI, TRIAL_MODULE
 from tests.conftest import small_suite_data
 
@@ -78,7 +79,7 @@ def test_job_states_from_scontrol_expand_arrays():
 
 
 def test_a_job_slurm_ended_becomes_a_row_that_names_it():
-    from memft_bench.harness.slurm import _Watched
+    from memft_bench.harness.run.slurm import _Watched
 
     spec = {"run_id": "r", "trial_id": "kind/full/seed0/abc", "suite": {"name": "unit"}, "task": "kind",
             "method": "full", "variant": "", "method_params": {}, "seed": 0, "device": "cpu"}
@@ -167,17 +168,17 @@ def test_parallel_trials_ctrl_c_kills_all_in_flight_then_resume(tmp_path):
 
 
 def test_a_local_run_refuses_trials_that_slurm_jobs_are_running(tmp_path, small_suite):
-    from memft_bench.harness.errors import BenchError
-    from memft_bench.harness.executors import LocalExecutor
-    from memft_bench.harness.runner import plan
-    from memft_bench.harness.slurm import ledger_add
+    from memft_bench.harness.core.errors import BenchError
+    from memft_bench.harness.run.local import LocalExecutor
+    from memft_bench.harness.run.planning import plan
+    from memft_bench.harness.run.slurm_ledger import ledger_add
 
     trials = plan(small_suite, ["full"], tmp_path, "cpu").trials
     ledger_add(tmp_path, "submitted", {"trial_id": trials[0].trial_id, "job_id": "42_0"})
     with pytest.raises(BenchError, match=r"Slurm jobs still in flight \(42_0\)"):
         next(LocalExecutor().rows(trials, tmp_path, None, print))
     ledger_add(tmp_path, "collected", {"trial_id": trials[0].trial_id, "job_id": "42_0"})
-    from memft_bench.harness.slurm import ledger_in_flight
+    from memft_bench.harness.run.slurm_ledger import ledger_in_flight
 
     assert ledger_in_flight(tmp_path) == {}
 
@@ -185,7 +186,7 @@ def test_a_local_run_refuses_trials_that_slurm_jobs_are_running(tmp_path, small_
 def test_jobs_on_gpus_means_one_trial_per_gpu(monkeypatch, small_suite):
     import torch
 
-    from memft_bench.harness.execution import Execution
+    from memft_bench.harness.run.execution import Execution
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -1,4 +1,4 @@
-"""harness.fetch against a stand-in of LLM-Adapters' file server that the test starts on localhost."""
+"""harness.sources.fetch against a stand-in of LLM-Adapters' file server that the test starts on localhost."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from memft_bench.harness import fetch
-from memft_bench.harness.errors import BenchError
+from memft_bench.harness.core.errors import BenchError
+from memft_bench.harness.sources import fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the project (a git worktree one level deeper finds it two levels up)
@@ -106,7 +106,7 @@ def test_offline_switch_never_touches_the_network(monkeypatch, tmp_path):
 
 def test_run_without_a_data_dir_uses_the_fetched_cache(server, tmp_path, monkeypatch):
     """resolve_data_dir with nothing given fetches into the cache (here from the stand-in server)."""
-    from memft_bench.harness import commonsense
+    from memft_bench.harness.sources import commonsense
 
     url, root, _ = server
     files = _files(root)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from memft_bench.harness import runner
-from memft_bench.harness.config import fingerprint, load_suite
+from memft_bench.harness.core.fingerprint import fingerprint
+from memft_bench.harness.run import planning
+from memft_bench.harness.spec.config import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_tiny_plan_has_the_trial_ids_of_the_committed_baseline(tmp_path):
     rows = [json.loads(line) for line in (ROOT / "reports/baselines/tiny/results.jsonl").read_text().splitlines()]
     spec = load_suite("tiny")
-    plan = runner.plan(spec, list(spec.default_methods), tmp_path / "run", "cpu")
+    plan = planning.plan(spec, list(spec.default_methods), tmp_path / "run", "cpu")
     assert sorted(t.spec["trial_id"] for t in plan.trials) == sorted(r["trial_id"] for r in rows)
 
 

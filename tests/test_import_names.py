@@ -48,7 +48,7 @@ def test_packages_that_own_our_folder_names_are_the_ones_imported(tmp_path, cwd)
         (site / name / "__init__.py").write_text(f"OWNER = 'stand-in {name}'\n")
     code = """
         import json, harness, methods, kernels, suites
-        from memft_bench.harness.config import load_suite
+        from memft_bench.harness.spec.config import load_suite
         from memft_bench.methods.base import get_method_class
         from memft_bench.kernels.omp import batched_omp_torch
         owners = [getattr(m, "OWNER", m.__file__) for m in (harness, methods, kernels, suites)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from memft_bench.harness.models import causal_lm_loss
+from memft_bench.harness.trial.models import causal_lm_loss
 from memft_bench.methods.base import Batch, create
 from memft_bench.methods.fused import LayerwiseOptimizers
 

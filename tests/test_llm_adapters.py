@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from memft_bench.harness import llm_adapters
-from memft_bench.harness.commonsense import TASKS, from_hub_records
+from memft_bench.harness.sources.commonsense import TASKS, from_hub_records
+from memft_bench.harness.trial import llm_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = next((p / "shared" / "data" / "commonsense" for p in (ROOT.parent, ROOT.parent.parent)
@@ -84,8 +84,8 @@ def test_response_is_read_after_the_first_response_marker():
 
 def test_llm_adapters_mode_end_to_end_writes_the_generated_text(tmp_path):
     """A trial in this mode trains on their prompt, decodes with 4 beams, and records each output."""
-    from memft_bench.harness.predictions import read
-    from memft_bench.harness.trial import run_trial
+    from memft_bench.harness.results.predictions import read
+    from memft_bench.harness.trial.worker import run_trial
     from tests.conftest import small_suite_data
 
     data = small_suite_data()

@@ -68,7 +68,7 @@ def test_dora_forward_matches_the_weight_decomposition():
 def test_bad_target_modules_is_a_config_error():
     import pytest
 
-    from memft_bench.harness.errors import ConfigError
+    from memft_bench.harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="target_modules"):
         _prepared("lora", target_modules=["nonexistent_proj"])

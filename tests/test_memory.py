@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memft_bench.harness.memory import MB, CudaPeaks, NvmlSampler, exact_breakdown, model_bytes, rss_peak_mb
+from memft_bench.harness.core.tensor_bytes import model_bytes
+from memft_bench.harness.measure.memory import MB, CudaPeaks, NvmlSampler, exact_breakdown, rss_peak_mb
 from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, toy_batch
 
@@ -44,7 +45,7 @@ def test_rss_peak_is_a_real_measurement():
 def test_rss_peak_resets_between_phases():
     import mmap
 
-    from memft_bench.harness.memory import reset_rss_peak
+    from memft_bench.harness.measure.memory import reset_rss_peak
 
     if not reset_rss_peak():  # from here on, the peak is this test's, not that of the tests run before it
         pytest.skip("this kernel cannot reset the peak RSS")

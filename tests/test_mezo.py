@@ -83,9 +83,9 @@ def test_same_seed_same_trajectory():
 def test_lr_zero_leaves_the_weights_bit_identical(name, precision, small_suite):
     """The probes (theta + eps z, theta - eps z) must not drift theta, whatever the precision: with lr 0,
     any number of steps leaves every weight bit for bit as it was (in-place +eps/-2eps/+eps does not)."""
-    from memft_bench.harness.data import encode_example, load_task, training_batches
-    from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
-    from memft_bench.harness.precision import Precision
+    from memft_bench.harness.core.precision import Precision
+    from memft_bench.harness.trial.data import encode_example, load_task, training_batches
+    from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
 
     spec = dataclasses.replace(small_suite.model, precision=precision)
     tokenizer = build_tokenizer(spec)
@@ -112,8 +112,8 @@ def test_probe_equals_an_in_place_perturbation_with_tied_embeddings(small_suite)
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from memft_bench.harness.data import collate, encode_example, load_task
-    from memft_bench.harness.models import build_tokenizer, causal_lm_loss
+    from memft_bench.harness.trial.data import collate, encode_example, load_task
+    from memft_bench.harness.trial.models import build_tokenizer, causal_lm_loss
 
     tokenizer = build_tokenizer(small_suite.model)
     torch.manual_seed(0)

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from memft_bench.harness.cache import cache_dir
-from memft_bench.harness.config import ModelSpec
-from memft_bench.harness.errors import BenchError
-from memft_bench.harness.models import build_model, build_tokenizer
+from memft_bench.harness.core.cache import cache_dir
+from memft_bench.harness.core.errors import BenchError
+from memft_bench.harness.spec.config import ModelSpec
+from memft_bench.harness.trial.models import build_model, build_tokenizer
 
 
 def _weights(model) -> torch.Tensor:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from memft_bench.harness import env as env_module
-from memft_bench.harness.memory import MB, NvmlSampler, nvml_handle
+from memft_bench.harness.measure import env as env_module
+from memft_bench.harness.measure.memory import MB, NvmlSampler, nvml_handle
 
 
 class FakeNVMLError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.core.errors import ConfigError
 from memft_bench.methods.base import build_options
 
 

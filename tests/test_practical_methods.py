@@ -16,10 +16,10 @@ import math
 import pytest
 import torch
 
-from memft_bench.harness.config import suite_from_data
-from memft_bench.harness.data import encode_example, load_task, training_batches
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.spec.config import suite_from_data
+from memft_bench.harness.trial.data import encode_example, load_task, training_batches
+from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
 from memft_bench.methods.base import build_options, create
 from tests.conftest import small_suite_data
 

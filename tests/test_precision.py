@@ -15,10 +15,11 @@ import pytest
 import torch
 from torch.nn import Parameter
 
-from memft_bench.harness.data import encode_example, load_task, training_batches
-from memft_bench.harness.memory import exact_breakdown, model_bytes
-from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
-from memft_bench.harness.precision import Precision
+from memft_bench.harness.core.precision import Precision
+from memft_bench.harness.core.tensor_bytes import model_bytes
+from memft_bench.harness.measure.memory import exact_breakdown
+from memft_bench.harness.trial.data import encode_example, load_task, training_batches
+from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
 from memft_bench.methods.base import create
 from memft_bench.methods.builtin import BUILTIN_METHODS
 
@@ -183,9 +184,9 @@ def test_bf16_stores_everything_in_bf16(small_suite):
 
 
 def test_precision_rejects_unknown_names_and_float16():
-    from memft_bench.harness.config import ModelSpec
-    from memft_bench.harness.errors import ConfigError
-    from memft_bench.harness.options import build
+    from memft_bench.harness.core.errors import ConfigError
+    from memft_bench.harness.core.options import build
+    from memft_bench.harness.spec.config import ModelSpec
 
     with pytest.raises(ConfigError, match="fp16 is not supported: float16 needs loss scaling"):
         build(ModelSpec, {"precision": "fp16"}, "model")

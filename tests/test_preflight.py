@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from memft_bench.harness.config import suite_from_data
-from memft_bench.harness.memory import exact_breakdown
-from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
-from memft_bench.harness.precision import Precision
-from memft_bench.harness.preflight import (
-    CannotBuildOnMeta,
+from memft_bench.harness.core.precision import Precision
+from memft_bench.harness.measure.memory import exact_breakdown
+from memft_bench.harness.run.preflight import (
     Preflight,
     PreflightError,
-    build_meta_model,
     check_variant,
     run_preflight,
 )
+from memft_bench.harness.spec.config import suite_from_data
+from memft_bench.harness.trial.meta_model import CannotBuildOnMeta, build_meta_model
+from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
 from memft_bench.methods.base import Batch, create
 from tests.commands import BENCH_CLI
 from tests.conftest import small_suite_data
@@ -111,11 +110,11 @@ def test_dry_run_prints_each_trials_memory_and_starts_nothing(tmp_path):
 
 
 def test_a_trial_that_cannot_fit_is_an_oom_row_that_never_started(tmp_path, monkeypatch):
-    from memft_bench.harness import preflight, runner
+    from memft_bench.harness.run import planning, preflight, runner
 
     monkeypatch.setattr(preflight, "free_memory_bytes", lambda device: 1024)  # 1 KiB free
     suite = _suite()
-    plan = runner.plan(suite, ["full", "lora"], tmp_path, "cpu")
+    plan = planning.plan(suite, ["full", "lora"], tmp_path, "cpu")
     checked = run_preflight(plan, plan.variants)
     refusals = {key: reason for key in checked.checks if (reason := checked.refusal(*key))}
     assert set(refusals) == {("full", ""), ("lora", "")}
@@ -126,13 +125,13 @@ def test_a_trial_that_cannot_fit_is_an_oom_row_that_never_started(tmp_path, monk
 
 
 def test_a_model_that_cannot_be_built_on_meta_skips_the_preflight_with_a_note(tmp_path, monkeypatch):
-    from memft_bench.harness import preflight, runner
+    from memft_bench.harness.run import planning, preflight
 
     def cannot(spec):
         raise CannotBuildOnMeta("custom architecture")
 
     monkeypatch.setattr(preflight, "build_meta_model", cannot)
-    plan = runner.plan(_suite(), ["full"], tmp_path, "cpu")
+    plan = planning.plan(_suite(), ["full"], tmp_path, "cpu")
     checked = run_preflight(plan, plan.variants)
     assert checked.checks == {} and "pre-flight skipped" in checked.notes[0]
 

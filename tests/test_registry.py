@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from memft_bench.harness.errors import UnknownNameError
-from memft_bench.harness.options import option
+from memft_bench.harness.core.errors import UnknownNameError
+from memft_bench.harness.core.options import option
 from memft_bench.methods.base import (
     MethodOptions,
     OptimizerMethod,
@@ -106,10 +106,10 @@ def test_entry_point_plugin_is_found_without_editing_the_registry(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(available_methods()))
 def test_prepare_keeps_the_base_function_when_the_method_says_so(name, tiny_model_and_batch):
-    """The untrained score is shared across methods on this claim (harness.trial.untrained_score)."""
+    """The untrained score is shared across methods on this claim (harness.trial.worker.untrained_score)."""
     import torch
 
-    from memft_bench.harness.models import causal_lm_loss
+    from memft_bench.harness.trial.models import causal_lm_loss
 
     if name == "adalomo":
         pytest.skip("lomo-optim's AdaLomo runs on CUDA only")

@@ -17,10 +17,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memft_bench.harness.config import apply_overrides, suite_from_data
-from memft_bench.harness.errors import BenchError, ConfigError
-from memft_bench.harness.results import read_rows
-from memft_bench.harness.runner import run_lock
+from memft_bench.harness.core.errors import BenchError, ConfigError
+from memft_bench.harness.results.rows import read_rows
+from memft_bench.harness.run.runner import run_lock
+from memft_bench.harness.spec.config import apply_overrides, suite_from_data
 from tests.commands import BENCH_CLI, TRIAL_MODULE
 from tests.conftest import small_suite_data
 
@@ -110,7 +110,7 @@ def test_interrupted_sweep_resumes_to_one_row_per_trial(tmp_path, sig):
 
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     with run_lock(tmp_path):
-        code = (f"from pathlib import Path\nfrom memft_bench.harness.runner import run_lock\n"
+        code = (f"from pathlib import Path\nfrom memft_bench.harness.run.runner import run_lock\n"
                 f"with run_lock(Path({str(tmp_path)!r})): pass")
         other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert other.returncode != 0 and "another `bench run` is writing to" in other.stderr
@@ -164,7 +164,7 @@ def test_random_overrides_only_ever_raise_config_error(overrides):
 
 def test_model_loading_stays_safe():
     """No trust_remote_code unless asked, weights as safetensors only: checked in the source itself."""
-    source = (ROOT / "harness" / "models.py").read_text()
+    source = (ROOT / "harness" / "trial" / "models.py").read_text()
     assert "trust_remote_code=spec.trust_remote_code" in source and "use_safetensors=True" in source
     assert suite_from_data(small_suite_data(), "s").model.trust_remote_code is False
     for path in [p for d in ("harness", "methods", "kernels") for p in (ROOT / d).glob("**/*.py")]:

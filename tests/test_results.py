@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from memft_bench.harness.results import COLUMNS, append_row, empty_row, load_frame, read_rows
+from memft_bench.harness.results.rows import COLUMNS, append_row, empty_row, load_frame, read_rows
 
 
 def test_append_and_read_back(tmp_path):

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from memft_bench.harness.config import apply_overrides, load_suite, suite_from_data
-from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.spec.config import apply_overrides, load_suite, suite_from_data
 from tests.commands import BENCH_CLI
 
 #: Parameter counts of the published models (embedding and output projection counted once when tied).
@@ -28,7 +28,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", sorted(PARAMETERS))
 def test_meta_model_has_the_published_parameter_count(name):
-    from memft_bench.harness.preflight import build_meta_model
+    from memft_bench.harness.trial.meta_model import build_meta_model
 
     suite = load_suite(name)
     model = build_meta_model(suite.model)
@@ -43,7 +43,8 @@ def test_preflight_of_scale_7b_allocates_no_weight():
     process by anything near the model's 13 GB of bf16 weights."""
     import psutil
 
-    from memft_bench.harness.preflight import build_meta_model, check_variant
+    from memft_bench.harness.run.preflight import check_variant
+    from memft_bench.harness.trial.meta_model import build_meta_model
 
     suite = load_suite("scale-7b")
     before = psutil.Process().memory_info().rss
@@ -67,7 +68,8 @@ def test_dry_run_predicts_every_default_trial():
 
 
 def test_checkpointing_shrinks_the_activation_estimate_only_for_backward():
-    from memft_bench.harness.preflight import activation_bytes, build_meta_model
+    from memft_bench.harness.run.preflight import activation_bytes
+    from memft_bench.harness.trial.meta_model import build_meta_model
 
     suite = load_suite("scale-1b")
     on = apply_overrides(suite, ["budget.gradient_checkpointing=true"])
@@ -78,8 +80,8 @@ def test_checkpointing_shrinks_the_activation_estimate_only_for_backward():
 
 
 def test_tokens_task_is_fixed_length_random_ids_with_every_token_a_target():
-    from memft_bench.harness.data import encode_example, load_task
-    from memft_bench.harness.models import build_tokenizer
+    from memft_bench.harness.trial.data import encode_example, load_task
+    from memft_bench.harness.trial.models import build_tokenizer
 
     suite = apply_overrides(load_suite("scale-1b"), SHRINK)
     task = load_task(suite.tasks[0], suite)
@@ -94,7 +96,7 @@ def test_tokens_task_is_fixed_length_random_ids_with_every_token_a_target():
 def test_llama_shape_is_built_on_the_device_in_the_storage_dtype():
     import torch
 
-    from memft_bench.harness.models import build_model, build_tokenizer
+    from memft_bench.harness.trial.models import build_model, build_tokenizer
 
     spec = apply_overrides(load_suite("scale-1b"), SHRINK).model
     model = build_model(spec, build_tokenizer(spec), seed=0, device="cpu")

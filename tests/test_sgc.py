@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.linear_model import orthogonal_mp
 
-from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.core.errors import ConfigError
 from memft_bench.methods.base import Batch, create
 from tests.toy import Toy, quadratic_loss, reference_grads, toy_batch
 

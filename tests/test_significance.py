@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from memft_bench.harness import predictions
 from memft_bench.harness.cli import main
-from memft_bench.harness.results import append_row, empty_row, load_frame
+from memft_bench.harness.results import predictions
+from memft_bench.harness.results.rows import append_row, empty_row, load_frame
 
 TASKS = {"boolq": 120, "piqa": 120}
 
@@ -69,7 +69,7 @@ def test_records_that_do_not_match_their_row_are_not_used(run_dir):
 
 
 def test_report_shows_intervals_paired_differences_and_ties(run_dir, tmp_path):
-    from memft_bench.harness.report import write_report
+    from memft_bench.harness.analysis.report import write_report
 
     text = write_report([run_dir], tmp_path / "out", with_figures=False).read_text(encoding="utf-8")
     assert "Wilson" in text and "bootstrap over items" in text
@@ -149,10 +149,10 @@ def test_compare_of_baseline_rows_without_records_still_works(run_dir, tmp_path)
 
 
 def test_every_planned_trial_has_its_own_predictions_file(tmp_path):
-    from memft_bench.harness import runner
-    from memft_bench.harness.config import load_suite
+    from memft_bench.harness.run import planning
+    from memft_bench.harness.spec.config import load_suite
 
-    plan = runner.plan(load_suite("tiny"), ["full", "lora"], tmp_path / "run", "cpu")
+    plan = planning.plan(load_suite("tiny"), ["full", "lora"], tmp_path / "run", "cpu")
     files = [t.spec["predictions_file"] for t in plan.trials]
     assert len(set(files)) == len(files) == len(plan.trials)
     for t in plan.trials:

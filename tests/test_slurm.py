@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memft_bench.harness.results import read_rows
+from memft_bench.harness.results.rows import read_rows
 from tests import slurm_cluster
 from tests.commands import BENCH_CLI
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from memft_bench.harness.compare import render, run_compare
-from memft_bench.harness.stack import (
+from memft_bench.harness.analysis.compare import render, run_compare
+from memft_bench.harness.measure.stack import (
     Difference,
     describe_differences,
     installed_stack,

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from memft_bench.harness.errors import ConfigError
+from memft_bench.harness.core.errors import ConfigError
 from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, reference_grads, toy_batch
 

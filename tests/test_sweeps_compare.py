@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from memft_bench.harness.compare import Tolerance, compare
-from memft_bench.harness.config import suite_from_data
-from memft_bench.harness.errors import ConfigError
-from memft_bench.harness.runner import plan
-from memft_bench.harness.sweeps import split_overrides, variant_label, variants
+from memft_bench.harness.analysis.compare import Tolerance, compare
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.run.planning import plan
+from memft_bench.harness.spec.config import suite_from_data
+from memft_bench.harness.spec.sweeps import split_overrides, variant_label, variants
 from tests.conftest import small_suite_data
 
 

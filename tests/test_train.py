@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from memft_bench.harness.config import BudgetSpec
-from memft_bench.harness.train import Diverged, LossRecorder, lr_scale, train
+from memft_bench.harness.spec.config import BudgetSpec
+from memft_bench.harness.trial.train import Diverged, LossRecorder, lr_scale, train
 from memft_bench.methods.base import create
 from tests.toy import Toy, quadratic_loss, toy_batch
 
@@ -45,7 +45,7 @@ def test_method_measurements_leave_out_the_warmup_steps_and_are_read_after_the_t
     when the recorder runs, which is after the step timer in the trial's callback order."""
     import torch
 
-    from memft_bench.harness.train import ExtrasRecorder
+    from memft_bench.harness.trial.train import ExtrasRecorder
     from memft_bench.methods.base import StepResult
 
     reads = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from memft_bench.harness.config import suite_from_data
-from memft_bench.harness.memory import reset_rss_peak
-from memft_bench.harness.runner import plan
-from memft_bench.harness.trial import run_trial
+from memft_bench.harness.measure.memory import reset_rss_peak
+from memft_bench.harness.run.planning import plan
+from memft_bench.harness.spec.config import suite_from_data
+from memft_bench.harness.trial.worker import run_trial
 from tests.conftest import small_suite_data
 
 
@@ -28,8 +28,8 @@ def test_evaluation_peak_excludes_the_optimizer_state_and_gradients(tmp_path):
 
 
 def test_release_frees_gradients_and_optimizer_state(small_suite):
-    from memft_bench.harness.data import encode_example, load_task, training_batches
-    from memft_bench.harness.models import build_model, build_tokenizer, causal_lm_loss
+    from memft_bench.harness.trial.data import encode_example, load_task, training_batches
+    from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
     from memft_bench.methods.base import create
 
     tokenizer = build_tokenizer(small_suite.model)

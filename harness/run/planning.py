@@ -1,0 +1,136 @@
+"""Planning a run: (suite, methods, seeds) -> one trial per task x method x seed x variant.
+
+Each trial has an id made of its names and a fingerprint of everything that determines its result (model,
+task, budget, evaluation, method options, seed, device), so rerunning the same command skips what is
+recorded and changing any option makes a new trial instead of silently reusing an old one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.core.fingerprint import fingerprint
+from memft_bench.harness.spec.config import SuiteSpec
+
+
+@dataclass
+class Trial:
+    task: str
+    method: str
+    seed: int
+    spec: dict[str, Any]
+    variant: str = ""
+
+    @property
+    def trial_id(self) -> str:
+        return self.spec["trial_id"]
+
+    @property
+    def label(self) -> str:
+        method = f"{self.method}[{self.variant}]" if self.variant else self.method
+        return f"{self.task}/{method}/seed{self.seed}"
+
+
+@dataclass
+class RunPlan:
+    suite: SuiteSpec
+    methods: list[str]
+    out_dir: Path
+    device: str
+    trials: list[Trial] = field(default_factory=list)
+    #: every (method, variant label, validated options) of the run, once: what the pre-flight checks.
+    variants: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the plan resolved (state budgets), for the log
+
+
+def _method_module(name: str) -> str | None:
+    """The module a child process must import to find `name` (None for built-ins and entry points)."""
+    from memft_bench.methods.base import get_method_class, plugin_entry_points
+    from memft_bench.methods.builtin import BUILTIN_METHODS
+
+    cls = get_method_class(name)
+    if name in BUILTIN_METHODS or name in plugin_entry_points():
+        return None
+    if cls.__module__ == "__main__":
+        raise ConfigError(
+            f"method {name!r} is registered in __main__; trials run in their own process, so define it in an "
+            "importable module or publish it through the `bench.methods` entry-point group"
+        )
+    return cls.__module__
+
+
+def plan(
+    suite: SuiteSpec,
+    methods: list[str],
+    out_dir: Path,
+    device: str,
+    sweeps: dict[str, dict[str, list[Any]]] | None = None,
+    command: str | None = None,
+) -> RunPlan:
+    """Validate every method, variant and option, then list the trials (task-major, as reports read)."""
+    from memft_bench.harness.core.options import to_dict
+    from memft_bench.harness.results import predictions
+    from memft_bench.harness.run.budget_resolution import resolve as resolve_budget
+    from memft_bench.harness.spec.sweeps import merge, variant_label, variants
+    from memft_bench.methods.base import build_options
+
+    if not methods:
+        raise ConfigError(f"suite {suite.name} names no default_methods; pass --methods a,b,c")
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise ConfigError(f"--methods lists {', '.join(duplicates)} more than once")
+    modules = {m: _method_module(m) for m in methods}
+    preflight_data(suite)
+    all_sweeps = merge(suite.sweeps, sweeps or {})
+    for swept in sweeps or {}:
+        if swept not in methods:
+            raise ConfigError(f"--set {swept}.…: {swept} is swept but not run (add it to --methods)")
+    instances: list[tuple[str, str, dict[str, Any]]] = []  # (method, variant label, validated params)
+    run_plan_notes: list[str] = []
+    for m in methods:
+        for values in variants(all_sweeps, m):
+            label = variant_label(values)
+            where = f"{suite.name}: methods.{m}" + (f" [{label}]" if label else "")
+            merged = {**(suite.methods.get(m) or {}), **values}
+            if m in suite.state_budgets:  # SGC's k and s from a state budget and the model's shapes
+                merged, resolution = resolve_budget(suite, m, merged)
+                if resolution is not None:
+                    run_plan_notes.append(resolution.note)
+            params = to_dict(build_options(m, merged, where))
+            instances.append((m, label, params))
+    suite_data = suite.to_data()
+    shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
+    run_plan = RunPlan(suite, methods, out_dir, device, variants=instances, notes=run_plan_notes)
+    for task in suite.tasks:
+        for method, label, params in instances:
+            for seed in suite.seeds:
+                key = fingerprint({**shared, "task": to_dict(task), "method": method,
+                                   "params": params, "seed": seed, "device": device})
+                name = f"{method}[{label}]" if label else method
+                untrained = fingerprint({**shared, "task": to_dict(task), "seed": seed, "device": device})
+                spec = {
+                    "untrained_score_file": str(out_dir / "untrained" / f"{task.name}-seed{seed}-{untrained}.json"),
+                    "suite": suite_data, "task": task.name, "method": method, "variant": label,
+                    "method_module": modules[method], "method_params": params, "seed": seed, "device": device,
+                    "run_id": out_dir.name, "trial_id": f"{task.name}/{name}/seed{seed}/{key}", "command": command,
+                }
+                spec["predictions_file"] = str(out_dir / predictions.relative_path(spec["trial_id"]))
+                run_plan.trials.append(Trial(task.name, method, seed, spec, label))
+    return run_plan
+
+
+def preflight_data(suite: SuiteSpec) -> None:
+    """Read every data file the trials will read, so a missing or malformed one stops the run before training."""
+    from memft_bench.harness.sources import commonsense
+
+    for task in suite.tasks:
+        if task.source == "commonsense":
+            data_dir = commonsense.resolve_data_dir(task.data_dir)
+            if task.data_dir is None:
+                task.data_dir = str(data_dir)  # trials see the same directory, whatever their environment
+            commonsense.training_mix(data_dir, seed=0)  # the same files, chosen the same way, as the trials
+            for name in task.eval_tasks:
+                commonsense.load_test_set(data_dir, name)

@@ -1,0 +1,334 @@
+"""Suite files (suites/*.yaml) and `--set` overrides, parsed as data and validated against one schema.
+
+A suite names a model, its tasks, the training budget, the evaluation and per-method options. The
+schema is the dataclasses below; `harness.core.options.build` checks types, ranges and unknown keys, and
+every error names the file and field. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memft_bench.harness.core.errors import ConfigError, UnknownNameError
+from memft_bench.harness.core.options import build, option, to_dict
+
+SUITE_SUFFIX = ".yaml"
+
+
+def looks_like_model_reference(path: str) -> bool:
+    """An existing directory, or something shaped like a hub id (`name` or `owner/name`, no path tricks)."""
+    if Path(path).expanduser().is_dir():
+        return True
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", path)) and ".." not in path
+
+
+@dataclass
+class ModelSpec:
+    kind: str = option(
+        "tiny-llama",
+        "tiny-llama: a Llama-shaped model built from this config with a seeded random init (no download); "
+        "llama-shape: a real model's shapes (these fields, vocab_size, tie_word_embeddings), random init, built "
+        "directly on the trial's device, for memory and speed at scale (its outputs mean nothing); "
+        "pretrained: `path` is a local directory or a Hugging Face id",
+        choices=("tiny-llama", "llama-shape", "pretrained"),
+    )
+    path: str | None = option(None, "local directory or hub id when kind is pretrained")
+    trust_remote_code: bool = option(
+        False, "pretrained: let the model directory's own Python code run (arbitrary code: off unless asked)"
+    )
+    hidden_size: int = option(64, "tiny-llama: width", min=8)
+    intermediate_size: int = option(128, "tiny-llama: MLP width", min=8)
+    num_hidden_layers: int = option(2, "tiny-llama: decoder layers", min=1)
+    num_attention_heads: int = option(4, "tiny-llama: attention heads", min=1)
+    num_key_value_heads: int = option(4, "tiny-llama: key/value heads (grouped-query attention)", min=1)
+    max_position_embeddings: int = option(256, "tiny-llama: longest sequence", min=16)
+    vocab_size: int = option(
+        32000, "llama-shape: vocabulary size (tiny-llama takes its word tokenizer's; the embedding and output "
+        "projection are vocab_size x hidden_size, so at 128k words they are a large share of a 1B model)", min=2)
+    tie_word_embeddings: bool = option(
+        False, "llama-shape: the output projection shares the input embedding's weight (Llama-3.2 1B and 3B do, "
+        "Llama-2 does not)")
+    precision: str = option(
+        "fp32", "one policy for every method: fp32; bf16-mixed (frozen weights bf16, trained weights and optimizer "
+        "state fp32, bf16 autocast); bf16 (everything bf16)")
+    pretrain_steps: int = option(
+        0, "tiny-llama: steps of full AdamW pre-training on the synthetic corpus before fine-tuning "
+        "(cached; methods such as LoRA and MeZO assume a pretrained start)", min=0)
+    pretrain_lr: float = option(3e-3, "tiny-llama: pre-training learning rate", gt=0.0)
+    pretrain_batch_size: int = option(32, "tiny-llama: pre-training sequences per step", min=1)
+
+    def validate(self, where: str) -> None:
+        from memft_bench.harness.core.precision import PRECISIONS, REFUSED
+
+        if self.precision in REFUSED:
+            raise ConfigError(f"{where}.precision: {self.precision} is not supported: {REFUSED[self.precision]}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}.precision: must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.kind == "pretrained" and not self.path:
+            raise ConfigError(f"{where}.path: required when kind is pretrained (a local directory or hub id)")
+        if self.kind == "pretrained" and not looks_like_model_reference(str(self.path)):
+            raise ConfigError(
+                f"{where}.path: {self.path!r} is neither a directory nor a hub id of the form owner/name"
+            )
+        if self.kind == "llama-shape" and self.pretrain_steps:
+            raise ConfigError(f"{where}.pretrain_steps: a llama-shape model is never pre-trained (its values are "
+                              "random on purpose: only its shapes are measured); set it to 0")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"{where}.num_attention_heads: must divide hidden_size ({self.hidden_size})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"{where}.num_key_value_heads: must divide num_attention_heads ({self.num_attention_heads})"
+            )
+
+    @property
+    def label(self) -> str:
+        """What the model really is, for the result row's `model` field."""
+        if self.kind == "pretrained":
+            from memft_bench.harness.sources.pretrained import label
+
+            return label(str(self.path))
+        if self.kind == "llama-shape":
+            return (
+                f"llama-shape (random init, shapes only: {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
+                f"mlp {self.intermediate_size}, {self.num_attention_heads} heads, {self.num_key_value_heads} kv heads, "
+                f"vocab {self.vocab_size}, {'tied' if self.tie_word_embeddings else 'untied'} embeddings)"
+            )
+        start = "random init"
+        if self.pretrain_steps:
+            start = f"pre-trained {self.pretrain_steps} steps on the synthetic corpus"
+        return (
+            f"tiny-llama ({start}, {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
+            f"mlp {self.intermediate_size}, {self.num_attention_heads} heads)"
+        )
+
+
+@dataclass
+class TaskSpec:
+    name: str = option(help="task name, as it appears in result rows")
+    source: str = option(
+        "synthetic", "synthetic: generated records; commonsense: LLM-Adapters files; tokens: sequences of "
+        "uniformly random token ids, cutoff_len long, loss on every token (llama-shape models: memory and speed "
+        "only, its accuracy means nothing)", choices=("synthetic", "commonsense", "tokens"))
+    generator: str = option("", "synthetic: the generator's name (see harness/sources/synthetic.py)")
+    train_size: int = option(2000, "synthetic: training records", min=1)
+    test_size: int = option(200, "synthetic: test records", min=1)
+    data_dir: str | None = option(
+        None, "commonsense: <dir>/<task>/{train,test}.json (else --data-dir or $BENCH_DATA_DIR)")
+    eval_tasks: list[str] = option(
+        default_factory=lambda: ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Challenge",
+                                 "ARC-Easy", "openbookqa"],
+        help="commonsense: the test sets scored after training on the mix")
+    limit_train: int = option(0, "commonsense: train on this many records of the shuffled mix (0: all)", min=0)
+    limit_eval: int = option(0, "commonsense: score a seeded subset of this many items per test set (0: all)", min=0)
+
+    def validate(self, where: str) -> None:
+        from memft_bench.harness.sources.commonsense import TASKS
+        from memft_bench.harness.sources.synthetic import GENERATORS
+
+        if self.source == "synthetic" and self.generator not in GENERATORS:
+            raise ConfigError(
+                f"{where}.generator: must be one of {', '.join(sorted(GENERATORS))}; got {self.generator!r}"
+            )
+        if self.source == "commonsense":
+            unknown = [t for t in self.eval_tasks if t not in TASKS]
+            if unknown or not self.eval_tasks:
+                raise ConfigError(f"{where}.eval_tasks: each must be one of {', '.join(TASKS)}; got {unknown}")
+
+
+@dataclass
+class BudgetSpec:
+    steps: int = option(100, "optimisation steps per trial (the same for every method)", min=1)
+    micro_batch_size: int = option(8, "examples per forward pass", min=1)
+    grad_accum: int = option(1, "micro-batches accumulated into one step", min=1)
+    cutoff_len: int = option(256, "truncate tokenised examples to this many tokens", min=8)
+    lr_schedule: str = option(
+        "constant", "learning-rate schedule", choices=("constant", "linear", "cosine")
+    )
+    lr_warmup_steps: int = option(0, "linear warm-up steps of the schedule", min=0)
+    timing_warmup_steps: int = option(3, "steps left out of the step-time statistics", min=0)
+    gradient_checkpointing: bool = option(
+        False, "recompute each decoder layer's activations in backward instead of keeping them "
+        "(transformers' activation checkpointing, use_reentrant=False), the same for every method that "
+        "backpropagates; zeroth-order methods record that it does not apply")
+
+    @property
+    def batch_size(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+
+@dataclass
+class EvalSpec:
+    mode: str = option(
+        "loglik", "loglik: pick the answer option with the highest log-likelihood (batched, fast); generate: "
+        "greedy decoding, then LLM-Adapters' answer extraction; llm-adapters: their protocol exactly (their "
+        "prompts, 4-beam search, 32 new tokens, batch 1, no truncation; slow)",
+        choices=("loglik", "generate", "llm-adapters"))
+    batch_size: int = option(32, "sequences per scoring or generation batch", min=1)
+    max_new_tokens: int = option(32, "generate: tokens decoded per answer", min=1)
+    before_training: bool = option(False, "also score the untrained model (accuracy_before columns)")
+
+
+@dataclass
+class SuiteSpec:
+    name: str = option(help="suite name")
+    description: str = option("", "one line for `bench list suites`")
+    model: ModelSpec = option(default_factory=ModelSpec, help="the model every method starts from")
+    tasks: list[TaskSpec] = option(default_factory=list, help="one trial per task, method and seed")
+    budget: BudgetSpec = option(default_factory=BudgetSpec, help="training budget")
+    evaluation: EvalSpec = option(default_factory=EvalSpec, help="how test items are scored")
+    seeds: list[int] = option(default_factory=lambda: [0], help="seeds: model init, data order, method RNG")
+    data_seed: int = option(1234, "seed of synthetic data generation (fixed across trial seeds)")
+    default_methods: list[str] = option(default_factory=list, help="methods run when --methods is not given")
+    methods: dict = option(default_factory=dict, help="per-method option values (method name -> options)")
+    sweeps: dict = option(default_factory=dict,
+                          help="method -> option -> list of values: one variant per combination (a size knob)")
+    trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
+    slurm: dict = option(default_factory=dict, help="cluster settings for --executor slurm (harness/spec/slurm.py)")
+    state_budgets: dict = option(
+        default_factory=dict, help='method -> {state: "0.4x lora" or "0.08%", s_ratio}: SGC\'s k and s resolved '
+        "from an optimizer-state budget and the model's shapes before trials run (harness/run/budget_resolution.py)")
+
+    def validate(self, where: str) -> None:
+        if not self.tasks:
+            raise ConfigError(f"{where}.tasks: a suite needs at least one task")
+        for task in self.tasks:
+            if task.source == "tokens" and self.model.kind != "llama-shape":
+                raise ConfigError(f"{where}.tasks.{task.name}: a tokens task draws ids from model.vocab_size, "
+                                  "which only model.kind llama-shape has")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.tasks: task names must be unique; got {names}")
+        if not self.seeds:
+            raise ConfigError(f"{where}.seeds: give at least one seed")
+        for method, values in self.methods.items():
+            if values is not None and not isinstance(values, dict):
+                raise ConfigError(f"{where}.methods.{method}: expected a mapping of options, got {values!r}")
+        from memft_bench.harness.spec.budgets import parse_budgets
+
+        parse_budgets(self.state_budgets, f"{where}.state_budgets")
+        for method, values in self.sweeps.items():
+            if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
+                raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")
+        if self.slurm:
+            from memft_bench.harness.spec.slurm import SlurmSpec
+
+            build(SlurmSpec, self.slurm, f"{where}.slurm")
+
+    def to_data(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise UnknownNameError(f"unknown task {name!r} in suite {self.name}")
+
+
+def suite_from_data(data: Any, where: str) -> SuiteSpec:
+    return build(SuiteSpec, data, where)
+
+
+def builtin_suite_dir() -> Path:
+    """The folder of the built-in suites, installed as the data-only package `memft_bench.suites`.
+
+    Looked up through the import system rather than `importlib.resources`: the folder is a namespace
+    package (no `__init__.py`, so that no generic top-level `suites` package of ours exists), and an
+    editable install lists a non-directory placeholder among its locations, which resources refuses."""
+    spec = importlib.util.find_spec("memft_bench.suites")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location, "tiny.yaml").is_file():
+            return Path(location)
+    raise ConfigError("the built-in suites are not installed (reinstall the project: pip install -e .)")
+
+
+def _builtin_suite_files() -> dict[str, Path]:
+    return {entry.name[: -len(SUITE_SUFFIX)]: entry for entry in builtin_suite_dir().iterdir()
+            if entry.name.endswith(SUITE_SUFFIX)}
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+
+
+def load_suite(name_or_path: str) -> SuiteSpec:
+    """A built-in suite by name (`tiny`) or a suite file by path (`my/suite.yaml`)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{name_or_path}: suite file not found")
+        return suite_from_data(_read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
+    files = _builtin_suite_files()
+    if name_or_path not in files:
+        raise UnknownNameError(
+            f"unknown suite {name_or_path!r}; available suites: {', '.join(sorted(files))} "
+            "(or give the path of a .yaml file)"
+        )
+    where = f"suites/{name_or_path}{SUITE_SUFFIX}"
+    return suite_from_data(_read_yaml(files[name_or_path].read_text(encoding="utf-8"), where), where)
+
+
+def list_suites() -> dict[str, str]:
+    """name -> description of every built-in suite (reads the YAML files; imports no torch)."""
+    out = {}
+    for name, entry in sorted(_builtin_suite_files().items()):
+        try:
+            data = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+            out[name] = str(data.get("description", "")) if isinstance(data, dict) else ""
+        except yaml.YAMLError:
+            out[name] = "(unreadable suite file)"
+    return out
+
+
+# -- overrides -------------------------------------------------------------------------------------
+SUITE_SECTIONS = ("model", "budget", "evaluation")
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    """`lora.r=16` -> (["lora", "r"], "16"); `budget.steps=50` -> (["budget", "steps"], "50")."""
+    key, sep, value = text.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"--set {text!r}: expected METHOD.OPTION=VALUE (e.g. lora.r=16) or SECTION.FIELD=VALUE "
+            f"with SECTION one of {', '.join(SUITE_SECTIONS)}"
+        )
+    return parts, value.strip()
+
+
+def check_override_section(section: str, text: str) -> None:
+    """A `--set` section must be a suite section or a registered method: a typo would otherwise change
+    nothing and say nothing."""
+    from memft_bench.methods.base import available_methods
+
+    if section in SUITE_SECTIONS:
+        return
+    methods = available_methods()
+    if section not in methods:
+        raise ConfigError(f"--set {text!r}: {section!r} is neither a suite section ({', '.join(SUITE_SECTIONS)}) "
+                          f"nor a method; methods: {', '.join(sorted(methods))} (a plugin's: pass --plugin MODULE)")
+
+
+def apply_overrides(suite: SuiteSpec, overrides: list[str]) -> SuiteSpec:
+    """A new, validated suite with `--set` overrides applied (method options or suite sections)."""
+    data = copy.deepcopy(suite.to_data())
+    for text in overrides:
+        (section, field), value = parse_override(text)
+        check_override_section(section, text)
+        if section in SUITE_SECTIONS:
+            data[section][field] = value
+        else:
+            data["methods"].setdefault(section, {})
+            data["methods"][section] = dict(data["methods"][section] or {}, **{field: value})
+    return suite_from_data(data, f"{suite.name} (with --set)")

@@ -1,0 +1,142 @@
+"""Task data: records, the instruction prompt, tokenisation with response-only loss, and batches.
+
+Records follow the LLM-Adapters format `{"instruction", "input", "output", "answer"}`. Training
+examples are the prompt followed by the output; the loss covers the response tokens only (prompt
+labels are -100) and padding never enters the loss. The data order is a seeded shuffle, so every
+method of a trial sees the same examples in the same order. A `tokens` task (the scale suites) is records
+of ready token ids, `{"token_ids": [...]}`, all `cutoff_len` long, with the loss on every token.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from memft_bench.harness.sources.prompts import build_prompt
+from memft_bench.harness.sources.synthetic import GENERATORS, generate_split, token_sequences
+from memft_bench.harness.spec.config import SuiteSpec, TaskSpec
+from memft_bench.methods.base import Batch
+
+IGNORE_INDEX = -100
+
+@dataclass
+class TaskData:
+    """A trial's training records and its test sets (name -> records), with each record's answer options."""
+
+    name: str
+    train: list[dict[str, Any]]
+    tests: dict[str, list[dict[str, Any]]]
+    options: Callable[[str, dict[str, str]], tuple[str, ...]]
+    source: str = ""
+    #: test set name -> each item's index in its source file (default: its position in `tests`)
+    test_indices: dict[str, list[int]] = field(default_factory=dict)
+    #: records are token ids (`{"token_ids": [...]}`), scored by next-token accuracy, which means nothing
+    tokens: bool = False
+
+    def indices(self, test_name: str) -> list[int]:
+        return self.test_indices.get(test_name) or list(range(len(self.tests[test_name])))
+
+
+def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
+    """Synthetic records, random token ids, or the commonsense mix and test sets (`seed` shuffles the mix and
+    picks subsets)."""
+    if task.source == "tokens":
+        length, vocab = suite.budget.cutoff_len, suite.model.vocab_size
+        train = token_sequences(task.train_size, length, vocab, suite.data_seed)
+        test = token_sequences(task.test_size, length, vocab, suite.data_seed + 1_000_003)
+        return TaskData(task.name, [{"token_ids": ids} for ids in train],
+                        {task.name: [{"token_ids": ids} for ids in test]}, lambda _name, _record: (),
+                        f"uniformly random token ids (vocabulary {vocab}, length {length}): memory and speed only",
+                        tokens=True)
+    if task.source == "synthetic":
+        train, test = generate_split(task.generator, task.train_size, task.test_size, suite.data_seed)
+        options = GENERATORS[task.generator].options
+        return TaskData(task.name, train, {task.name: test}, lambda _name, _record: options,
+                        f"synthetic generator {task.generator!r}")
+    from memft_bench.harness.sources import commonsense
+
+    data_dir = commonsense.resolve_data_dir(task.data_dir)
+    mix = commonsense.training_mix(data_dir, seed, task.limit_train or None)
+    items = {name: commonsense.load_test_items(data_dir, name, task.limit_eval or None, suite.data_seed)
+             for name in task.eval_tasks}
+    tests = {name: records for name, (_, records) in items.items()}
+    return TaskData(task.name, mix.records, tests, commonsense.record_options, f"{data_dir}: {mix.source}",
+                    {name: indices for name, (indices, _) in items.items()})
+
+
+def encode_example(tokenizer: Any, record: dict[str, Any], cutoff_len: int,
+                   prompt_of: Callable[[dict[str, str]], str] = build_prompt) -> dict[str, list[int]]:
+    """Token ids and labels of prompt + output (+ EOS), with the prompt's labels masked.
+
+    As LLM-Adapters does it: the full text is tokenised with truncation to `cutoff_len`, EOS is
+    appended when there is room, and the first len(tokenise(prompt)) labels become -100. `prompt_of`
+    is the Alpaca prompt, or LLM-Adapters' own whitespace under `--eval-mode llm-adapters`.
+    """
+    if "token_ids" in record:  # a tokens task: the ids are the example, and every token is a target
+        ids = list(record["token_ids"][:cutoff_len])
+        return {"input_ids": ids, "labels": list(ids)}
+    prompt = prompt_of(record)
+    full_ids = tokenizer(prompt + record["output"], truncation=True, max_length=cutoff_len)["input_ids"]
+    if tokenizer.eos_token_id is not None and len(full_ids) < cutoff_len and (
+        not full_ids or full_ids[-1] != tokenizer.eos_token_id
+    ):
+        full_ids = [*full_ids, tokenizer.eos_token_id]
+    n_prompt = len(tokenizer(prompt, truncation=True, max_length=cutoff_len)["input_ids"])
+    labels = [IGNORE_INDEX] * n_prompt + full_ids[n_prompt:]
+    return {"input_ids": full_ids, "labels": labels[: len(full_ids)]}
+
+
+def left_pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows left-padded with `fill` to the longest, attention mask: 1 on real tokens, 0 on padding).
+
+    Left, so that every row ends at the same column: the responses a loss or a score reads line up at the
+    end, and generation continues all rows from there. Position ids follow the attention mask
+    (`harness.trial.models.logits_of_last`, `generate`), so the padding side does not change any result.
+    """
+    width = max(len(r) for r in rows)
+    padded = torch.full((len(rows), width), fill, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        padded[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        attention[i, width - len(r):] = 1
+    return padded, attention
+
+
+def collate(
+    examples: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str
+) -> dict[str, torch.Tensor]:
+    """Left-pad a list of encoded examples; pads get attention 0 and label -100.
+
+    Left, so that the loss needs the logits of only the last few positions (`harness.trial.models.causal_lm_loss`).
+    """
+    input_ids, attention = left_pad([e["input_ids"] for e in examples], pad_id)
+    labels, _ = left_pad([e["labels"] for e in examples], IGNORE_INDEX)
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention.to(device)}
+
+
+def training_batches(
+    examples: Sequence[dict[str, list[int]]],
+    micro_batch_size: int,
+    grad_accum: int,
+    seed: int,
+    pad_id: int,
+    device: torch.device | str,
+) -> Iterator[Batch]:
+    """Endless stream of steps: a seeded reshuffle each epoch, `grad_accum` micro-batches per step."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        micro_batches = []
+        for _ in range(grad_accum):
+            chunk = []
+            while len(chunk) < micro_batch_size:
+                if not order:
+                    order = list(range(len(examples)))
+                    rng.shuffle(order)
+                chunk.append(examples[order.pop()])
+            micro_batches.append(collate(chunk, pad_id, device))
+        yield Batch(micro_batches)
