@@ -127,7 +127,7 @@ class Method(abc.ABC):
     #: whether `prepare()` leaves the model's function unchanged (adapters start at zero, optimizers only
     #: add state). Then the untrained score is the base model's, measured once per run and shared; a
     #: method that changes the function when it prepares (quantisation, pruning) sets False and is scored
-    #: itself. tests/test_registry.py checks the claim for every built-in method.
+    #: itself. tests/methods/test_registry.py checks the claim for every built-in method.
     keeps_base_function: ClassVar[bool] = True
 
     def __init__(self, options: MethodOptions, loss_fn: LossFn, seed: int = 0) -> None:

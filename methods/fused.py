@@ -67,7 +67,7 @@ class LayerwiseOptimizers:
 
         One step's gradients are freed one by one as their hooks run, so with one micro-batch per step the
         peak holds the largest single parameter's gradient (autograd's own buffer for a gradient becomes
-        `.grad` and is freed by the hook; tests/test_layerwise.py measures the `.grad` tensors alive during
+        `.grad` and is freed by the hook; tests/methods/test_layerwise.py measures the `.grad` tensors alive during
         backward). With accumulation every gradient lives across micro-batches, as unfused.
         """
         params = list(self.optimizers)

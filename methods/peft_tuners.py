@@ -40,7 +40,8 @@ REFUSED = {
     "XLORA": "X-LoRA needs trained adapters to mix and its own classifier set-up",
     "POLY": "Poly needs a task id per example",
 }
-#: tuners whose fresh adapters leave the model's function unchanged (tests/test_practical_methods.py checks each)
+#: tuners whose fresh adapters leave the model's function unchanged (tests/methods/test_practical_methods.py
+#: checks each)
 IDENTITY_AT_INIT = {"LORA", "ADALORA", "VERA", "LOHA", "LOKR", "IA3", "BOFT", "OFT", "HRA", "LN_TUNING",
                     "RANDLORA"}
 IDENTITY_LORA_INITS = ("true", "gaussian", "pissa", "olora")

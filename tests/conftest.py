@@ -10,7 +10,7 @@ import pytest
 # Set before any test imports harness.trial.models, and inherited by the trial processes the CLI tests start.
 os.environ.setdefault("BENCH_CACHE_DIR", tempfile.mkdtemp(prefix="bench-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("BENCH_OFFLINE", "1")  # never download the commonsense data (tests/test_fetch.py serves its own)
+os.environ.setdefault("BENCH_OFFLINE", "1")  # never download the commonsense data (tests/sources/test_fetch.py)
 
 
 def small_suite_data(**budget) -> dict:

@@ -4,13 +4,13 @@ directory recorded before a field existed resumes instead of running every trial
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from memft_bench.harness.core.fingerprint import fingerprint
 from memft_bench.harness.run import planning
 from memft_bench.harness.spec.config import load_suite
+from tests.commands import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def test_the_tiny_plan_has_the_trial_ids_of_the_committed_baseline(tmp_path):

@@ -22,9 +22,9 @@ import yaml
 
 from memft_bench.harness.results.rows import read_rows
 from tests import slurm_cluster
-from tests.commands import BENCH_CLI
+from tests.commands import BENCH_CLI, REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 pytestmark = pytest.mark.slow
 
 #: What must not differ between a Slurm job and a local process running the same trial.

@@ -20,9 +20,9 @@ from memft_bench.harness.sources.commonsense import (
     record_options,
     training_mix,
 )
-from tests.commands import BENCH_CLI
+from tests.commands import BENCH_CLI, REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SHARED = ROOT.parent / "shared" / "data" / "commonsense"
 README_COUNTS = {  # ../shared/data/README.md: (test, train)
     "boolq": (3270, 9427), "piqa": (1838, 16113), "social_i_qa": (1954, 33410), "hellaswag": (10042, 39905),

@@ -19,10 +19,10 @@ from memft_bench.harness.results.rows import read_rows
 from memft_bench.harness.run.devices import cpu_slots, device_slots
 from memft_bench.harness.run.slurm import ENDED, SlurmExecutor, parse_scontrol, submitit_parameters
 from memft_bench.harness.spec.slurm import SlurmSpec, slurm_spec
-from tests.commands import BENCH_CLI, TRIAL_MODULE
+from tests.commands import BENCH_CLI, REPO_ROOT, TRIAL_MODULE
 from tests.conftest import small_suite_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -4,14 +4,14 @@ response reading; the mode end to end on the tiny model, with its per-item recor
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from memft_bench.harness.sources.commonsense import TASKS, from_hub_records
 from memft_bench.harness.trial import llm_adapters
+from tests.commands import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SHARED = next((p / "shared" / "data" / "commonsense" for p in (ROOT.parent, ROOT.parent.parent)
                if (p / "shared" / "data" / "commonsense").is_dir()), ROOT.parent / "shared" / "data" / "commonsense")
 

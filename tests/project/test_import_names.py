@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import BENCH_CLI
+from tests.commands import BENCH_CLI, REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 FOLDERS = ("harness", "methods", "kernels", "suites")
 
 

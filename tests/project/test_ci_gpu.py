@@ -18,9 +18,10 @@ import yaml
 
 from memft_bench.harness.measure import env as env_module
 from memft_bench.harness.measure.memory import NvmlSampler
-from tests.test_nvml import fake_gpus, two_gpus  # noqa: F401  (fake_gpus is a fixture)
+from tests.commands import REPO_ROOT
+from tests.measure.test_nvml import fake_gpus, two_gpus  # noqa: F401  (fake_gpus is a fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 
 def load(name: str, path: Path):

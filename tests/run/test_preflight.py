@@ -4,7 +4,6 @@ starts, and each trial's memory predicted there equal to what the trial then cou
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,10 +20,10 @@ from memft_bench.harness.spec.config import suite_from_data
 from memft_bench.harness.trial.meta_model import CannotBuildOnMeta, build_meta_model
 from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
 from memft_bench.methods.base import Batch, create
-from tests.commands import BENCH_CLI
+from tests.commands import BENCH_CLI, REPO_ROOT
 from tests.conftest import small_suite_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 # Options that fit the 32-wide test model; two steps reach every method's end-of-training state (SMT's sparse
 # phase, SubZero's subspace, RSO's merge-free inner steps).

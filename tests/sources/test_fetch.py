@@ -13,8 +13,9 @@ import pytest
 
 from memft_bench.harness.core.errors import BenchError
 from memft_bench.harness.sources import fetch
+from tests.commands import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 # ../shared/data beside the project (a git worktree one level deeper finds it two levels up)
 SHARED = next((p / "shared" / "data" / "commonsense" for p in (ROOT.parent, ROOT.parent.parent)
                if (p / "shared" / "data" / "commonsense").is_dir()), ROOT.parent / "shared" / "data" / "commonsense")

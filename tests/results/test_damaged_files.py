@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from memft_bench.harness.core.errors import BenchError
 from memft_bench.harness.results.rows import COLUMNS, STATUSES, append_row, empty_row, read_rows, scan_rows
 from memft_bench.harness.run.runner import readable_rows
-from tests.commands import BENCH_CLI
+from tests.commands import BENCH_CLI, REPO_ROOT
 from tests.conftest import small_suite_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 BASELINE = ROOT / "reports" / "baselines" / "tiny" / "results.jsonl"
 
 

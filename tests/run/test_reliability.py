@@ -21,10 +21,10 @@ from memft_bench.harness.core.errors import BenchError, ConfigError
 from memft_bench.harness.results.rows import read_rows
 from memft_bench.harness.run.runner import run_lock
 from memft_bench.harness.spec.config import apply_overrides, suite_from_data
-from tests.commands import BENCH_CLI, TRIAL_MODULE
+from tests.commands import BENCH_CLI, REPO_ROOT, TRIAL_MODULE
 from tests.conftest import small_suite_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def _suite_file(tmp_path: Path, steps: int = 3) -> Path:

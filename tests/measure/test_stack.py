@@ -22,9 +22,9 @@ from memft_bench.harness.measure.stack import (
     stack_changes,
     unsupported,
 )
-from tests.commands import BENCH_CLI
+from tests.commands import BENCH_CLI, REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

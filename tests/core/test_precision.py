@@ -36,7 +36,7 @@ OPTIONS = {  # small sizes that fit the 32-wide test model; everything else at t
 NOT_OPTIMIZER_STATE = ("trainable_params", "gradients")
 CUDA_ONLY = {"adalomo"}  # lomo-optim's AdaLomo creates its state with .cuda()
 # Gradients held at a peak other than "all of them after backward": LOMO frees each as it applies it,
-# BAdam converts the block's to float32 copies; tests/test_practical_methods.py checks those peaks.
+# BAdam converts the block's to float32 copies; tests/methods/test_practical_methods.py checks those peaks.
 OWN_GRADIENT_PEAK = {"lomo", "badam"}
 NO_ACCUMULATION = {"lomo"}  # its update is fused into the backward pass
 

@@ -1,0 +1,1 @@
+"""Tests of harness/analysis: statistics, significance, sweeps and compare."""

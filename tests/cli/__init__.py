@@ -1,0 +1,1 @@
+"""Tests of harness/cli.py: the bench command end to end."""

@@ -1,0 +1,1 @@
+"""Tests of harness/core: options, precision, fingerprints."""

@@ -1,0 +1,1 @@
+"""Tests of kernels/: the OMP kernels and the sensing operator."""

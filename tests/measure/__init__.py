@@ -1,0 +1,1 @@
+"""Tests of harness/measure: memory meters, NVML, the installed stack."""

@@ -1,0 +1,1 @@
+"""Tests of methods/: each method against an independent reference."""

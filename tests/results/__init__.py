@@ -1,0 +1,1 @@
+"""Tests of harness/results: rows, results.jsonl and damaged files."""

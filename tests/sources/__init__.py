@@ -1,0 +1,1 @@
+"""Tests of harness/sources: the commonsense files and their fetch."""

@@ -1,0 +1,1 @@
+"""Tests of harness/spec: suites, overrides, state budgets, the scale suites."""

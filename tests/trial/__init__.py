@@ -1,0 +1,1 @@
+"""Tests of harness/trial: models, data, the loop, evaluation, the worker."""
