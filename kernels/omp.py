@@ -185,7 +185,7 @@ def cupy_available() -> bool:
         return False
 
 
-def _on_cuda(t: torch.Tensor) -> bool:
+def on_cuda(t: torch.Tensor) -> bool:
     """Whether `t` lives on a CUDA device (the one place the backend choice asks; tests replace it)."""
     return t.is_cuda
 
@@ -229,10 +229,10 @@ class OmpSolver:
         if self.backend == "torch":
             return False
         if self.backend == "cupy":
-            if not _on_cuda(Y):
+            if not on_cuda(Y):
                 raise ValueError("the cupy backend needs CUDA tensors")
             return True
-        return _on_cuda(Y)
+        return on_cuda(Y)
 
     def __call__(
         self, A: torch.Tensor, Y: torch.Tensor, n_nonzero: int, return_support: bool = False
@@ -272,9 +272,9 @@ def batched_omp(
     No fallback and no record of the kernel that ran: `OmpSolver` has both.
     """
     _check_backend(backend)
-    use_cupy = backend == "cupy" or (backend == "auto" and _on_cuda(Y) and cupy_available())
+    use_cupy = backend == "cupy" or (backend == "auto" and on_cuda(Y) and cupy_available())
     if use_cupy:
-        if not _on_cuda(Y):
+        if not on_cuda(Y):
             raise ValueError("the cupy backend needs CUDA tensors")
         return _run_cupy(A, Y, n_nonzero, return_support)
     return batched_omp_torch(A, Y, n_nonzero, return_support)

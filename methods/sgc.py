@@ -260,7 +260,7 @@ class Sgc(Method):
         with torch.no_grad():
             for start, end in self._row_groups(block.chunks, 8 * block.length):
                 g = self.gradient_rows(block, grad, start, end)
-                values, index = _top_s(g, o.s, self.top_s_piece)
+                values, index = top_s(g, o.s, self.top_s_piece)
                 atoms = op.columns(index)  # (rows, s, k)
                 pq = torch.stack([values, values * values], dim=1) @ atoms  # (rows, 2, k): A g_s and A g_s^2
                 block.exp_avg[start:end].lerp_(pq[:, 0], 1 - o.beta1)
@@ -466,7 +466,7 @@ def auto_block_columns(length: int) -> int:
     return length if length <= 4096 else max(1024, math.ceil(length / 4096))
 
 
-def _top_s(g: torch.Tensor, s: int, piece: int) -> tuple[torch.Tensor, torch.Tensor]:
+def top_s(g: torch.Tensor, s: int, piece: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the s largest-magnitude entries of each row of g. A single long row is searched
     in pieces of `piece` entries (the top s of the whole are among the pieces' top s), so no full-size |g|
     is allocated, each piece through `_top_index`."""

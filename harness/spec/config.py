@@ -190,7 +190,7 @@ class SuiteSpec:
     sweeps: dict = option(default_factory=dict,
                           help="method -> option -> list of values: one variant per combination (a size knob)")
     trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
-    slurm: dict = option(default_factory=dict, help="cluster settings for --executor slurm (harness/spec/slurm.py)")
+    slurm: dict = option(default_factory=dict, help="cluster settings for --executor slurm (spec/slurm_settings.py)")
     state_budgets: dict = option(
         default_factory=dict, help='method -> {state: "0.4x lora" or "0.08%", s_ratio}: SGC\'s k and s resolved '
         "from an optimizer-state budget and the model's shapes before trials run (harness/run/budget_resolution.py)")
@@ -217,7 +217,7 @@ class SuiteSpec:
             if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
                 raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")
         if self.slurm:
-            from memft_bench.harness.spec.slurm import SlurmSpec
+            from memft_bench.harness.spec.slurm_settings import SlurmSpec
 
             build(SlurmSpec, self.slurm, f"{where}.slurm")
 

@@ -42,7 +42,7 @@ def candidate_response(record: dict[str, str], option: str) -> str:
     return option
 
 
-def _encode_pair(tokenizer: Any, prompt: str, response: str, max_len: int) -> tuple[list[int], int]:
+def encode_pair(tokenizer: Any, prompt: str, response: str, max_len: int) -> tuple[list[int], int]:
     """Token ids of prompt + response and how many trailing ids belong to the response."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     full_ids = tokenizer(prompt + response)["input_ids"]
@@ -116,7 +116,7 @@ def evaluate_loglik(
         opts = list(_options(options, record))
         spans.append((len(sequences), opts))
         for option in opts:
-            sequences.append(_encode_pair(tokenizer, prompt, candidate_response(record, option), max_len))
+            sequences.append(encode_pair(tokenizer, prompt, candidate_response(record, option), max_len))
     scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
     predictions, details, correct = [], [], 0
     for (start, opts), record in zip(spans, records):

@@ -13,8 +13,8 @@ scipy_stats = pytest.importorskip("scipy.stats")
 
 
 def test_normal_quantile():
-    assert stats._z(0.95) == pytest.approx(1.959964, abs=1e-6)
-    assert stats._z(0.99) == pytest.approx(2.575829, abs=1e-6)
+    assert stats.z_quantile(0.95) == pytest.approx(1.959964, abs=1e-6)
+    assert stats.z_quantile(0.99) == pytest.approx(2.575829, abs=1e-6)
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 30), (1, 30), (10, 30), (29, 30), (30, 30), (123, 240), (5, 7)])
@@ -26,7 +26,7 @@ def test_wilson_matches_scipy(k, n):
 
 
 def test_wilson_known_value_at_zero():
-    z2 = stats._z(0.95) ** 2
+    z2 = stats.z_quantile(0.95) ** 2
     assert stats.wilson(0, 30) == pytest.approx((0.0, z2 / (30 + z2)))  # closed form at k = 0
     with pytest.raises(ValueError):
         stats.wilson(31, 30)
@@ -94,7 +94,7 @@ def test_normal_difference_closed_form():
     d = stats.normal_difference({"a": (0.5, 100), "b": (0.2, 50)}, {"a": (0.6, 100), "b": (0.3, 50)})
     var = (0.25 / 100 + 0.16 / 50) / 4 + (0.24 / 100 + 0.21 / 50) / 4
     assert d.difference == pytest.approx(0.1)
-    assert d.high - d.difference == pytest.approx(stats._z(0.95) * math.sqrt(var))
+    assert d.high - d.difference == pytest.approx(stats.z_quantile(0.95) * math.sqrt(var))
 
 
 def test_seed_interval_is_students_t():

@@ -176,7 +176,7 @@ class _StandInCupy(types.ModuleType):
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """Make CPU tensors count as CUDA ones and the torch.cuda calls of `batched_omp_cupy` harmless."""
-    monkeypatch.setattr(omp_module, "_on_cuda", lambda t: True)
+    monkeypatch.setattr(omp_module, "on_cuda", lambda t: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # the "GPU" the tensors are on
     monkeypatch.setattr(
         torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0xABC + 0x100 * device)

@@ -303,11 +303,11 @@ def test_a_target_name_that_matches_nothing_is_an_error():
 @pytest.mark.parametrize(("length", "piece"), [(70_000, 10**9), (300_001, 10**9), (300_001, 65_536), (1_000, 64)])
 def test_top_s_of_a_long_row_is_the_exact_top_s(length, piece):
     """The row-maximum search and the piecewise search find the same entries as a full sort."""
-    from memft_bench.methods.sgc import _top_s
+    from memft_bench.methods.sgc import top_s
 
     g = torch.randn(1, length, generator=torch.Generator().manual_seed(length))
     g[0, -3] = 50.0  # the largest entry in the tail that does not fill a row of the search
-    values, index = _top_s(g, 16, piece)
+    values, index = top_s(g, 16, piece)
     expected = np.argsort(-np.abs(g[0].numpy()))[:16]
     assert set(index[0].tolist()) == set(expected.tolist())
     torch.testing.assert_close(values, g.gather(1, index))

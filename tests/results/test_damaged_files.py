@@ -259,7 +259,7 @@ def test_damaged_model_files_are_one_line_naming_the_file_and_the_rebuild(tmp_pa
     with pytest.raises(BenchError, match=r"model\.safetensors: damaged \(.*\); copy or download the model"):
         pretrained.check_model_files(str(model_dir))
 
-    monkeypatch.setattr(pretrained, "_cache_root", lambda: tmp_path / "cache")
+    monkeypatch.setattr(pretrained, "models_cache_root", lambda: tmp_path / "cache")
     alias_dir = tmp_path / "cache" / "models" / "smollm2-135m"
     alias_dir.mkdir(parents=True)
     (alias_dir / "tokenizer.json").write_text('{"version": "1.0", "trunc')

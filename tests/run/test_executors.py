@@ -18,7 +18,7 @@ from memft_bench.harness.core.errors import ConfigError
 from memft_bench.harness.results.rows import read_rows
 from memft_bench.harness.run.devices import cpu_slots, device_slots
 from memft_bench.harness.run.slurm import ENDED, SlurmExecutor, parse_scontrol, submitit_parameters
-from memft_bench.harness.spec.slurm import SlurmSpec, slurm_spec
+from memft_bench.harness.spec.slurm_settings import SlurmSpec, slurm_spec
 from tests.commands import BENCH_CLI, REPO_ROOT, TRIAL_MODULE
 from tests.conftest import small_suite_data
 
@@ -79,11 +79,11 @@ def test_job_states_from_scontrol_expand_arrays():
 
 
 def test_a_job_slurm_ended_becomes_a_row_that_names_it():
-    from memft_bench.harness.run.slurm import _Watched
+    from memft_bench.harness.run.slurm import WatchedJob
 
     spec = {"run_id": "r", "trial_id": "kind/full/seed0/abc", "suite": {"name": "unit"}, "task": "kind",
             "method": "full", "variant": "", "method_params": {}, "seed": 0, "device": "cpu"}
-    item = _Watched(type("T", (), {"spec": spec})(), {"log": "/x.log", "submitted_at": 0.0}, 0.0)
+    item = WatchedJob(type("T", (), {"spec": spec})(), {"log": "/x.log", "submitted_at": 0.0}, 0.0)
     row = SlurmExecutor._ended_row(item, "19_1", "NODE_FAIL", "node7")
     assert row["status"] == "error" and row["slurm_job_id"] == "19_1" and row["node"] == "node7"
     assert "slurm job 19_1 on node7 ended by a node failure (state NODE_FAIL)" in row["reason"]

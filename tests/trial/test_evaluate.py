@@ -6,7 +6,7 @@ import torch
 
 from memft_bench.harness.sources.prompts import build_prompt
 from memft_bench.harness.sources.synthetic import GENERATORS, generate
-from memft_bench.harness.trial.evaluate import _encode_pair, candidate_response, evaluate_loglik, score_sequences
+from memft_bench.harness.trial.evaluate import candidate_response, encode_pair, evaluate_loglik, score_sequences
 
 
 def _reference_score(model, ids: list[int], n: int) -> float:
@@ -21,7 +21,7 @@ def test_scores_match_unbatched_reference(tiny_model_and_batch):
     model.eval()
     record = generate("kind", 1, 0)[0]
     prompt = build_prompt(record)
-    seqs = [_encode_pair(tok, prompt, candidate_response(record, o), 96) for o in GENERATORS["kind"].options]
+    seqs = [encode_pair(tok, prompt, candidate_response(record, o), 96) for o in GENERATORS["kind"].options]
     seqs.append((seqs[0][0][:20], 3))  # a shorter sequence forces padding inside the batch
     batched = score_sequences(model, seqs, tok.pad_token_id, batch_size=8)
     single = score_sequences(model, seqs, tok.pad_token_id, batch_size=1)
@@ -49,7 +49,7 @@ def test_response_kept_when_prompt_is_cut():
     from memft_bench.harness.trial.models import build_word_tokenizer
 
     tok = build_word_tokenizer("a b c d e f")
-    ids, n = _encode_pair(tok, "a b c d e", " f f", max_len=4)
+    ids, n = encode_pair(tok, "a b c d e", " f f", max_len=4)
     assert len(ids) == 4 and n == 2 and ids[-2:] == tok(" f f", add_special_tokens=False)["input_ids"]
 
 
@@ -57,7 +57,7 @@ def test_options_differing_in_their_last_token_share_one_forward_pass(tiny_model
     model, tok, _ = tiny_model_and_batch
     model.eval()
     records = generate("kind", 3, 1)
-    seqs = [_encode_pair(tok, build_prompt(r), candidate_response(r, o), 96)
+    seqs = [encode_pair(tok, build_prompt(r), candidate_response(r, o), 96)
             for r in records for o in GENERATORS["kind"].options]
     assert all(len({tuple(ids[:-1]) for ids, _ in seqs[i:i + 4]}) == 1 for i in range(0, 12, 4))
     calls = []

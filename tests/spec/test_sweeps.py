@@ -1,0 +1,39 @@
+"""Sweeps expand into variants, each validated by the plan (unit level; the CLI paths are in tests/cli)."""
+
+from __future__ import annotations
+
+import pytest
+
+from memft_bench.harness.core.errors import ConfigError
+from memft_bench.harness.run.planning import plan
+from memft_bench.harness.spec.config import suite_from_data
+from memft_bench.harness.spec.sweeps import split_overrides, variant_label, variants
+from tests.conftest import small_suite_data
+
+
+def test_scalar_options_sweep_and_list_options_keep_commas():
+    plain, sweeps = split_overrides(["lora.r=4,8", "lora.target_modules=q_proj,v_proj", "budget.steps=3",
+                                     "sgc.k=64,128", "sgc.s=8,16"])
+    assert plain == ["lora.target_modules=q_proj,v_proj", "budget.steps=3"]
+    assert sweeps == {"lora": {"r": ["4", "8"]}, "sgc": {"k": ["64", "128"], "s": ["8", "16"]}}
+    assert [variant_label(v) for v in variants(sweeps, "sgc")] == ["k=64,s=8", "k=64,s=16", "k=128,s=8",
+                                                                  "k=128,s=16"]
+    assert variants(sweeps, "full") == [{}]
+    with pytest.raises(ConfigError, match="none empty"):
+        split_overrides(["lora.r=4,,8"])
+
+
+def test_plan_expands_suite_sweeps_and_validates_every_variant(tmp_path):
+    data = small_suite_data()
+    data["sweeps"] = {"lora": {"r": [2, 4]}}
+    suite = suite_from_data(data, "s")
+    trials = plan(suite, ["full", "lora"], tmp_path, "cpu").trials
+    assert [(t.method, t.variant) for t in trials] == [("full", ""), ("lora", "r=2"), ("lora", "r=4")]
+    assert len({t.trial_id for t in trials}) == 3 and trials[1].spec["method_params"]["r"] == 2
+    with pytest.raises(ConfigError, match=r"methods.lora \[r=0\].*r"):
+        plan(suite, ["lora"], tmp_path, "cpu", sweeps={"lora": {"r": ["0"]}})
+    with pytest.raises(ConfigError, match="swept but not run"):
+        plan(suite, ["full"], tmp_path, "cpu", sweeps={"lora": {"r": ["2"]}})
+    data["sweeps"] = {"lora": {"r": []}}
+    with pytest.raises(ConfigError, match="sweeps.lora"):
+        suite_from_data(data, "s")
