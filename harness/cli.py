@@ -111,6 +111,9 @@ def main() -> None:
 @click.option("--no-fit-check", is_flag=True,
               help="Start trials even when their predicted memory exceeds what the device has free.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
+@click.option("--log-to", metavar="TRACKERS",
+              help="Log every trial to experiment trackers: comma-separated mlflow, tensorboard, wandb (replaces the "
+                   "suite's trackers.log_to; none: no tracker).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @execution_options
 @friendly_errors
@@ -118,7 +121,7 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
         trust_remote_code: bool, plugins: tuple[str, ...], data_dir: Path | None, limit_train: int | None,
         limit_eval: int | None, eval_mode: str | None, strict: bool, dry_run: bool, no_fit_check: bool,
-        no_report: bool, quiet: bool, execution: Execution) -> None:
+        no_report: bool, log_to: str | None, quiet: bool, execution: Execution) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     check_stack()
     import_plugins(plugins)
@@ -156,6 +159,9 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     from memft_bench.harness.run import planning, runner
 
     out_dir = out or Path("runs") / spec.name
+    from memft_bench.harness.trackers.registry import select as select_trackers
+
+    trackers = select_trackers(log_to, spec.trackers, out_dir, spec.name)  # a missing library: before any trial
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
     executor, trial_device = execution.build(spec, device, trial_timeout)
     run_plan = planning.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, trial_device,
@@ -199,7 +205,7 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
 
         announce(run_plan, click.echo)  # a long run on a CPU: how long it will take here, and the CPU preset
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
-                          progress=not quiet, refusals=refusals, executor=executor)
+                          progress=not quiet, refusals=refusals, executor=executor, trackers=trackers)
     except (KeyboardInterrupt, runner.Terminated) as exc:
         click.echo(f"bench: interrupted ({exc or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
                    "run the same command again to resume", err=True)
@@ -208,10 +214,14 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     pending = getattr(executor, "summary", lambda: None)()
     if pending:
         click.echo(pending)
+    report = None
     if not no_report:
         from memft_bench.harness.analysis.report import write_report
 
-        click.echo(f"report: {write_report([out_dir])}")
+        report = write_report([out_dir])
+        click.echo(f"report: {report}")
+    if trackers is not None:  # the report and its figures, as artifacts of the run that groups the sweep
+        trackers.finish(report, _warn)
     click.echo(f"results: {out_dir / 'results.jsonl'} ({len(rows) - len(failed)} ok, {len(failed)} failed)")
     sys.exit(run_exit_status(rows, strict, jobs_in_flight=bool(pending)))
 

@@ -35,9 +35,9 @@ class LayerwiseOptimizers:
         self.armed = False
         self.lr_scale = 1.0
         self.max_micro_batches = 1  # the most micro-batches a step has had: >1 holds every gradient
-        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in self.optimizers]
+        self._handles = [p.register_post_accumulate_grad_hook(self.step_on_gradient) for p in self.optimizers]
 
-    def _hook(self, p: torch.Tensor) -> None:
+    def step_on_gradient(self, p: torch.Tensor) -> None:
         if not self.armed or p.grad is None:
             return
         optimizer = self.optimizers[p]  # type: ignore[index]

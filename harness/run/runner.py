@@ -3,7 +3,9 @@
 The runner is the single writer of `DIR/results.jsonl`: it holds the directory's lock, skips the trials
 already recorded (a trial id is its names and a fingerprint of its whole configuration), hands the rest to
 an executor (local processes or Slurm jobs) and appends each row as its trial ends, so an interrupted run
-loses at most the trials in flight. SIGTERM stops it like Ctrl-C, after killing what is running.
+loses at most the trials in flight. SIGTERM stops it like Ctrl-C, after killing what is running. With
+trackers (`--log-to`), each row goes to them right after its append, and the rows recorded earlier that a
+tracker has not logged yet (an interrupted sweep, a tracker added later) go first (harness/trackers/).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memft_bench.harness.core.errors import BenchError
 from memft_bench.harness.core.records_io import now
@@ -28,6 +30,9 @@ from memft_bench.harness.results.rows import (
     scan_rows,
 )
 from memft_bench.harness.run.planning import RunPlan, Trial
+
+if TYPE_CHECKING:
+    from memft_bench.harness.trackers.sweep import SweepTrackers
 
 LOCK_FILE = ".lock"
 FAILED_STATUSES = ("oom", "diverged", "error", "timeout")
@@ -149,13 +154,16 @@ def run(
     progress: bool = True,
     refusals: dict[tuple[str, str], str] | None = None,
     executor: Any = None,
+    trackers: SweepTrackers | None = None,
 ) -> list[dict[str, Any]]:
     """Execute the plan's trials that have no recorded row yet; returns the rows of every planned trial.
 
     `refusals`: (method, variant) -> why its trials cannot fit (the pre-flight's figures); those trials are
     recorded as `oom` rows without starting a process. `executor` decides where the others run
     (harness/run/local.py, harness/run/slurm.py; default: one local process at a time). Trials still in flight
-    on a cluster after a detached submission have no row yet.
+    on a cluster after a detached submission have no row yet. `trackers` log every row after its append (a
+    tracker that fails says so in one line and the sweep goes on); the caller logs the report and finishes
+    them.
     """
     from tqdm import tqdm
 
@@ -170,25 +178,39 @@ def run(
         skipped = len(run_plan.trials) - len(todo)
         if skipped:
             echo(f"{skipped} of {len(run_plan.trials)} trials already recorded in {results}; skipping them")
+        if trackers is not None:
+            trackers.start(lambda message: echo(f"bench: warning: {message}"), passthrough=(Terminated,))
+            rerun = {t.trial_id for t in todo}  # a failed row about to be retried is superseded: not logged
+            trackers.log_rows(recorded[t.trial_id] for t in run_plan.trials
+                              if t.trial_id in recorded and t.trial_id not in rerun)  # what earlier runs did not log
         refused = [t for t in todo if (t.method, t.variant) in (refusals or {})]
         for trial in refused:
             row = refused_row(trial, (refusals or {})[(trial.method, trial.variant)])
             append_row(results, row)
             recorded[trial.trial_id] = row
             echo(summary_line(row))
+            if trackers is not None:
+                trackers.log_row(row)
         todo = [t for t in todo if t not in refused]
         executor = executor or LocalExecutor()
         bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress or not todo, file=sys.stderr)
+
+        def say(line: str) -> None:
+            if progress:
+                bar.write(line, file=sys.stderr)
+            else:
+                echo(line)
+
+        if trackers is not None:
+            trackers.warn = lambda message: say(f"bench: warning: {message}")
         timeout = timeout_s or run_plan.suite.trial_timeout_s
         with contextlib.closing(executor.rows(todo, out_dir, timeout, bar.set_postfix_str)) as finished:
             for trial, row, seconds in finished:
                 append_row(results, row)
                 recorded[trial.trial_id] = row
                 bar.update()
-                line = f"{summary_line(row)} ({seconds:.0f}s)"
-                if progress:
-                    bar.write(line, file=sys.stderr)
-                else:
-                    echo(line)
+                say(f"{summary_line(row)} ({seconds:.0f}s)")
+                if trackers is not None:
+                    trackers.log_row(row)
         bar.close()
     return [recorded[t.trial_id] for t in run_plan.trials if t.trial_id in recorded]

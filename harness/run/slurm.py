@@ -321,7 +321,7 @@ class SlurmExecutor:
                     item.ended_seen += 1
                     if item.ended_seen < 2:
                         continue
-                    row = self._ended_row(item, job_id, state, node)
+                    row = self.ended_row(item, job_id, state, node)
                 else:
                     item.ended_seen = 0
                     continue
@@ -333,7 +333,7 @@ class SlurmExecutor:
                 ledger_add(out_dir, "collected", {"trial_id": item.trial.trial_id, "job_id": job_id})
 
     @staticmethod
-    def _ended_row(item: WatchedJob, job_id: str, state: str, node: str) -> dict[str, Any]:
+    def ended_row(item: WatchedJob, job_id: str, state: str, node: str) -> dict[str, Any]:
         if state == "UNKNOWN":
             status, what = "error", "is no longer known to Slurm (sacct has no record) and wrote no row"
         else:

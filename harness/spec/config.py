@@ -191,6 +191,9 @@ class SuiteSpec:
                           help="method -> option -> list of values: one variant per combination (a size knob)")
     trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
     slurm: dict = option(default_factory=dict, help="cluster settings for --executor slurm (spec/slurm_settings.py)")
+    trackers: dict = option(default_factory=dict, help="experiment trackers every trial is logged to: log_to: [mlflow, "
+                            "tensorboard, wandb] and each one's settings (harness/trackers/settings.py); never part "
+                            "of a trial's fingerprint")
     state_budgets: dict = option(
         default_factory=dict, help='method -> {state: "0.4x lora" or "0.08%", s_ratio}: SGC\'s k and s resolved '
         "from an optimizer-state budget and the model's shapes before trials run (harness/run/budget_resolution.py)")
@@ -220,6 +223,10 @@ class SuiteSpec:
             from memft_bench.harness.spec.slurm_settings import SlurmSpec
 
             build(SlurmSpec, self.slurm, f"{where}.slurm")
+        if self.trackers:
+            from memft_bench.harness.trackers.settings import TrackersSpec
+
+            build(TrackersSpec, self.trackers, f"{where}.trackers")
 
     def to_data(self) -> dict[str, Any]:
         return to_dict(self)

@@ -78,7 +78,7 @@ def test_hooks_stepping_every_micro_batch_would_differ():
 def test_one_gradient_is_held_at_a_time(name, monkeypatch):
     """Measured: the `.grad` tensors alive whenever a hook runs never exceed the largest parameter's."""
     live_max = [0]
-    original = LayerwiseOptimizers._hook
+    original = LayerwiseOptimizers.step_on_gradient
 
     def measuring(self, p):
         if self.armed:
@@ -86,7 +86,7 @@ def test_one_gradient_is_held_at_a_time(name, monkeypatch):
             live_max[0] = max(live_max[0], live)
         original(self, p)
 
-    monkeypatch.setattr(LayerwiseOptimizers, "_hook", measuring)
+    monkeypatch.setattr(LayerwiseOptimizers, "step_on_gradient", measuring)
     _, method, _ = _train(name, True, 1, steps=1)
     held = method.state_bytes()["gradients"]
     largest = max(p.numel() * p.element_size() for p in method.model.parameters())

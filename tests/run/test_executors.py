@@ -84,11 +84,11 @@ def test_a_job_slurm_ended_becomes_a_row_that_names_it():
     spec = {"run_id": "r", "trial_id": "kind/full/seed0/abc", "suite": {"name": "unit"}, "task": "kind",
             "method": "full", "variant": "", "method_params": {}, "seed": 0, "device": "cpu"}
     item = WatchedJob(type("T", (), {"spec": spec})(), {"log": "/x.log", "submitted_at": 0.0}, 0.0)
-    row = SlurmExecutor._ended_row(item, "19_1", "NODE_FAIL", "node7")
+    row = SlurmExecutor.ended_row(item, "19_1", "NODE_FAIL", "node7")
     assert row["status"] == "error" and row["slurm_job_id"] == "19_1" and row["node"] == "node7"
     assert "slurm job 19_1 on node7 ended by a node failure (state NODE_FAIL)" in row["reason"]
     assert "--retry-failed" in row["reason"]
-    assert SlurmExecutor._ended_row(item, "5", "TIMEOUT", "")["status"] == "timeout"
+    assert SlurmExecutor.ended_row(item, "5", "TIMEOUT", "")["status"] == "timeout"
 
 
 def test_slots_split_the_cores_and_pin_one_gpu_each(monkeypatch):
