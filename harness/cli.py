@@ -207,7 +207,7 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
                           progress=not quiet, refusals=refusals, executor=executor, trackers=trackers)
     except (KeyboardInterrupt, runner.Terminated) as exc:
-        click.echo(f"bench: interrupted ({exc or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
+        click.echo(f"bench: interrupted ({str(exc) or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
                    "run the same command again to resume", err=True)
         sys.exit(INTERRUPTED)
     failed = [r for r in rows if r.get("status") != "ok"]

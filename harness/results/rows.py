@@ -47,7 +47,7 @@ COLUMNS = [
     "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
     "accuracy", "accuracy_per_task", "eval_items", "predictions", "accuracy_before", "accuracy_per_task_before",
     "data_source",
-    "loss_first", "loss_last", "loss_curve",
+    "loss_first", "loss_last", "loss_curve", "step_time_ms_curve",
     "trainable_params", "optimizer_state_elements", "state_elements", "state_bytes",
     "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
     "peak_mem_rss_mb", "peak_mem_rss_eval_mb",
@@ -92,8 +92,9 @@ def row_problem(row: Any) -> str | None:
             value = row.get(column)
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and kinds != (str,)):
                 return f"{column} is not {what}"
-    if row.get("loss_curve") is not None and not isinstance(row["loss_curve"], list):
-        return "loss_curve is not a list"
+    for curve in ("loss_curve", "step_time_ms_curve"):
+        if row.get(curve) is not None and not isinstance(row[curve], list):
+            return f"{curve} is not a list"
     if row["status"] == "ok" and row.get("accuracy") is None:
         return "an ok row without an accuracy"
     for column in ("accuracy_per_task", "accuracy_per_task_before", "eval_items"):

@@ -58,12 +58,41 @@ class Terminated(Exception):
     """SIGTERM arrived: stop like Ctrl-C, after killing the trial in flight."""
 
 
+class TerminationHold:
+    """Whether SIGTERM is held back for now, and the one that arrived meanwhile (see `termination_deferred`)."""
+
+    holding = False
+    pending: str | None = None
+
+
+@contextlib.contextmanager
+def termination_deferred() -> Iterator[None]:
+    """Hold SIGTERM while a tracker's library runs: such code may catch `Exception` (W&B does, and MLflow wraps
+    it in its own error), which would swallow `Terminated` and let the sweep run on. A SIGTERM that arrives
+    in the block is raised when the block ends."""
+    outer = TerminationHold.holding
+    TerminationHold.holding = True
+    try:
+        yield
+    finally:
+        TerminationHold.holding = outer
+        reason = None if outer else TerminationHold.pending
+        if not outer:
+            TerminationHold.pending = None
+    if reason:
+        raise Terminated(reason)
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into an exception so children are killed and results stay valid, as on Ctrl-C."""
 
     def handler(signum: int, frame: object) -> None:
-        raise Terminated(f"received {signal.Signals(signum).name}")
+        reason = f"received {signal.Signals(signum).name}"
+        if TerminationHold.holding:
+            TerminationHold.pending = reason
+            return
+        raise Terminated(reason)
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -179,10 +208,13 @@ def run(
         if skipped:
             echo(f"{skipped} of {len(run_plan.trials)} trials already recorded in {results}; skipping them")
         if trackers is not None:
-            trackers.start(lambda message: echo(f"bench: warning: {message}"), passthrough=(Terminated,))
             rerun = {t.trial_id for t in todo}  # a failed row about to be retried is superseded: not logged
-            trackers.log_rows(recorded[t.trial_id] for t in run_plan.trials
-                              if t.trial_id in recorded and t.trial_id not in rerun)  # what earlier runs did not log
+            with termination_deferred():
+                trackers.start(lambda message: echo(f"bench: warning: {message}"), passthrough=(Terminated,))
+            for trial in run_plan.trials:  # what earlier runs did not log, one row at a time (SIGTERM between)
+                if trial.trial_id in recorded and trial.trial_id not in rerun:
+                    with termination_deferred():
+                        trackers.log_row(recorded[trial.trial_id])
         refused = [t for t in todo if (t.method, t.variant) in (refusals or {})]
         for trial in refused:
             row = refused_row(trial, (refusals or {})[(trial.method, trial.variant)])
@@ -190,7 +222,8 @@ def run(
             recorded[trial.trial_id] = row
             echo(summary_line(row))
             if trackers is not None:
-                trackers.log_row(row)
+                with termination_deferred():
+                    trackers.log_row(row)
         todo = [t for t in todo if t not in refused]
         executor = executor or LocalExecutor()
         bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress or not todo, file=sys.stderr)
@@ -211,6 +244,7 @@ def run(
                 bar.update()
                 say(f"{summary_line(row)} ({seconds:.0f}s)")
                 if trackers is not None:
-                    trackers.log_row(row)
+                    with termination_deferred():
+                        trackers.log_row(row)
         bar.close()
     return [recorded[t.trial_id] for t in run_plan.trials if t.trial_id in recorded]

@@ -11,6 +11,7 @@ group).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -48,8 +49,25 @@ class Tracker:
         """The sweep is over (its report was logged, or there is none)."""
 
     @property
+    def destination(self) -> str:
+        """Where the runs go, when not this tool's default place for the run directory ("" for that): a
+        tracking URI, a log directory, a W&B project. The ledger and state are kept per destination, so a
+        sweep sent somewhere new logs every row there, instead of finding them logged already elsewhere."""
+        return ""
+
+    @property
+    def file_stem(self) -> str:
+        if not self.destination:
+            return self.name
+        return f"{self.name}-{hashlib.sha256(self.destination.encode()).hexdigest()[:8]}"
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.out_dir / TRACKERS_DIR / f"{self.file_stem}.jsonl"
+
+    @property
     def state_file(self) -> Path:
-        return self.out_dir / TRACKERS_DIR / f"{self.name}.json"
+        return self.out_dir / TRACKERS_DIR / f"{self.file_stem}.json"
 
     def read_state(self) -> dict[str, Any]:
         try:

@@ -54,6 +54,11 @@ class MlflowTracker(Tracker):
         self.experiment_id = ""
         self.parent_id = ""
 
+    @property
+    def destination(self) -> str:
+        store = "" if self.uri == default_uri(self.out_dir) else self.uri
+        return f"{store}|{self.settings.experiment}" if self.settings.experiment else store
+
     def start(self) -> None:
         for variable, value in FAST_FAILURE.items():
             os.environ.setdefault(variable, value)

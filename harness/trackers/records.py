@@ -33,7 +33,7 @@ MAPPED = {"accuracy_per_task": "accuracy", "accuracy_per_task_before": "accuracy
           "eval_items": "eval_items", "state_elements": "state_elements", "state_bytes": "state_bytes",
           "method_metrics": "method_metrics"}
 #: Step series: metric name -> the row column that holds it, one value per kept step.
-SERIES = {"loss": "loss_curve"}
+SERIES = {"loss": "loss_curve", "step_time_ms": "step_time_ms_curve"}
 #: Row columns recorded as tags, besides the environment (strings; null ones are left out).
 TAG_COLUMNS = ("run_id", "trial_id", "suite", "task", "method", "variant", "seed", "status", "reason", "model",
                "device", "precision", "dtype", "gradient_checkpointing", "data_source", "predictions", "command",

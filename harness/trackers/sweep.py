@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memft_bench.harness.core.errors import describe_exception
-from memft_bench.harness.trackers.base import TRACKERS_DIR, Ledger, Tracker, quiet
+from memft_bench.harness.trackers.base import Ledger, Tracker, quiet
 from memft_bench.harness.trackers.records import TrackedRun, row_key, tracked_run
 
 Warn = Callable[[str], None]
@@ -63,8 +63,11 @@ class SweepTrackers:
             raise
         except Exception as exc:
             self.failed.add(tracker.name)
-            self.warn(f"{tracker.name}: {describe_exception(exc)}; not logging to {tracker.name} for the rest of "
-                      f"this sweep (results.jsonl is unaffected; rerun the same command to log what it missed)")
+            # installed but not importable (a broken install, a module of the same name first on the path)
+            hint = (f"; reinstall it: pip install 'memft-bench[{tracker.name}]'"
+                    if isinstance(exc, ImportError) else "")
+            self.warn(f"{tracker.name}: {describe_exception(exc)}{hint}; not logging to {tracker.name} for the rest "
+                      f"of this sweep (results.jsonl is unaffected; rerun the same command to log what it missed)")
             return False
 
     def start(self, warn: Warn, passthrough: tuple[type[BaseException], ...] = ()) -> None:
@@ -77,7 +80,7 @@ class SweepTrackers:
                 self.attempt(tracker, lambda t=tracker: self.open(t))
 
     def open(self, tracker: Tracker) -> None:
-        self.ledgers[tracker.name] = Ledger(self.out_dir / TRACKERS_DIR / f"{tracker.name}.jsonl")
+        self.ledgers[tracker.name] = Ledger(tracker.ledger_file)
         tracker.start()
 
     def log_rows(self, rows: Iterable[dict[str, Any]]) -> None:

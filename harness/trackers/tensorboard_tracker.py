@@ -37,6 +37,10 @@ class TensorboardTracker(Tracker):
         super().__init__(out_dir, suite)
         self.log_dir = Path(settings.log_dir) if settings.log_dir else out_dir / LOG_DIR
 
+    @property
+    def destination(self) -> str:
+        return "" if self.log_dir == self.out_dir / LOG_DIR else str(self.log_dir.resolve())
+
     def start(self) -> None:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: F401 (installed, working)
 

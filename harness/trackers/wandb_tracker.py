@@ -54,6 +54,12 @@ class WandbTracker(Tracker):
         self.mode = resolve_mode(settings)
         self.group = ""
 
+    @property
+    def destination(self) -> str:
+        if self.mode == "offline":
+            return ""  # offline runs live under DIR/wandb whatever the project; `wandb sync` sends them later
+        return f"{self.mode}:{self.settings.entity or ''}/{self.settings.project}"
+
     def start(self) -> None:
         import wandb  # noqa: F401 (installed, importable)
 

@@ -273,6 +273,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             row["loss_first"], row["loss_last"] = losses.losses[0], losses.losses[-1]
             stride = max(1, len(losses.losses) // 200)
             row["loss_curve"] = losses.losses[::stride]
+            # per-step wall time at the same steps (warm-up included, unlike the median): for trackers' step plots
+            row["step_time_ms_curve"] = [round(s * 1000, 3) for s in timer.step_seconds[::stride]] or None
         row.update(timer.summary())
         row.pop("timed_steps", None)
         metrics = extras.means()

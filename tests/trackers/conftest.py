@@ -40,8 +40,8 @@ def baseline_rows() -> list[dict]:
 
 def sample_rows() -> list[dict]:
     """Rows of every shape a tracker meets: ok rows of the CI baseline (one with SGC's method_metrics and
-    method_info), a swept variant with meter notes, a long run whose loss curve kept every other step on two
-    test sets, and a trial that failed after two steps."""
+    method_info), a swept variant with meter notes, a long run whose loss and step-time curves kept every other
+    step on two test sets, and a trial that failed after two steps."""
     by_id = {r["trial_id"]: r for r in baseline_rows()}
     full, lora, sgc = (copy.deepcopy(by_id[t]) for t in
                        ("kind/full/seed0/4a71081192", "kind/lora/seed0/a26a598113", "kind/sgc/seed0/bab0198070"))
@@ -53,7 +53,8 @@ def sample_rows() -> list[dict]:
                                               "precision", "dtype", "env", "command", "batch_size")})
     curve = [4.0 / (1 + i) for i in range(225)]
     long.update(trial_id="mix/full/seed1/abcdef0123", task="mix", seed=1, status="ok", steps=450,
-                loss_curve=curve, loss_first=curve[0], loss_last=0.0123, accuracy=0.625,
+                loss_curve=curve, step_time_ms_curve=[30.0 + (i % 7) * 0.125 for i in range(225)],
+                loss_first=curve[0], loss_last=0.0123, accuracy=0.625,
                 accuracy_per_task={"boolq": 0.5, "ARC-Easy": 0.75}, eval_items={"boolq": 30, "ARC-Easy": 40},
                 accuracy_before=0.25, accuracy_per_task_before={"boolq": 0.2, "ARC-Easy": 0.3},
                 mem_weights_mb=10.5, mem_grads_mb=10.5, mem_optimizer_mb=21.0, peak_mem_rss_mb=900.25,

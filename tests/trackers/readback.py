@@ -35,9 +35,14 @@ def expected_metrics(row: dict) -> dict[str, float]:
     return out
 
 
-def expected_loss(row: dict) -> list[tuple[int, float]]:
+def expected_loss(row: dict, column: str = "loss_curve") -> list[tuple[int, float]]:
+    """A curve column of the row at the steps its points were taken (every `steps // 200`-th)."""
     stride = max(1, row["steps"] // 200)
-    return [(i * stride, v) for i, v in enumerate(row["loss_curve"])]
+    return [(i * stride, v) for i, v in enumerate(row.get(column) or [])]
+
+
+#: step series besides the loss, by tracked name: their latest value is no final metric of the row
+STEP_SERIES = {"step_time_ms": "step_time_ms_curve"}
 
 
 def expected_params_text(row: dict) -> dict[str, str]:
@@ -86,7 +91,9 @@ def mlflow_runs(tracking_uri: str, experiment: str) -> tuple[list[tuple[str, Rea
     for r in runs:
         if "mlflow.parentRunId" not in r.data.tags:
             continue
-        series = {"loss": [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "loss")]}
+        series = {name: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, name)]
+                  for name in ("loss", *STEP_SERIES)}
+        series = {name: points for name, points in series.items() if points or name == "loss"}
         children.append((r.data.tags["row_key"], ReadRun(
             name=r.info.run_name, tags=dict(r.data.tags), params=dict(r.data.params), metrics=dict(r.data.metrics),
             series=series, finished_ok=r.info.status == "FINISHED",
@@ -116,9 +123,10 @@ def tensorboard_runs(log_dir: Path) -> dict[str, ReadRun]:
                 api_pb2.STATUS_SUCCESS
         out[directory.name] = ReadRun(
             name=directory.name, tags=json.loads(texts["bench/tags"]), params=json.loads(texts["bench/params"]),
-            metrics={t: v[-1][1] for t, v in scalars.items() if t != "loss"},
-            series={"loss": scalars.get("loss", [])}, finished_ok=ok,
-            extra={"final_steps": {t: v[-1][0] for t, v in scalars.items() if t != "loss"}})
+            metrics={t: v[-1][1] for t, v in scalars.items() if t not in ("loss", *STEP_SERIES)},
+            series={"loss": scalars.get("loss", []), **{t: scalars[t] for t in STEP_SERIES if t in scalars}},
+            finished_ok=ok,
+            extra={"final_steps": {t: v[-1][0] for t, v in scalars.items() if t not in ("loss", *STEP_SERIES)}})
     return out
 
 

@@ -18,6 +18,7 @@ for library in ("mlflow", "sqlalchemy", "tensorboard", "wandb"):
     pytest.importorskip(library, reason="the test extra installs every tracker's library")
 
 from tests.trackers.readback import (  # noqa: E402
+    STEP_SERIES,
     by_key,
     check_identity,
     expected_loss,
@@ -50,7 +51,8 @@ def test_bench_run_logs_each_trial_to_every_tracker_once(tmp_path):
     run = by_key(found)[row_key(row)]
     check_identity(run.tags, row)
     assert run.params == expected_params_text(row) and run.series["loss"] == expected_loss(row)
-    assert {k: v for k, v in run.metrics.items() if k != "loss"} == expected_metrics(row)
+    assert run.series["step_time_ms"] == expected_loss(row, "step_time_ms_curve") and row["step_time_ms_curve"]
+    assert {k: v for k, v in run.metrics.items() if k not in ("loss", *STEP_SERIES)} == expected_metrics(row)
     assert {"report.md", "loss_curves.png"} <= set(artifacts) and parent.info.status == "FINISHED"
 
     (board,) = tensorboard_runs(out / "tensorboard").values()

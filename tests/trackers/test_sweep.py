@@ -181,3 +181,59 @@ def test_an_interrupted_sweep_resumes_logging_each_row_once_and_a_retried_trial_
     every_row_once()
     slug = "__".join(rows[3]["trial_id"].split("/"))
     assert (tmp_path / "tensorboard" / slug).is_dir() and (tmp_path / "tensorboard" / f"{slug}__attempt2").is_dir()
+
+
+def test_a_sigterm_while_a_tracker_logs_still_stops_the_sweep(tmp_path, plan_for):
+    """A tracker's library may catch Exception (W&B does): the runner holds SIGTERM while it logs and stops
+    the sweep right after, instead of letting the library swallow it."""
+    import contextlib
+    import os
+    import signal
+
+    from memft_bench.harness.run import runner
+    from memft_bench.harness.run.runner import Terminated
+
+    class Swallowing(Tracker):
+        name = "swallowing"
+        calls = 0
+
+        def log(self, run, attempt):
+            Swallowing.calls += 1
+            with contextlib.suppress(Exception):  # what a library's own error handling does
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives while the library runs
+
+    plan = plan_for(tmp_path)
+    trackers = SweepTrackers([Swallowing(tmp_path, "unit")], tmp_path)
+    with pytest.raises(Terminated):
+        runner.run(plan, echo=lambda line: None, progress=False, executor=FakeExecutor(), trackers=trackers)
+    assert Swallowing.calls == 1  # stopped after the first row's logging, not after the whole sweep
+    assert len(results(tmp_path)) == 1  # the row was appended before its logging; nothing else ran
+
+
+def test_a_tracker_library_that_does_not_import_is_one_warning_naming_its_extra(tmp_path):
+    class Broken(Tracker):
+        name = "wandb"
+
+        def start(self):
+            raise ImportError("cannot import name 'Run' from 'wandb' (a wandb.py first on the path)")
+
+    trackers = SweepTrackers([Broken(tmp_path, "unit")], tmp_path)
+    warnings: list[str] = []
+    trackers.start(warnings.append)
+    assert len(warnings) == 1 and "pip install 'memft-bench[wandb]'" in warnings[0]
+
+
+def test_a_sweep_sent_to_a_new_destination_logs_every_row_there(tmp_path):
+    """The ledger says which rows went where: rows logged to the default place are logged again to another
+    log directory (or tracking URI, or W&B project), and not again to the first."""
+    from memft_bench.harness.trackers.tensorboard_tracker import TensorboardTracker
+
+    rows = baseline_rows()[:2]
+    other = tmp_path / "elsewhere"
+    for settings in (TensorboardSettings(), TensorboardSettings(log_dir=str(other)), TensorboardSettings()):
+        trackers = SweepTrackers([TensorboardTracker(tmp_path, "unit", settings)], tmp_path)
+        trackers.start(print)
+        trackers.log_rows(rows)
+    assert len(list((tmp_path / "tensorboard").iterdir())) == 2 and len(list(other.iterdir())) == 2
+    ledgers = sorted(p.name for p in (tmp_path / "trackers").glob("tensorboard*.jsonl"))
+    assert len(ledgers) == 2 and "tensorboard.jsonl" in ledgers

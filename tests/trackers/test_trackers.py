@@ -24,6 +24,7 @@ pytest.importorskip("tensorboard", reason="the test extra installs tensorboard")
 pytest.importorskip("wandb", reason="the test extra installs wandb")
 
 from tests.trackers.readback import (  # noqa: E402
+    STEP_SERIES,
     by_key,
     check_identity,
     expected_loss,
@@ -66,7 +67,9 @@ def test_mlflow_runs_hold_every_figure_of_their_rows(logged):
         check_identity(run.tags, row)
         assert run.params == expected_params_text(row)
         assert run.series["loss"] == expected_loss(row)
-        assert {k: v for k, v in run.metrics.items() if k != "loss"} == expected_metrics(row)
+        for name, column in STEP_SERIES.items():
+            assert run.series.get(name, []) == expected_loss(row, column)
+        assert {k: v for k, v in run.metrics.items() if k not in ("loss", *STEP_SERIES)} == expected_metrics(row)
         assert run.finished_ok is (row["status"] == "ok")
         assert run.extra["parent"] == parent.info.run_id  # one sweep, one parent run
     assert parent.info.status == "FINISHED" and parent.data.tags["run_id"] == out.name
@@ -84,6 +87,8 @@ def test_tensorboard_directories_hold_every_figure_of_their_rows(logged):
         assert run.params == row["method_params"]
         # TensorBoard's scalars are 32-bit floats: each figure is the row's, rounded to float32
         assert run.series["loss"] == [(s, float(np.float32(v))) for s, v in expected_loss(row)]
+        for name, column in STEP_SERIES.items():
+            assert run.series.get(name, []) == [(s, float(np.float32(v))) for s, v in expected_loss(row, column)]
         assert run.metrics == {k: float(np.float32(v)) for k, v in expected_metrics(row).items()}
         assert set(run.extra["final_steps"].values()) == {row["steps"]}
         assert run.finished_ok is (row["status"] == "ok")
@@ -101,7 +106,9 @@ def test_wandb_offline_runs_hold_every_figure_of_their_rows(logged):
         check_identity(run.tags, row)
         assert run.params == row["method_params"]
         assert run.series["loss"] == expected_loss(row)
-        assert {k: v for k, v in run.metrics.items() if k != "loss"} == expected_metrics(row)
+        for name, column in STEP_SERIES.items():
+            assert run.series.get(name, []) == expected_loss(row, column)
+        assert {k: v for k, v in run.metrics.items() if k not in ("loss", *STEP_SERIES)} == expected_metrics(row)
         assert run.metrics["loss"] == row["loss_curve"][-1]
         assert f"method:{row['method']}" in run.extra["labels"] and f"status:{row['status']}" in run.extra["labels"]
         assert run.finished_ok is (row["status"] == "ok")
