@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from memft_bench.harness.analysis import stats
+from memft_bench.harness.core import stats
 from memft_bench.harness.results import predictions
 
 Items = dict[str, dict[int, float]]  # test set -> item index -> 1.0 right / 0.0 wrong

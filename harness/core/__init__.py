@@ -1,3 +1,4 @@
 """The lowest layer: errors, option dataclasses, precision names, the cache directory, timestamps and
-atomic writes, fingerprints and tensor byte counts. Imports nothing else of the project, and no torch at import.
+atomic writes, fingerprints, tensor byte counts and the statistics (intervals and tests, numpy only) that
+both the report and the trackers use. Imports nothing else of the project, and no torch at import.
 """

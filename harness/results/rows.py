@@ -75,6 +75,16 @@ MAPPINGS = ("method_params", "accuracy_per_task", "eval_items", "accuracy_per_ta
             "method_metrics", "method_info", "meter_notes", "env", "state_bytes")
 
 
+def method_label(method: str, variant: str | None) -> str:
+    """`lora[r=4]` for a swept variant, `lora` without one: how trial ids, logs and the console name it."""
+    return f"{method}[{variant}]" if variant else method
+
+
+def trial_label(task: str, method: str, variant: str | None, seed: int) -> str:
+    """`task/method[variant]/seedN`: a trial's name, the start of its id."""
+    return f"{task}/{method_label(method, variant)}/seed{seed}"
+
+
 def row_problem(row: Any) -> str | None:
     """Why a parsed line is not a row, or None."""
     if not isinstance(row, dict):

@@ -13,6 +13,7 @@ from typing import Any
 
 from memft_bench.harness.core.errors import ConfigError
 from memft_bench.harness.core.fingerprint import fingerprint
+from memft_bench.harness.results.rows import trial_label
 from memft_bench.harness.spec.config import SuiteSpec
 
 
@@ -30,8 +31,7 @@ class Trial:
 
     @property
     def label(self) -> str:
-        method = f"{self.method}[{self.variant}]" if self.variant else self.method
-        return f"{self.task}/{method}/seed{self.seed}"
+        return trial_label(self.task, self.method, self.variant, self.seed)
 
 
 @dataclass
@@ -109,13 +109,13 @@ def plan(
             for seed in suite.seeds:
                 key = fingerprint({**shared, "task": to_dict(task), "method": method,
                                    "params": params, "seed": seed, "device": device})
-                name = f"{method}[{label}]" if label else method
                 untrained = fingerprint({**shared, "task": to_dict(task), "seed": seed, "device": device})
                 spec = {
                     "untrained_score_file": str(out_dir / "untrained" / f"{task.name}-seed{seed}-{untrained}.json"),
                     "suite": suite_data, "task": task.name, "method": method, "variant": label,
                     "method_module": modules[method], "method_params": params, "seed": seed, "device": device,
-                    "run_id": out_dir.name, "trial_id": f"{task.name}/{name}/seed{seed}/{key}", "command": command,
+                    "run_id": out_dir.name, "trial_id": f"{trial_label(task.name, method, label, seed)}/{key}",
+                    "command": command,
                 }
                 spec["predictions_file"] = str(out_dir / predictions.relative_path(spec["trial_id"]))
                 run_plan.trials.append(Trial(task.name, method, seed, spec, label))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memft_bench.harness.core.errors import BenchError, ConfigError, describe_exception
+from memft_bench.harness.results.rows import method_label
 from memft_bench.harness.trial.meta_model import CannotBuildOnMeta, build_meta_model
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class VariantCheck:
 
     @property
     def label(self) -> str:
-        return f"{self.method}[{self.variant}]" if self.variant else self.method
+        return method_label(self.method, self.variant)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from memft_bench.harness.results.rows import (
     empty_row,
     repair_torn_tail,
     scan_rows,
+    trial_label,
 )
 from memft_bench.harness.run.planning import RunPlan, Trial
 
@@ -107,8 +108,7 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 def summary_line(row: dict[str, Any]) -> str:
     """One line per finished trial for the console."""
-    method = f"{row['method']}[{row['variant']}]" if row.get("variant") else row["method"]
-    label = f"{row['task']}/{method}/seed{row['seed']}"
+    label = trial_label(row["task"], row["method"], row.get("variant"), row["seed"])
     if row["status"] != "ok":
         return f"{label}: {row['status'].upper()} {row.get('reason') or ''}"
     parts = [f"{label}: ok accuracy={row['accuracy']:.3f}"]
@@ -207,23 +207,27 @@ def run(
         skipped = len(run_plan.trials) - len(todo)
         if skipped:
             echo(f"{skipped} of {len(run_plan.trials)} trials already recorded in {results}; skipping them")
+
+        def track(row: dict[str, Any]) -> None:
+            """The row to every tracker, one row at a time, a SIGTERM held until the row is logged."""
+            if trackers is not None:
+                with termination_deferred():
+                    trackers.log_row(row)
+
         if trackers is not None:
             rerun = {t.trial_id for t in todo}  # a failed row about to be retried is superseded: not logged
             with termination_deferred():
                 trackers.start(lambda message: echo(f"bench: warning: {message}"), passthrough=(Terminated,))
-            for trial in run_plan.trials:  # what earlier runs did not log, one row at a time (SIGTERM between)
+            for trial in run_plan.trials:  # what earlier runs did not log
                 if trial.trial_id in recorded and trial.trial_id not in rerun:
-                    with termination_deferred():
-                        trackers.log_row(recorded[trial.trial_id])
+                    track(recorded[trial.trial_id])
         refused = [t for t in todo if (t.method, t.variant) in (refusals or {})]
         for trial in refused:
             row = refused_row(trial, (refusals or {})[(trial.method, trial.variant)])
             append_row(results, row)
             recorded[trial.trial_id] = row
             echo(summary_line(row))
-            if trackers is not None:
-                with termination_deferred():
-                    trackers.log_row(row)
+            track(row)
         todo = [t for t in todo if t not in refused]
         executor = executor or LocalExecutor()
         bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress or not todo, file=sys.stderr)
@@ -243,8 +247,6 @@ def run(
                 recorded[trial.trial_id] = row
                 bar.update()
                 say(f"{summary_line(row)} ({seconds:.0f}s)")
-                if trackers is not None:
-                    with termination_deferred():
-                        trackers.log_row(row)
+                track(row)
         bar.close()
     return [recorded[t.trial_id] for t in run_plan.trials if t.trial_id in recorded]

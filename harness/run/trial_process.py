@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memft_bench.harness.core.records_io import now
-from memft_bench.harness.results.rows import empty_row
+from memft_bench.harness.results.rows import empty_row, method_label
 
 if TYPE_CHECKING:
     from memft_bench.harness.run.planning import Trial
@@ -136,8 +136,7 @@ def signal_reason(returncode: int) -> tuple[str, str]:
 
 
 def log_name(trial: Trial) -> str:
-    method = f"{trial.method}[{trial.variant}]" if trial.variant else trial.method
-    name = f"{trial.task}__{method}__seed{trial.seed}.log"
+    name = f"{trial.task}__{method_label(trial.method, trial.variant)}__seed{trial.seed}.log"
     return "".join(c if c.isalnum() or c in "._-[]=," else "_" for c in name)
 
 

@@ -7,13 +7,14 @@ the same figures under the same names, and the names are the row's own columns (
 - tags (strings): the trial's identity (suite, task, method, variant, seed, trial id), its outcome, the
   commit and the environment it ran in (`env.*`, flattened from the row's `env`);
 - parameters: the method's options (`method_params`), as the trial validated them;
-- step series: the loss curve, at the steps the row kept (every step up to 200 steps, then every
-  `steps // 200`-th: the worker subsamples it so). The row keeps no per-step times, only their median and
-  90th percentile, which are final metrics like the rest;
+- step series: the loss curve and each step's wall time, at the steps the row kept (every step up to 200
+  steps, then every `steps // 200`-th: the worker subsamples both so); their median and 90th percentile are
+  final metrics like the rest;
 - final metrics: every numeric column (accuracy, each memory meter, the exact accounting, throughput and
   times), the per-key mappings (`accuracy/<task>`, `state_bytes/<key>`, `method_metrics/<key>`, ...), and
-  the accuracy's 95% interval: Wilson's per task, the normal approximation over the per-task counts for the
-  average (the report's bootstrap needs the per-item records, which a tracker does not read).
+  the accuracy's 95% interval from `core/stats.py`, as the report computes it without per-item records:
+  Wilson's per task, the normal approximation over the per-task counts for the average (the report's
+  bootstrap needs the per-item records, which a tracker does not read).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
-from memft_bench.harness.results.rows import NUMBERS
+from memft_bench.harness.core.stats import normal_average, wilson
+from memft_bench.harness.results.rows import NUMBERS, trial_label
 
 #: Mapping columns logged key by key as `<column>/<key>` (accuracy per task, items per task, state by key).
 MAPPED = {"accuracy_per_task": "accuracy", "accuracy_per_task_before": "accuracy_before",
@@ -72,11 +73,6 @@ def row_key(row: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def trial_name(row: dict[str, Any]) -> str:
-    method = f"{row['method']}[{row['variant']}]" if row.get("variant") else row["method"]
-    return f"{row['task']}/{method}/seed{row['seed']}"
-
-
 def metric_name(*parts: object) -> str:
     """Names every tracker accepts: letters, digits and `_-./ `, parts joined by `/`."""
     return "/".join(re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(p)) for p in parts)
@@ -94,19 +90,6 @@ def text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson's score interval of k/n: the formula of harness/analysis/stats.py, which lies above this layer
-    (tests/trackers check that both agree)."""
-    if n <= 0:
-        return 0.0, 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = k / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def accuracy_intervals(row: dict[str, Any]) -> dict[str, float]:
     """95% intervals: each test set's (Wilson) and the average's (normal, from per-task accuracy and items)."""
     per_task, items = row.get("accuracy_per_task") or {}, row.get("eval_items") or {}
@@ -115,13 +98,9 @@ def accuracy_intervals(row: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for task, (p, n) in counted.items():
         out[metric_name("accuracy", task, "ci_low")], out[metric_name("accuracy", task, "ci_high")] = \
-            wilson(round(p * n), n)
+            wilson(round(p * n), n, CONFIDENCE)
     if counted and len(counted) == len(per_task) and number(row.get("accuracy")) is not None:
-        z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
-        mean = sum(p for p, _ in counted.values()) / len(counted)
-        variance = sum(p * (1 - p) / n for p, n in counted.values()) / len(counted) ** 2
-        half = z * math.sqrt(variance)
-        out["accuracy_ci_low"], out["accuracy_ci_high"] = max(0.0, mean - half), min(1.0, mean + half)
+        _, out["accuracy_ci_low"], out["accuracy_ci_high"] = normal_average(counted, CONFIDENCE)
     return out
 
 
@@ -174,7 +153,8 @@ def metrics_of(row: dict[str, Any]) -> dict[str, float | int]:
 
 def tracked_run(row: dict[str, Any]) -> TrackedRun:
     return TrackedRun(
-        key=row_key(row), trial_id=row["trial_id"], name=trial_name(row), ok=row.get("status") == "ok",
+        key=row_key(row), trial_id=row["trial_id"], ok=row.get("status") == "ok",
+        name=trial_label(row["task"], row["method"], row.get("variant"), row["seed"]),
         steps=int(row.get("steps") or 0), tags=tags_of(row), params=dict(row.get("method_params") or {}),
         series=series_of(row), metrics=metrics_of(row), started_at=row.get("started_at"),
         finished_at=row.get("finished_at"),

@@ -2,7 +2,7 @@
 W&B's offline transaction log (`run-<id>.wandb`) decoded with wandb's own record schema.
 
 Each reader returns plain data keyed the same way, so the tests compare any tracker's runs with the rows, and
-the expected figures are computed here from the row schema and harness/analysis/stats.py, not from
+the expected figures are computed here from the row schema and harness/core/stats.py, not from
 harness/trackers/records.py, so a figure renamed, dropped or changed on the way fails.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memft_bench.harness.analysis.stats import normal_average, wilson
+from memft_bench.harness.core.stats import normal_average, wilson
 from memft_bench.harness.results.rows import NUMBERS
 
 MAPPED = (("accuracy_per_task", "accuracy"), ("accuracy_per_task_before", "accuracy_before"),

@@ -2,7 +2,7 @@
 
 The rows of `sample_rows` are logged once per module to MLflow (its local SQLite store), TensorBoard and W&B
 (offline), then read back with MLflow's client, TensorBoard's EventAccumulator and wandb's own record schema.
-Expected values are computed here from the row schema and harness/analysis/stats.py, not from
+Expected values are computed here from the row schema and harness/core/stats.py, not from
 harness/trackers/records.py, so a figure renamed, dropped or changed on the way fails.
 """
 

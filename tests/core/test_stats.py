@@ -1,4 +1,4 @@
-"""harness.analysis.stats against independent references: scipy's binomial test and Wilson interval, closed forms."""
+"""harness.core.stats against independent references: scipy's binomial test and Wilson interval, closed forms."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from memft_bench.harness.analysis import stats
+from memft_bench.harness.core import stats
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
