@@ -100,7 +100,8 @@ def main() -> None:
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="Import MODULE first: methods it registers with @register become available (repeatable).")
 @click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Commonsense data: DIR/<task>/{train,test}.json (default: $BENCH_DATA_DIR).")
+              help="Data of commonsense tasks, DIR/<task>/{train,test}.json, and of math tasks, DIR/gsm8k/"
+                   "{train,test}.jsonl (default: $BENCH_DATA_DIR, else fetched once).")
 @click.option("--limit-train", type=click.IntRange(min=1), help="Train on a seeded subset of N records of the mix.")
 @click.option("--limit-eval", type=click.IntRange(min=1), help="Score a seeded subset of N items per test set.")
 @click.option("--eval-mode", type=click.Choice(["loglik", "generate", "llm-adapters"]),
@@ -151,8 +152,9 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     if seeds is not None:
         spec.seeds = seed_list
     for task in spec.tasks:
-        if task.source == "commonsense":
+        if task.source in ("commonsense", "math"):
             task.data_dir = str(data_dir) if data_dir else task.data_dir
+        if task.source in ("commonsense", "math", "file"):
             task.limit_train = limit_train or task.limit_train
             task.limit_eval = limit_eval or task.limit_eval
 

@@ -97,27 +97,57 @@ def _interval(value: float, low: float, high: float, std: float | None = None) -
     return cell
 
 
-def accuracy_table(summary: pd.DataFrame, intervals: dict[str, MethodAccuracy] | None = None) -> str:
-    """Method x task accuracies with their 95% intervals (`intervals`, from `harness.analysis.uncertainty`)."""
-    tasks = list(summary["task"].unique())
+def test_set_families(frame: pd.DataFrame) -> dict[str, str]:
+    """test set -> the family reports group it under: the row's `task_family`; rows recorded before families
+    existed: commonsense for LLM-Adapters' task names, synthetic for generated data, else the task's name."""
+    from memft_bench.harness.sources.commonsense import TASKS
+
+    families: dict[str, str] = {}
+    for _, r in frame.iterrows():
+        per = r.get("accuracy_per_task")
+        names = list(per) if isinstance(per, dict) and per else [r.get("task")]
+        for name in names:
+            family = r.get("task_family") if isinstance(r.get("task_family"), str) else None
+            if not family:
+                synthetic = str(r.get("data_source") or "").startswith("synthetic")
+                family = "commonsense" if name in TASKS else "synthetic" if synthetic else str(r.get("task"))
+            families.setdefault(str(name), family)
+    return families
+
+
+def accuracy_table(summary: pd.DataFrame, intervals: dict[str, MethodAccuracy] | None = None,
+                   families: dict[str, str] | None = None) -> str:
+    """Method x task accuracies with their 95% intervals (`intervals`, from `harness.analysis.uncertainty`),
+    the tasks grouped by family (`families`: test set -> family) with an average per family when there are
+    several, and the average over every task."""
+    families = families or {}
+    seen = list(summary["task"].unique())
+    order = list(dict.fromkeys(families.get(t, "") for t in seen))
+    tasks = [t for family in order for t in seen if families.get(t, "") == family]
+    several = len(order) > 1
     intervals = intervals or {}
     rows = []
     for name, group in summary.groupby("name", sort=False):
         row = {"method": name}
         by_task = group.set_index("task")
         acc = intervals.get(name)
-        for task in tasks:
-            if task not in by_task.index:
-                row[task] = "–"
-                continue
-            r = by_task.loc[task]
-            if acc is not None and task in acc.per_task_interval:
-                row[task] = _interval(r["accuracy"], *acc.per_task_interval[task], acc.per_task_std.get(task))
-                continue
-            cell = _fmt(r["accuracy"], ".3f")
-            if r["seeds"] > 1:
-                cell += f" ± {_fmt(r['accuracy_std'], '.3f')}"
-            row[task] = cell
+        for family in order:
+            members = [t for t in tasks if families.get(t, "") == family]
+            for task in members:
+                if task not in by_task.index:
+                    row[task] = "–"
+                    continue
+                r = by_task.loc[task]
+                if acc is not None and task in acc.per_task_interval:
+                    row[task] = _interval(r["accuracy"], *acc.per_task_interval[task], acc.per_task_std.get(task))
+                    continue
+                cell = _fmt(r["accuracy"], ".3f")
+                if r["seeds"] > 1:
+                    cell += f" ± {_fmt(r['accuracy_std'], '.3f')}"
+                row[task] = cell
+            if several and len(members) > 1:  # a family of one test set: its average is that set's cell
+                done = all(t in by_task.index for t in members)
+                row[f"{family} average"] = _fmt(by_task.loc[members, "accuracy"].mean(), ".3f") if done else "–"
         complete = all(t in by_task.index for t in tasks)
         if complete and acc is not None:
             row["average"] = _interval(by_task["accuracy"].mean(), *acc.average_interval,
@@ -129,6 +159,32 @@ def accuracy_table(summary: pd.DataFrame, intervals: dict[str, MethodAccuracy] |
         row["seeds"] = int(group["seeds"].max())
         rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def average_note(summary: pd.DataFrame, families: dict[str, str]) -> str:
+    """What each average is taken over: a reader must not compare an average of 8 tasks with one of 2."""
+    seen = list(summary["task"].unique())
+    groups: dict[str, list[str]] = {}
+    for task in seen:
+        groups.setdefault(families.get(task, "") or "tasks", []).append(task)
+    listing = "; ".join(f"{family}: {', '.join(members)}" for family, members in groups.items())
+    note = f"*average* is the unweighted mean of the {len(seen)} test sets' accuracies ({listing})"
+    if len(groups) > 1:
+        note += "; a *family average* is the mean over that family's test sets only"
+    return note + "."
+
+
+def scoring_note(frame: pd.DataFrame) -> str | None:
+    """How test sets scored from generated text were scored (a final number's rule, a pattern), when any was."""
+    described: dict[str, str] = {}
+    for value in frame.get("scoring", pd.Series(dtype=object)).dropna():
+        if isinstance(value, dict):
+            for test_set, how in value.items():
+                described.setdefault(str(test_set), str(how))
+    ruled = {t: how for t, how in described.items() if how != "multiple choice"}
+    if not ruled:
+        return None
+    return "Scored from greedy generations: " + "; ".join(f"{t}: {how}" for t, how in ruled.items()) + "."
 
 
 def _per_method(summary: pd.DataFrame) -> pd.DataFrame:
@@ -259,7 +315,12 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
     if not summary.empty:
         analysis = analysis or analyse(frame, reference)
         intervals = analysis.accuracies
-        lines += ["## Accuracy", "", accuracy_table(summary, intervals), "", significance.interval_note(intervals), ""]
+        families = test_set_families(frame)
+        lines += ["## Accuracy", "", accuracy_table(summary, intervals, families), "", average_note(summary, families),
+                  "", significance.interval_note(intervals), ""]
+        scoring = scoring_note(frame)
+        if scoring:
+            lines += [scoring, ""]
         lines += significance.sections(frame, analysis)
         lines += ["## Memory", "",
                   "Peaks are measured (each meter that applied; RSS includes the Python runtime itself); "

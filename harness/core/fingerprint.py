@@ -14,7 +14,10 @@ from typing import Any
 #: while at the default, so a run directory recorded before they existed resumes (its trial ids still
 #: match) instead of running every trial again. A new field that changes nothing at its default goes here.
 LATER_FIELD_DEFAULTS: dict[str, Any] = {"vocab_size": 32000, "tie_word_embeddings": False,
-                                        "gradient_checkpointing": False}
+                                        "gradient_checkpointing": False,
+                                        # a task's own-data fields (source: file) and its report family
+                                        "train_file": None, "test_file": None, "test_fraction": 0.2, "columns": {},
+                                        "scoring": "", "options": [], "answer_regex": None, "family": ""}
 
 
 def _without_later_defaults(data: Any) -> Any:

@@ -46,7 +46,7 @@ COLUMNS = [
     "status", "reason",
     "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
     "accuracy", "accuracy_per_task", "eval_items", "predictions", "accuracy_before", "accuracy_per_task_before",
-    "data_source",
+    "data_source", "task_family", "scoring",
     "loss_first", "loss_last", "loss_curve", "step_time_ms_curve",
     "trainable_params", "optimizer_state_elements", "state_elements", "state_bytes",
     "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
@@ -69,10 +69,10 @@ NUMBERS = ("seed", "steps", "batch_size", "tokens_seen", "target_tokens_seen", "
            "peak_mem_rss_eval_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",
            "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb", "step_time_ms_median",
            "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s")
-TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source",
+TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source", "task_family",
          "started_at", "finished_at", "command", "node", "slurm_job_id", "predictions")
 MAPPINGS = ("method_params", "accuracy_per_task", "eval_items", "accuracy_per_task_before", "state_elements",
-            "method_metrics", "method_info", "meter_notes", "env", "state_bytes")
+            "method_metrics", "method_info", "meter_notes", "env", "state_bytes", "scoring")
 
 
 def method_label(method: str, variant: str | None) -> str:

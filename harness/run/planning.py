@@ -127,6 +127,20 @@ def preflight_data(suite: SuiteSpec) -> None:
     from memft_bench.harness.sources import commonsense
 
     for task in suite.tasks:
+        if task.source == "math":
+            from memft_bench.harness.sources import math_data
+
+            root = math_data.resolve_math_dir(task.data_dir)
+            if task.data_dir is None:
+                task.data_dir = str(root)
+            math_data.load_gsm8k_split(root, "train")
+            for name in task.eval_tasks:
+                math_data.load_math_test_items(root, name, None, 0)
+        if task.source == "file":  # every row checked: a bad one is named before any trial starts
+            from memft_bench.harness.sources import user_files
+
+            user_files.load_file_task(task.train_file, task.test_file, task.columns, task.scoring, task.options,
+                                      task.answer_regex, task.test_fraction, suite.data_seed)
         if task.source == "commonsense":
             data_dir = commonsense.resolve_data_dir(task.data_dir)
             if task.data_dir is None:

@@ -109,37 +109,129 @@ class ModelSpec:
         )
 
 
+#: The test sets each data source scores when a task names none (`eval_tasks`).
+DEFAULT_EVAL_TASKS = {
+    "commonsense": ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Challenge", "ARC-Easy",
+                    "openbookqa"),
+    "math": ("gsm8k",),
+}
+#: The family a task's test sets belong to in reports, when the task names none (`family`).
+SOURCE_FAMILIES = {"commonsense": "commonsense", "math": "math", "synthetic": "synthetic", "tokens": "tokens"}
+
+
 @dataclass
 class TaskSpec:
     name: str = option(help="task name, as it appears in result rows")
     source: str = option(
-        "synthetic", "synthetic: generated records; commonsense: LLM-Adapters files; tokens: sequences of "
-        "uniformly random token ids, cutoff_len long, loss on every token (llama-shape models: memory and speed "
-        "only, its accuracy means nothing)", choices=("synthetic", "commonsense", "tokens"))
+        "synthetic", "synthetic: generated records; commonsense: LLM-Adapters files; math: GSM8K's train and test "
+        "files, and LLM-Adapters' arithmetic test sets as extra test sets; file: your own data file (train_file, "
+        "columns, scoring); tokens: sequences of uniformly random token ids, cutoff_len long, loss on every token "
+        "(llama-shape models: memory and speed only, its accuracy means nothing)",
+        choices=("synthetic", "commonsense", "math", "file", "tokens"))
     generator: str = option("", "synthetic: the generator's name (see harness/sources/synthetic.py)")
     train_size: int = option(2000, "synthetic: training records", min=1)
     test_size: int = option(200, "synthetic: test records", min=1)
     data_dir: str | None = option(
-        None, "commonsense: <dir>/<task>/{train,test}.json (else --data-dir or $BENCH_DATA_DIR)")
+        None, "commonsense: <dir>/<task>/{train,test}.json; math: <dir>/gsm8k/{train,test}.jsonl and "
+        "<dir>/math/<set>/test.json (else --data-dir or $BENCH_DATA_DIR, else fetched once)")
     eval_tasks: list[str] = option(
-        default_factory=lambda: ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Challenge",
-                                 "ARC-Easy", "openbookqa"],
-        help="commonsense: the test sets scored after training on the mix")
-    limit_train: int = option(0, "commonsense: train on this many records of the shuffled mix (0: all)", min=0)
-    limit_eval: int = option(0, "commonsense: score a seeded subset of this many items per test set (0: all)", min=0)
+        default_factory=lambda: list(DEFAULT_EVAL_TASKS["commonsense"]),
+        help="commonsense and math: the test sets scored after training (default: the 8 commonsense tasks; "
+             "math: gsm8k, and any of AddSub, MultiArith, SingleEq, SVAMP, AQuA, mawps)")
+    limit_train: int = option(0, "commonsense, math, file: train on this many records of the shuffled training "
+                              "data (0: all)", min=0)
+    limit_eval: int = option(0, "commonsense, math, file: score a seeded subset of this many items per test set "
+                             "(0: all)", min=0)
+    train_file: str | None = option(
+        None, "file: your training data, a .json (a list of objects), .jsonl, .csv or .parquet file, or a "
+        "directory saved with datasets' save_to_disk (relative paths: from the suite file's folder)")
+    test_file: str | None = option(None, "file: a separate test file in the same format (else a seeded split of "
+                                   "train_file, test_fraction of it)")
+    test_fraction: float = option(0.2, "file without test_file: share of train_file's rows held out as the test "
+                                  "set (a seeded split)", gt=0.0, max=0.9)
+    columns: dict = option(default_factory=dict, help="file: which column holds what: prompt (required), input "
+                           "(optional context), response (the training target; default: the answer), answer "
+                           "(required)")
+    scoring: str = option(
+        "", "file: choice (listed options: ranked by log-likelihood, or read from generated text), exact, number "
+        "(the final number) or regex (answer_regex): the last three score greedy generations")
+    options: list[str] = option(default_factory=list, help="file, scoring choice: the answer options")
+    answer_regex: str | None = option(None, "file, scoring regex: its first match in the generated text (group 1 "
+                                      "when it has groups) is the prediction")
+    family: str = option("", "the task family reports group its test sets under (default: the source's: "
+                         "commonsense, math, synthetic; a file task's: its name)")
 
     def validate(self, where: str) -> None:
-        from memft_bench.harness.sources.commonsense import TASKS
         from memft_bench.harness.sources.synthetic import GENERATORS
 
         if self.source == "synthetic" and self.generator not in GENERATORS:
             raise ConfigError(
                 f"{where}.generator: must be one of {', '.join(sorted(GENERATORS))}; got {self.generator!r}"
             )
-        if self.source == "commonsense":
-            unknown = [t for t in self.eval_tasks if t not in TASKS]
+        if self.source in DEFAULT_EVAL_TASKS:
+            known = self.known_test_sets()
+            if self.source != "commonsense" and self.eval_tasks == list(DEFAULT_EVAL_TASKS["commonsense"]):
+                # the field's default is the commonsense suite's (so that trial fingerprints recorded before other
+                # sources existed stay the same); another source's default replaces it
+                self.eval_tasks = list(DEFAULT_EVAL_TASKS[self.source])
+            unknown = [t for t in self.eval_tasks if t not in known]
             if unknown or not self.eval_tasks:
-                raise ConfigError(f"{where}.eval_tasks: each must be one of {', '.join(TASKS)}; got {unknown}")
+                raise ConfigError(f"{where}.eval_tasks: each must be one of {', '.join(known)}; got {unknown}")
+        if self.source == "file":
+            self.validate_file_task(where)
+        elif self.train_file or self.test_file or self.columns or self.scoring or self.options or self.answer_regex:
+            raise ConfigError(f"{where}: train_file, test_file, columns, scoring, options and answer_regex are for "
+                              f"source: file (this task's source is {self.source})")
+
+    def known_test_sets(self) -> tuple[str, ...]:
+        if self.source == "math":
+            from memft_bench.harness.sources.math_data import TEST_SETS
+
+            return TEST_SETS
+        from memft_bench.harness.sources.commonsense import TASKS
+
+        return TASKS
+
+    def validate_file_task(self, where: str) -> None:
+        from memft_bench.harness.sources.scoring import FILE_SCORINGS
+
+        if not self.train_file:
+            raise ConfigError(f"{where}.train_file: required for source: file (a .json, .jsonl, .csv or .parquet "
+                              "file, or a saved datasets directory)")
+        if self.scoring not in FILE_SCORINGS:
+            raise ConfigError(f"{where}.scoring: required for source: file, one of {', '.join(FILE_SCORINGS)}; "
+                              f"got {self.scoring!r}")
+        unknown = [k for k in self.columns if k not in FILE_COLUMNS]
+        if unknown:
+            raise ConfigError(f"{where}.columns: unknown key {unknown[0]!r}; keys: {', '.join(FILE_COLUMNS)}")
+        for key in ("prompt", "answer"):
+            if not isinstance(self.columns.get(key), str) or not self.columns[key]:
+                raise ConfigError(f"{where}.columns.{key}: required: the name of the file's column that holds the "
+                                  f"{key}")
+        if not all(isinstance(v, str) and v for v in self.columns.values()):
+            raise ConfigError(f"{where}.columns: each value must be a column name; got {self.columns}")
+        if self.scoring == "choice" and len(set(self.options)) < 2:
+            raise ConfigError(f"{where}.options: scoring choice needs at least two distinct answer options; got "
+                              f"{self.options}")
+        if self.scoring != "choice" and self.options:
+            raise ConfigError(f"{where}.options: only scoring choice has options (this task's is {self.scoring})")
+        if self.scoring == "regex":
+            if not self.answer_regex:
+                raise ConfigError(f"{where}.answer_regex: required for scoring regex")
+            try:
+                re.compile(self.answer_regex)
+            except re.error as exc:
+                raise ConfigError(f"{where}.answer_regex: not a valid regular expression ({exc})") from None
+        elif self.answer_regex:
+            raise ConfigError(f"{where}.answer_regex: only scoring regex reads one (this task's is {self.scoring})")
+
+    @property
+    def task_family(self) -> str:
+        return self.family or SOURCE_FAMILIES.get(self.source, self.name)
+
+
+#: The columns a `source: file` task maps (`columns:`).
+FILE_COLUMNS = ("prompt", "input", "response", "answer")
 
 
 @dataclass
@@ -205,6 +297,10 @@ class SuiteSpec:
             if task.source == "tokens" and self.model.kind != "llama-shape":
                 raise ConfigError(f"{where}.tasks.{task.name}: a tokens task draws ids from model.vocab_size, "
                                   "which only model.kind llama-shape has")
+            if self.evaluation.mode == "llm-adapters" and task.source in ("math", "file") and task.scoring != "choice":
+                raise ConfigError(f"{where}.evaluation.mode: llm-adapters reproduces LLM-Adapters' commonsense "
+                                  f"protocol (32 new tokens, their answer words); task {task.name} is scored from "
+                                  "generated text by its own rule: use mode generate")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}.tasks: task names must be unique; got {names}")
@@ -275,7 +371,8 @@ def load_suite(name_or_path: str) -> SuiteSpec:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"{name_or_path}: suite file not found")
-        return suite_from_data(_read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
+        suite = suite_from_data(_read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
+        return with_data_paths_from(suite, path.resolve().parent)
     files = _builtin_suite_files()
     if name_or_path not in files:
         raise UnknownNameError(
@@ -283,7 +380,21 @@ def load_suite(name_or_path: str) -> SuiteSpec:
             "(or give the path of a .yaml file)"
         )
     where = f"suites/{name_or_path}{SUITE_SUFFIX}"
-    return suite_from_data(_read_yaml(files[name_or_path].read_text(encoding="utf-8"), where), where)
+    suite = suite_from_data(_read_yaml(files[name_or_path].read_text(encoding="utf-8"), where), where)
+    return with_data_paths_from(suite, files[name_or_path].parent)
+
+
+def with_data_paths_from(suite: SuiteSpec, folder: Path) -> SuiteSpec:
+    """A file task's relative train_file/test_file made absolute from the suite file's folder, so that a suite
+    and its data travel together and every trial (whatever its working directory) reads the same files."""
+    for task in suite.tasks:
+        for field in ("train_file", "test_file"):
+            value = getattr(task, field)
+            if value and not Path(value).expanduser().is_absolute():
+                setattr(task, field, str(folder / value))
+            elif value:
+                setattr(task, field, str(Path(value).expanduser()))
+    return suite
 
 
 def list_suites() -> dict[str, str]:

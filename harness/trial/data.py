@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from memft_bench.harness.sources.prompts import build_prompt
+from memft_bench.harness.sources.scoring import CHOICE, Scoring
 from memft_bench.harness.sources.synthetic import GENERATORS, generate_split, token_sequences
 from memft_bench.harness.spec.config import SuiteSpec, TaskSpec
 from memft_bench.methods.base import Batch
@@ -36,14 +37,19 @@ class TaskData:
     test_indices: dict[str, list[int]] = field(default_factory=dict)
     #: records are token ids (`{"token_ids": [...]}`), scored by next-token accuracy, which means nothing
     tokens: bool = False
+    #: test set name -> how its items are scored (default: multiple choice)
+    scorings: dict[str, Scoring] = field(default_factory=dict)
 
     def indices(self, test_name: str) -> list[int]:
         return self.test_indices.get(test_name) or list(range(len(self.tests[test_name])))
 
+    def scoring(self, test_name: str) -> Scoring:
+        return self.scorings.get(test_name, CHOICE)
+
 
 def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
-    """Synthetic records, random token ids, or the commonsense mix and test sets (`seed` shuffles the mix and
-    picks subsets)."""
+    """Synthetic records, random token ids, the commonsense or math data, or the user's own file (`seed`
+    shuffles the training data; `suite.data_seed` picks test subsets and splits, the same for every seed)."""
     if task.source == "tokens":
         length, vocab = suite.budget.cutoff_len, suite.model.vocab_size
         train = token_sequences(task.train_size, length, vocab, suite.data_seed)
@@ -57,6 +63,10 @@ def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
         options = GENERATORS[task.generator].options
         return TaskData(task.name, train, {task.name: test}, lambda _name, _record: options,
                         f"synthetic generator {task.generator!r}")
+    if task.source == "math":
+        return load_math_task(task, suite, seed)
+    if task.source == "file":
+        return load_file_task(task, suite, seed)
     from memft_bench.harness.sources import commonsense
 
     data_dir = commonsense.resolve_data_dir(task.data_dir)
@@ -66,6 +76,43 @@ def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
     tests = {name: records for name, (_, records) in items.items()}
     return TaskData(task.name, mix.records, tests, commonsense.record_options, f"{data_dir}: {mix.source}",
                     {name: indices for name, (indices, _) in items.items()})
+
+
+def shuffled(records: list[dict[str, Any]], seed: int, limit: int) -> list[dict[str, Any]]:
+    """A seeded shuffle of the training records, cut to `limit` (0: all): the same records for every method."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    return [records[i] for i in order[: limit or None]]
+
+
+def load_math_task(task: TaskSpec, suite: SuiteSpec, seed: int) -> TaskData:
+    """GSM8K's training file (worked solutions as responses) and the chosen test sets, scored by generation."""
+    from memft_bench.harness.sources import math_data
+
+    root = math_data.resolve_math_dir(task.data_dir)
+    train = shuffled(math_data.load_gsm8k_split(root, "train"), seed, task.limit_train)
+    items = {name: math_data.load_math_test_items(root, name, task.limit_eval or None, suite.data_seed)
+             for name in task.eval_tasks}
+    scorings = {name: Scoring("letter" if name == "AQuA" else "number") for name in task.eval_tasks}
+    source = f"{root}: GSM8K train ({len(train)} records after a seeded shuffle)"
+    return TaskData(task.name, train, {name: records for name, (_, records) in items.items()},
+                    lambda _name, _record: (), source, {name: indices for name, (indices, _) in items.items()},
+                    scorings=scorings)
+
+
+def load_file_task(task: TaskSpec, suite: SuiteSpec, seed: int) -> TaskData:
+    """The user's own file: rows mapped to records by `columns`, a test file or a seeded split (data_seed)."""
+    from memft_bench.harness.sources import user_files
+    from memft_bench.harness.sources.commonsense import seeded_indices
+
+    loaded = user_files.load_file_task(task.train_file, task.test_file, task.columns, task.scoring, task.options,
+                                       task.answer_regex, task.test_fraction, suite.data_seed)
+    keep = seeded_indices(len(loaded.test), task.limit_eval or None, suite.data_seed)
+    options = tuple(task.options)
+    return TaskData(task.name, shuffled(loaded.train, seed, task.limit_train),
+                    {task.name: [loaded.test[i] for i in keep]}, lambda _name, _record: options, loaded.source,
+                    {task.name: [loaded.test_indices[i] for i in keep]},
+                    scorings={task.name: Scoring(task.scoring, task.answer_regex)})
 
 
 def encode_example(tokenizer: Any, record: dict[str, Any], cutoff_len: int,

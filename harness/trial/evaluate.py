@@ -9,7 +9,8 @@ one forward pass scores them all. Scoring is batched (sorted by length, left-pad
 deterministic: the model runs in eval mode under `torch.no_grad()`.
 
 `generate` mode decodes greedily (batched, left padding with an attention mask) and extracts the answer
-as LLM-Adapters does (`sources/commonsense.py: extract_answer`).
+as LLM-Adapters does (`sources/commonsense.py: extract_answer`). Test sets scored by a rule on generated text
+(a final number, an option letter, exact match, a regular expression: `sources/scoring.py`) always generate.
 """
 
 from __future__ import annotations
@@ -144,11 +145,14 @@ def evaluate_generate(
     batch_size: int,
     max_len: int,
     max_new_tokens: int,
+    is_correct: Callable[[dict[str, str], str | None], bool] | None = None,
 ) -> EvalResult:
     """Greedy decoding of each response (left-padded batches with attention masks), then `extract`.
 
-    An output from which no answer can be extracted counts as wrong (its prediction is "").
+    An output from which no answer can be extracted counts as wrong (its prediction is ""). `is_correct`
+    judges a prediction (default: equal to the record's answer; a final number compares as a number).
     """
+    judge = is_correct or (lambda record, answer: answer == record["answer"])
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -167,8 +171,9 @@ def evaluate_generate(
         for record, generated in zip(chunk, out[:, width:]):
             text = tokenizer.decode(generated, skip_special_tokens=True)
             answer = extract(record, text)
+            right = bool(judge(record, answer))
             predictions.append(answer or "")
-            correct += answer == record["answer"]
-            details.append({"output": text, "prediction": answer or "", "correct": answer == record["answer"]})
+            correct += right
+            details.append({"output": text, "prediction": answer or "", "correct": right})
     model.train(was_training)
     return EvalResult(correct / len(records) if records else 0.0, len(records), predictions, details)

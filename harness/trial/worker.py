@@ -192,7 +192,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
         tokenizer = build_tokenizer(suite.model)
         task = load_task(suite.task(spec["task"]), suite, spec["seed"])
-        row["data_source"] = task.source
+        task_spec = suite.task(spec["task"])
+        row.update(data_source=task.source, task_family=task_spec.task_family,
+                   scoring={name: task.scoring(name).describe() for name in task.tests} if not task.tokens else None)
         model = build_model(suite.model, tokenizer, spec["seed"], device)
         method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"], precision)
         method.total_steps = budget.steps  # a schedule that needs the budget (peft's AdaLoRA) reads it in prepare()
@@ -341,7 +343,12 @@ def _evaluate_all(model, tokenizer, task, suite,
             print(f"evaluated {test_name}: next-token accuracy {per_task[test_name]:.4f} on {total} tokens "
                   "(random tokens: not meaningful)", flush=True)
             continue
-        if suite.evaluation.mode == "llm-adapters":
+        scoring = task.scoring(test_name)
+        if scoring.generative:  # a final number, a letter, an exact match or a pattern: read from generated text
+            result = evaluate_generate(model, tokenizer, records, lambda _record, text, s=scoring: s.extract(text),
+                                       suite.evaluation.batch_size, suite.budget.cutoff_len,
+                                       suite.evaluation.max_new_tokens, scoring.is_correct)
+        elif suite.evaluation.mode == "llm-adapters":
             result = llm_adapters.evaluate(model, tokenizer, records, extractor(task, test_name))
         elif suite.evaluation.mode == "generate":
             result = evaluate_generate(model, tokenizer, records, extractor(task, test_name),
