@@ -102,10 +102,16 @@ def main() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Data of commonsense tasks, DIR/<task>/{train,test}.json, and of math tasks, DIR/gsm8k/"
                    "{train,test}.jsonl (default: $BENCH_DATA_DIR, else fetched once).")
-@click.option("--limit-train", type=click.IntRange(min=1), help="Train on a seeded subset of N records of the mix.")
-@click.option("--limit-eval", type=click.IntRange(min=1), help="Score a seeded subset of N items per test set.")
+@click.option("--limit-train", type=click.IntRange(min=1),
+              help="Train on a seeded subset of N records (commonsense, math and file tasks).")
+@click.option("--limit-eval", type=click.IntRange(min=1),
+              help="Score a seeded subset of N items per test set (commonsense, math and file tasks).")
 @click.option("--eval-mode", type=click.Choice(["loglik", "generate", "llm-adapters"]),
               help="Override the suite's evaluation mode (llm-adapters: their prompts and 4-beam decoding, slow).")
+@click.option("--tune", is_flag=True,
+              help="Tune first: an equal-budget search per method on a validation split held out of the training "
+                   "data, then each method at its best values (the suite's tuning: section, else the learning rate "
+                   "at 0.1x-10x each method's own).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--dry-run", is_flag=True,
               help="Check every trial on the meta device and print its predicted memory; start nothing.")
@@ -121,7 +127,7 @@ def main() -> None:
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
         trust_remote_code: bool, plugins: tuple[str, ...], data_dir: Path | None, limit_train: int | None,
-        limit_eval: int | None, eval_mode: str | None, strict: bool, dry_run: bool, no_fit_check: bool,
+        limit_eval: int | None, eval_mode: str | None, tune: bool, strict: bool, dry_run: bool, no_fit_check: bool,
         no_report: bool, log_to: str | None, quiet: bool, execution: Execution) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
     check_stack()
@@ -166,52 +172,84 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
     trackers = select_trackers(log_to, spec.trackers, out_dir, spec.name)  # a missing library: before any trial
     command = " ".join(["bench", *(shlex.quote(a) for a in sys.argv[1:])])
     executor, trial_device = execution.build(spec, device, trial_timeout)
-    run_plan = planning.plan(spec, _csv(methods) or list(spec.default_methods), out_dir, trial_device,
-                           sweeps=sweeps, command=command)
-    for section in sorted({text.partition(".")[0].strip() for text in overrides}):
-        if section not in run_plan.methods and section not in ("model", "budget", "evaluation"):
-            _warn(f"--set {section}.…: {section} is not in this run's methods ({', '.join(run_plan.methods)}); "
-                  "the override does nothing")
-    for note in run_plan.notes:
-        click.echo(note)
-    n_instances = len(run_plan.trials) // max(1, len(spec.tasks) * len(spec.seeds))
-    click.echo(f"suite {spec.name}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
-               f"{n_instances} methods/variants x {len(spec.seeds)} seeds) on {run_plan.device}{executor.describe()} "
-               f"-> {out_dir}")
-    from memft_bench.harness.run.preflight import run_preflight
+    method_names = _csv(methods) or list(spec.default_methods)
+    if tune and not spec.tuning:
+        from memft_bench.harness.spec.tuning import DEFAULT_TUNING
 
-    checked = run_preflight(run_plan, run_plan.variants if dry_run else
-                            runner.pending_variants(run_plan, retry_failed))
-    for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
-        _warn(line)
-    if dry_run:
-        from memft_bench.harness.run.preflight import render_estimates
+        spec.tuning = dict(DEFAULT_TUNING)
+    tuning_spec = spec.tuning_spec()
 
-        click.echo(render_estimates(checked, run_plan))
+    def execute(run_plan: planning.RunPlan, stage: str) -> list[dict] | None:
+        """Pre-flight, then run, one plan (the whole run, or one stage of a tuned run); None after --dry-run."""
+        for note in run_plan.notes:
+            click.echo(note)
+        n_instances = len(run_plan.variants)
+        seeds_of_stage = len({t.seed for t in run_plan.trials}) or 1
+        click.echo(f"suite {spec.name}{stage}: {len(run_plan.trials)} trials ({len(spec.tasks)} tasks x "
+                   f"{n_instances} methods/variants x {seeds_of_stage} seeds) on {run_plan.device}"
+                   f"{executor.describe()} -> {out_dir}")
+        from memft_bench.harness.run.preflight import run_preflight
+
+        checked = run_preflight(run_plan, run_plan.variants if dry_run else
+                                runner.pending_variants(run_plan, retry_failed))
+        for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
+            _warn(line)
+        if dry_run:
+            from memft_bench.harness.run.preflight import render_estimates
+
+            click.echo(render_estimates(checked, run_plan))
+            return None
+        # The fit check reads this machine's free memory: meaningless for trials that run on a cluster's nodes.
+        fit_check = not no_fit_check and getattr(executor, "runs_here", True)
+        slots = getattr(executor, "slots", None) or []
+        if fit_check and len(slots) > 1 and checked.free_bytes is not None:
+            if run_plan.device == "cpu":  # N trials at once share this machine's memory
+                checked.free_bytes //= len(slots)
+            else:  # one trial per GPU: each must fit on the GPU with the least free memory
+                from memft_bench.harness.run.preflight import free_memory_bytes
+
+                frees = [free_memory_bytes(f"cuda:{i}") for i in execution.gpu_indices()]
+                checked.free_bytes = None if None in frees else min(f for f in frees if f is not None)
+        refusals = {} if not fit_check else {
+            key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
+        try:
+            from memft_bench.harness.run.estimate import announce
+
+            announce(run_plan, click.echo)  # a long run on a CPU: how long it will take here, and the CPU preset
+            return runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
+                              progress=not quiet, refusals=refusals, executor=executor, trackers=trackers)
+        except (KeyboardInterrupt, runner.Terminated) as exc:
+            click.echo(f"bench: interrupted ({str(exc) or 'Ctrl-C'}); finished trials are in "
+                       f"{out_dir / 'results.jsonl'}; run the same command again to resume", err=True)
+            sys.exit(INTERRUPTED)
+
+    stage = None
+    if tuning_spec is not None:
+        from memft_bench.harness.results.rows import method_label
+        from memft_bench.harness.run import tuning
+        from memft_bench.harness.spec.sweeps import variant_label
+
+        tuning.prepare(spec, tuning_spec)
+        search_plan = planning.plan(spec, method_names, out_dir, trial_device, sweeps=sweeps, command=command,
+                                    stage=tuning.search_stage(spec, tuning_spec, method_names))
+        _warn_unused_overrides(overrides, search_plan.methods)
+        searched = execute(search_plan, " (tuning search on the validation split)")
+        if searched is None:
+            click.echo("then the final trials: each method at its chosen values, the suite's seeds and full budget")
+            return
+        choices = tuning.choose(search_plan, searched, tuning_spec)
+        tuning.write_summary(out_dir, spec, tuning_spec, choices)
+        for choice in choices.values():
+            chosen = variant_label(choice.values) if choice.values else f"nothing ({choice.reason})"
+            edge = f" (on the grid's edge: {', '.join(choice.on_edge)})" if choice.on_edge else ""
+            click.echo(f"tuning: {choice.task}/{method_label(choice.method, choice.variant)}: chose {chosen}{edge}")
+        stage = tuning.final_stage(choices, tuning_spec, spec)
+    run_plan = planning.plan(spec, method_names, out_dir, trial_device, sweeps=sweeps, command=command, stage=stage)
+    if stage is None:
+        _warn_unused_overrides(overrides, run_plan.methods)
+    rows = execute(run_plan, " (final trials at the chosen values)" if stage else "")
+    if rows is None:
         return
-    # The fit check reads this machine's free memory: meaningless for trials that run on a cluster's nodes.
-    fit_check = not no_fit_check and getattr(executor, "runs_here", True)
-    slots = getattr(executor, "slots", None) or []
-    if fit_check and len(slots) > 1 and checked.free_bytes is not None:
-        if run_plan.device == "cpu":  # N trials at once share this machine's memory
-            checked.free_bytes //= len(slots)
-        else:  # one trial per GPU: each must fit on the GPU with the least free memory
-            from memft_bench.harness.run.preflight import free_memory_bytes
-
-            frees = [free_memory_bytes(f"cuda:{i}") for i in execution.gpu_indices()]
-            checked.free_bytes = None if None in frees else min(f for f in frees if f is not None)
-    refusals = {} if not fit_check else {
-        key: reason for key in checked.checks if (reason := checked.refusal(*key)) is not None}
-    try:
-        from memft_bench.harness.run.estimate import announce
-
-        announce(run_plan, click.echo)  # a long run on a CPU: how long it will take here, and the CPU preset
-        rows = runner.run(run_plan, retry_failed=retry_failed, timeout_s=trial_timeout, echo=click.echo,
-                          progress=not quiet, refusals=refusals, executor=executor, trackers=trackers)
-    except (KeyboardInterrupt, runner.Terminated) as exc:
-        click.echo(f"bench: interrupted ({str(exc) or 'Ctrl-C'}); finished trials are in {out_dir / 'results.jsonl'}; "
-                   "run the same command again to resume", err=True)
-        sys.exit(INTERRUPTED)
     failed = [r for r in rows if r.get("status") != "ok"]
     pending = getattr(executor, "summary", lambda: None)()
     if pending:
@@ -226,6 +264,14 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         trackers.finish(report, _warn)
     click.echo(f"results: {out_dir / 'results.jsonl'} ({len(rows) - len(failed)} ok, {len(failed)} failed)")
     sys.exit(run_exit_status(rows, strict, jobs_in_flight=bool(pending)))
+
+
+def _warn_unused_overrides(overrides: tuple[str, ...], methods: list[str]) -> None:
+    """A `--set` for a method the run does not include changes nothing: say so rather than ignore it."""
+    for section in sorted({text.partition(".")[0].strip() for text in overrides}):
+        if section not in methods and section not in ("model", "budget", "evaluation"):
+            _warn(f"--set {section}.…: {section} is not in this run's methods ({', '.join(methods)}); "
+                  "the override does nothing")
 
 
 ALLOW_UNSUPPORTED_STACK = "BENCH_ALLOW_UNSUPPORTED_STACK"

@@ -83,7 +83,9 @@ def _frame(path: Path) -> pd.DataFrame:
 
     if not results_path(path).is_file():
         raise BenchError(f"{path}: no results here (give a run directory or a results.jsonl file)")
-    frame = load_frame([path])
+    from memft_bench.harness.analysis.tuning_report import split_phases
+
+    frame, _ = split_phases(load_frame([path]))  # a tuned run's final rows; its search is not a result
     if frame.empty:
         raise BenchError(f"{path}: the results file has no rows")
     if "variant" not in frame.columns:

@@ -110,3 +110,22 @@ def memory_breakdown(summary: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     return _save(fig, path)
+
+
+def validation_curves(points: pd.DataFrame, path: Path) -> Path:
+    """A tuning search: validation accuracy against the searched knob's value, one line per method, one panel per
+    task (`points`: task, method, knob, value, accuracy); a log axis when the values span a factor of ten."""
+    plt = _pyplot()
+    tasks = list(dict.fromkeys(points["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        of_task = points[points["task"] == task]
+        for method, line in of_task.groupby("method", sort=False):
+            line = line.sort_values("value")
+            ax.plot(line["value"], line["accuracy"], marker="o", label=method)
+        values = of_task["value"]
+        if (values > 0).all() and values.max() >= 10 * values.min():
+            ax.set_xscale("log")
+        ax.set_title(task)
+        _label_axes(ax, str(of_task["knob"].iloc[0]), "validation accuracy", 7)
+    return _save(fig, path)

@@ -22,7 +22,7 @@ NUMERIC = [
     "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb", "peak_mem_nvml_mb", "peak_mem_nvml_process_mb",
     "peak_mem_nvml_eval_mb", "method_mem_mb", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
     "trainable_params", "optimizer_state_elements", "tokens_per_s", "step_time_ms_median", "step_time_ms_p90",
-    "loss_last",
+    "loss_last", "train_time_s",
 ]
 PEAK_METERS = [("peak_mem_nvml_mb", "NVML device (MB)"), ("peak_mem_nvml_process_mb", "NVML process (MB)"),
                ("peak_mem_allocated_mb", "allocated (MB)"), ("peak_mem_reserved_mb", "reserved (MB)"),
@@ -305,8 +305,11 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
     """The Markdown report of a frame of result rows; `figures` maps captions to PNG file names; methods are
     compared, paired on their items, with `reference` (`analysis`: that comparison, when already computed)."""
     from memft_bench.harness.analysis import significance
+    from memft_bench.harness.analysis.tuning_report import section as tuning_section
+    from memft_bench.harness.analysis.tuning_report import split_phases
     from memft_bench.harness.analysis.uncertainty import analyse
 
+    frame, _ = split_phases(frame)
     if frame.empty:
         return "# Benchmark report\n\nNo results.\n"
     suites = ", ".join(sorted(frame["suite"].dropna().astype(str).unique()))
@@ -321,6 +324,7 @@ def render(frame: pd.DataFrame, title: str | None = None, figures: dict[str, str
         scoring = scoring_note(frame)
         if scoring:
             lines += [scoring, ""]
+        lines += tuning_section(frame, intervals)
         lines += significance.sections(frame, analysis)
         lines += ["## Memory", "",
                   "Peaks are measured (each meter that applied; RSS includes the Python runtime itself); "
@@ -354,7 +358,9 @@ def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str
     for d in run_dirs:
         if not results_path(d).is_file():
             raise BenchError(f"{d}: no {RESULTS_FILE} here (give a run directory written by `bench run`)")
-    frame = load_frame(list(run_dirs))
+    from memft_bench.harness.analysis.tuning_report import split_phases, validation_curves
+
+    frame, search = split_phases(load_frame(list(run_dirs)))  # a tuned run's search never enters the tables
     if out is None:
         first = Path(run_dirs[0])
         target = (first if first.is_dir() else first.parent) / "report.md"
@@ -367,6 +373,12 @@ def write_report(run_dirs: list[str | Path], out: Path | None = None, title: str
 
     analysis = analyse(frame, reference) if not frame.empty else None
     figures = draw_figures(frame, target.parent, analysis) if with_figures else {}
+    if with_figures and not search.empty:
+        try:
+            if validation_curves(search, target.parent / "tuning_validation.png"):
+                figures["tuning search: validation accuracy against the searched value"] = "tuning_validation.png"
+        except ImportError:  # no matplotlib: the tables say it all
+            pass
     tmp = target.with_suffix(target.suffix + ".tmp")
     tmp.write_text(render(frame, title, figures, reference, analysis), encoding="utf-8")
     tmp.replace(target)
@@ -397,6 +409,10 @@ def draw_figures(frame: pd.DataFrame, directory: Path, analysis: Analysis | None
     figures.frontier(summary, "mem_optimizer_mb", "optimizer state (MB, exact)", directory / "accuracy_vs_state.png",
                      bars)
     made["accuracy against optimizer-state size"] = "accuracy_vs_state.png"
+    if summary["train_time_s"].notna().any():
+        figures.frontier(summary, "train_time_s", "training wall-clock (s, this machine)",
+                         directory / "accuracy_vs_time.png", bars)
+        made["accuracy against training wall-clock"] = "accuracy_vs_time.png"
     figures.loss_curves(prepare(frame), directory / "loss_curves.png")
     made["training loss"] = "loss_curves.png"
     figures.memory_breakdown(summary, directory / "memory_breakdown.png")

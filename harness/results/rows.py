@@ -47,6 +47,8 @@ COLUMNS = [
     "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
     "accuracy", "accuracy_per_task", "eval_items", "predictions", "accuracy_before", "accuracy_per_task_before",
     "data_source", "task_family", "scoring",
+    # tuning (harness/run/tuning.py): "search" rows score the validation split only, "final" rows the tests
+    "phase", "tuning", "validation_accuracy", "validation_loss", "validation_items",
     "loss_first", "loss_last", "loss_curve", "step_time_ms_curve",
     "trainable_params", "optimizer_state_elements", "state_elements", "state_bytes",
     "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
@@ -63,16 +65,19 @@ COLUMNS = [
 #: What a readable row's columns hold (null is always allowed but for the identity columns): a line that
 #: parses as JSON but breaks this is damaged too, and is named, not fed to the report's arithmetic.
 IDENTITY = ("trial_id", "method", "task", "status")
+#: A tuned run's two kinds of trial: the search (validation split only) and the final (the tests).
+PHASES = ("search", "final")
 NUMBERS = ("seed", "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step", "accuracy",
            "accuracy_before", "loss_first", "loss_last", "trainable_params", "optimizer_state_elements",
            "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb", "peak_mem_rss_mb",
            "peak_mem_rss_eval_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",
            "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb", "step_time_ms_median",
-           "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s")
+           "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s", "validation_accuracy",
+           "validation_loss", "validation_items")
 TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source", "task_family",
-         "started_at", "finished_at", "command", "node", "slurm_job_id", "predictions")
+         "phase", "started_at", "finished_at", "command", "node", "slurm_job_id", "predictions")
 MAPPINGS = ("method_params", "accuracy_per_task", "eval_items", "accuracy_per_task_before", "state_elements",
-            "method_metrics", "method_info", "meter_notes", "env", "state_bytes", "scoring")
+            "method_metrics", "method_info", "meter_notes", "env", "state_bytes", "scoring", "tuning")
 
 
 def method_label(method: str, variant: str | None) -> str:
@@ -105,7 +110,11 @@ def row_problem(row: Any) -> str | None:
     for curve in ("loss_curve", "step_time_ms_curve"):
         if row.get(curve) is not None and not isinstance(row[curve], list):
             return f"{curve} is not a list"
-    if row["status"] == "ok" and row.get("accuracy") is None:
+    if row.get("phase") not in (None, *PHASES):
+        return f"phase {row['phase']!r} is not one of {', '.join(PHASES)}"
+    if row["status"] == "ok" and row.get("phase") == "search" and row.get("validation_accuracy") is None:
+        return "an ok search row without a validation accuracy"
+    if row["status"] == "ok" and row.get("phase") != "search" and row.get("accuracy") is None:
         return "an ok row without an accuracy"
     for column in ("accuracy_per_task", "accuracy_per_task_before", "eval_items"):
         values = (row.get(column) or {}).values()

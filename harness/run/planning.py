@@ -7,6 +7,7 @@ recorded and changing any option makes a new trial instead of silently reusing a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,22 @@ def _method_module(name: str) -> str | None:
     return cls.__module__
 
 
+#: (task, method, variant label, validated options) -> the configurations to run: (variant label, option values
+#: to merge into the method's, extra fields of the trial spec) each.
+Configurations = Callable[[str, str, str, dict[str, Any]], list[tuple[str, dict[str, Any], dict[str, Any]]]]
+
+
+@dataclass
+class Stage:
+    """One stage of a tuned run (harness/run/tuning.py): the search, or the final trials at the chosen values."""
+
+    phase: str  # "search" or "final" (rows.PHASES): part of every trial's fingerprint and row
+    configurations: Configurations
+    seeds: list[int] | None = None  # None: the suite's
+    #: suite section -> field -> value for this stage's trials (the search's own step budget, no untrained score)
+    suite_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 def plan(
     suite: SuiteSpec,
     methods: list[str],
@@ -69,8 +86,10 @@ def plan(
     device: str,
     sweeps: dict[str, dict[str, list[Any]]] | None = None,
     command: str | None = None,
+    stage: Stage | None = None,
 ) -> RunPlan:
-    """Validate every method, variant and option, then list the trials (task-major, as reports read)."""
+    """Validate every method, variant and option, then list the trials (task-major, as reports read); a `stage`
+    turns each method variant into the configurations it gives, and marks the trials as that stage's."""
     from memft_bench.harness.core.options import to_dict
     from memft_bench.harness.results import predictions
     from memft_bench.harness.run.budget_resolution import resolve as resolve_budget
@@ -88,7 +107,7 @@ def plan(
     for swept in sweeps or {}:
         if swept not in methods:
             raise ConfigError(f"--set {swept}.…: {swept} is swept but not run (add it to --methods)")
-    instances: list[tuple[str, str, dict[str, Any]]] = []  # (method, variant label, validated params)
+    instances: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []  # (method, label, params, raw options)
     run_plan_notes: list[str] = []
     for m in methods:
         for values in variants(all_sweeps, m):
@@ -100,25 +119,37 @@ def plan(
                 if resolution is not None:
                     run_plan_notes.append(resolution.note)
             params = to_dict(build_options(m, merged, where))
-            instances.append((m, label, params))
+            instances.append((m, label, params, merged))
     suite_data = suite.to_data()
+    for section, changes in (stage.suite_changes if stage else {}).items():
+        suite_data[section] = {**suite_data[section], **changes}
     shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
-    run_plan = RunPlan(suite, methods, out_dir, device, variants=instances, notes=run_plan_notes)
+    marked = {"phase": stage.phase} if stage else {}  # a stage's trials never share an id with a plain run's
+    run_plan = RunPlan(suite, methods, out_dir, device, notes=run_plan_notes)
     for task in suite.tasks:
-        for method, label, params in instances:
-            for seed in suite.seeds:
-                key = fingerprint({**shared, "task": to_dict(task), "method": method,
-                                   "params": params, "seed": seed, "device": device})
-                untrained = fingerprint({**shared, "task": to_dict(task), "seed": seed, "device": device})
-                spec = {
-                    "untrained_score_file": str(out_dir / "untrained" / f"{task.name}-seed{seed}-{untrained}.json"),
-                    "suite": suite_data, "task": task.name, "method": method, "variant": label,
-                    "method_module": modules[method], "method_params": params, "seed": seed, "device": device,
-                    "run_id": out_dir.name, "trial_id": f"{trial_label(task.name, method, label, seed)}/{key}",
-                    "command": command,
-                }
-                spec["predictions_file"] = str(out_dir / predictions.relative_path(spec["trial_id"]))
-                run_plan.trials.append(Trial(task.name, method, seed, spec, label))
+        for method, label, params, merged in instances:
+            configurations = stage.configurations(task.name, method, label, params) if stage else [(label, {}, {})]
+            for config_label, values, extra in configurations:
+                where = f"{suite.name}: methods.{method}" + (f" [{config_label}]" if config_label else "")
+                config_params = to_dict(build_options(method, {**merged, **values}, where)) if values else params
+                if (method, config_label, config_params) not in run_plan.variants:
+                    run_plan.variants.append((method, config_label, config_params))
+                for seed in (stage.seeds if stage and stage.seeds else suite.seeds):
+                    key = fingerprint({**shared, "task": to_dict(task), "method": method, "params": config_params,
+                                       "seed": seed, "device": device, **marked})
+                    untrained = fingerprint({**shared, "task": to_dict(task), "seed": seed, "device": device})
+                    label_id = trial_label(task.name, method, config_label, seed)
+                    spec = {
+                        "untrained_score_file": str(out_dir / "untrained" /
+                                                    f"{task.name}-seed{seed}-{untrained}.json"),
+                        "suite": suite_data, "task": task.name, "method": method, "variant": config_label,
+                        "method_module": modules[method], "method_params": config_params, "seed": seed,
+                        "device": device, "run_id": out_dir.name, "command": command,
+                        "trial_id": f"{label_id}/{stage.phase}/{key}" if stage else f"{label_id}/{key}",
+                        **marked, **extra,
+                    }
+                    spec["predictions_file"] = str(out_dir / predictions.relative_path(spec["trial_id"]))
+                    run_plan.trials.append(Trial(task.name, method, seed, spec, config_label))
     return run_plan
 
 
@@ -141,6 +172,12 @@ def preflight_data(suite: SuiteSpec) -> None:
 
             user_files.load_file_task(task.train_file, task.test_file, task.columns, task.scoring, task.options,
                                       task.answer_regex, task.test_fraction, suite.data_seed)
+        if task.validation_size:  # the split as the trials make it: a size the data cannot give stops here
+            from memft_bench.harness.trial.data import load_task
+
+            if task.source == "commonsense" and task.data_dir is None:
+                task.data_dir = str(commonsense.resolve_data_dir(None))
+            load_task(task, suite, 0)
         if task.source == "commonsense":
             data_dir = commonsense.resolve_data_dir(task.data_dir)
             if task.data_dir is None:

@@ -111,7 +111,12 @@ def summary_line(row: dict[str, Any]) -> str:
     label = trial_label(row["task"], row["method"], row.get("variant"), row["seed"])
     if row["status"] != "ok":
         return f"{label}: {row['status'].upper()} {row.get('reason') or ''}"
-    parts = [f"{label}: ok accuracy={row['accuracy']:.3f}"]
+    if row.get("phase") == "search":  # a search trial is scored on the validation split only
+        parts = [f"{label}: ok validation accuracy={row['validation_accuracy']:.3f}"]
+        if row.get("validation_loss") is not None:
+            parts.append(f"validation loss={row['validation_loss']:.3f}")
+    else:
+        parts = [f"{label}: ok accuracy={row['accuracy']:.3f}"]
     if row.get("loss_first") is not None and row.get("loss_last") is not None:
         parts.append(f"loss {row['loss_first']:.3f}->{row['loss_last']:.3f}")
     peak = row.get("peak_mem_allocated_mb") or row.get("peak_mem_rss_mb")

@@ -116,14 +116,36 @@ def seeded_subset(records: list[Any], limit: int | None, seed: int) -> list[Any]
     return [records[i] for i in seeded_indices(len(records), limit, seed)]
 
 
-def training_mix(data_dir: Path, seed: int, limit: int | None = None, tasks: tuple[str, ...] = TASKS) -> TrainingMix:
-    """commonsense_170k.json when present, else the eight train files concatenated and shuffled with `seed`."""
+def training_records(data_dir: Path, tasks: tuple[str, ...] = TASKS) -> TrainingMix:
+    """The training mix in file order: commonsense_170k.json when present, else the eight train files."""
     mix_file = data_dir / MIX_FILE
     if mix_file.is_file():
-        records, source = read_records(mix_file, None), f"{MIX_FILE}"
-    else:
-        records = [r for task in tasks for r in read_records(data_dir / task / "train.json", task)]
-        source = f"the {len(tasks)} train files concatenated ({MIX_FILE} not found)"
+        return TrainingMix(read_records(mix_file, None), f"{MIX_FILE}")
+    records = [r for task in tasks for r in read_records(data_dir / task / "train.json", task)]
+    return TrainingMix(records, f"the {len(tasks)} train files concatenated ({MIX_FILE} not found)")
+
+
+def mix_options(record: dict[str, str]) -> tuple[str, ...]:
+    """The options of a record of the mix, whose task is not recorded: its "Answer format" line (every LLM-Adapters
+    record has one), else the answer words of the task whose words include its answer."""
+    found = re.findall(r"Answer format:\s*([A-Za-z0-9_/ ]+)", record.get("instruction", ""))
+    if found:
+        options = tuple(o.strip() for o in found[-1].split("/") if o.strip())
+        if len(options) > 1:
+            return options
+    for words in ANSWER_WORDS.values():
+        if record.get("answer") in words:
+            return words
+    return (record.get("answer", ""),)
+
+
+def training_mix(data_dir: Path, seed: int, limit: int | None = None, tasks: tuple[str, ...] = TASKS,
+                 exclude: frozenset[int] = frozenset()) -> TrainingMix:
+    """commonsense_170k.json when present, else the eight train files concatenated, shuffled with `seed`;
+    `exclude`: indices (in file order) held out as the validation split, never in the mix."""
+    mix = training_records(data_dir, tasks)
+    records = [r for i, r in enumerate(mix.records) if i not in exclude] if exclude else mix.records
+    source = mix.source + (f", less {len(exclude)} validation records" if exclude else "")
     rng = random.Random(seed)
     order = list(range(len(records)))
     rng.shuffle(order)

@@ -69,7 +69,8 @@ class Scoring:
             match = re.search(str(self.pattern), text)
             if match is None:
                 return None
-            return (match.group(1) if match.re.groups else match.group(0) or "").strip()
+            found = match.group(1) if match.re.groups else match.group(0)
+            return found.strip() if found is not None else None  # an optional group that did not take part
         raise ValueError("choice items are read with their options (harness.trial.worker.extractor)")
 
     def is_correct(self, record: dict[str, Any], prediction: str | None) -> bool:

@@ -160,6 +160,9 @@ class TaskSpec:
                                       "when it has groups) is the prediction")
     family: str = option("", "the task family reports group its test sets under (default: the source's: "
                          "commonsense, math, synthetic; a file task's: its name)")
+    validation_size: int = option(
+        0, "records held out of the training data (a seeded choice, the same for every seed and method) as the "
+        "validation split a tuning search scores; never trained on, never a test item (0: none; tuning: 200)", min=0)
 
     def validate(self, where: str) -> None:
         from memft_bench.harness.sources.synthetic import GENERATORS
@@ -286,6 +289,8 @@ class SuiteSpec:
     trackers: dict = option(default_factory=dict, help="experiment trackers every trial is logged to: log_to: [mlflow, "
                             "tensorboard, wandb] and each one's settings (harness/trackers/settings.py); never part "
                             "of a trial's fingerprint")
+    tuning: dict = option(default_factory=dict, help="an equal-budget search per method on a validation split before "
+                          "the final run: knobs, methods, steps, validation_size, seed (harness/spec/tuning.py)")
     state_budgets: dict = option(
         default_factory=dict, help='method -> {state: "0.4x lora" or "0.08%", s_ratio}: SGC\'s k and s resolved '
         "from an optimizer-state budget and the model's shapes before trials run (harness/run/budget_resolution.py)")
@@ -319,10 +324,30 @@ class SuiteSpec:
             from memft_bench.harness.spec.slurm_settings import SlurmSpec
 
             build(SlurmSpec, self.slurm, f"{where}.slurm")
+        if self.tuning:
+            self.tuning_spec(where)
         if self.trackers:
             from memft_bench.harness.trackers.settings import TrackersSpec
 
             build(TrackersSpec, self.trackers, f"{where}.trackers")
+
+    def tuning_spec(self, where: str | None = None):
+        """The validated `tuning:` section (None when the suite has none)."""
+        from memft_bench.harness.spec.tuning import TuningSpec
+
+        if not self.tuning:
+            return None
+        spec = build(TuningSpec, self.tuning, f"{where or self.name}.tuning")
+        steps = spec.search_steps(self.budget.steps)
+        if steps <= self.budget.timing_warmup_steps:
+            raise ConfigError(f"{where or self.name}.tuning.steps: {steps} search steps leave none to time after the "
+                              f"{self.budget.timing_warmup_steps} warm-up steps (budget.timing_warmup_steps); give "
+                              "more steps")
+        for task in self.tasks:
+            if task.source == "tokens":
+                raise ConfigError(f"{where or self.name}.tuning: task {task.name} is random tokens (memory and speed "
+                                  "only): it has no accuracy to tune on")
+        return spec
 
     def to_data(self) -> dict[str, Any]:
         return to_dict(self)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from memft_bench.harness.core.errors import BenchError
 from memft_bench.harness.sources.prompts import build_prompt
 from memft_bench.harness.sources.scoring import CHOICE, Scoring
 from memft_bench.harness.sources.synthetic import GENERATORS, generate_split, token_sequences
@@ -37,10 +38,16 @@ class TaskData:
     test_indices: dict[str, list[int]] = field(default_factory=dict)
     #: records are token ids (`{"token_ids": [...]}`), scored by next-token accuracy, which means nothing
     tokens: bool = False
-    #: test set name -> how its items are scored (default: multiple choice)
+    #: test set name -> how its items are scored (default: multiple choice); VALIDATION: the validation split's
     scorings: dict[str, Scoring] = field(default_factory=dict)
+    #: records held out of the training data (`validation_size`), scored by tuning searches instead of the tests
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    #: each validation record's index in the training data it was held out of (file order)
+    validation_indices: list[int] = field(default_factory=list)
 
     def indices(self, test_name: str) -> list[int]:
+        if test_name == VALIDATION:
+            return self.validation_indices
         return self.test_indices.get(test_name) or list(range(len(self.tests[test_name])))
 
     def scoring(self, test_name: str) -> Scoring:
@@ -61,8 +68,9 @@ def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
     if task.source == "synthetic":
         train, test = generate_split(task.generator, task.train_size, task.test_size, suite.data_seed)
         options = GENERATORS[task.generator].options
-        return TaskData(task.name, train, {task.name: test}, lambda _name, _record: options,
-                        f"synthetic generator {task.generator!r}")
+        held, train, source = hold_out(train, task, suite, f"synthetic generator {task.generator!r}", test)
+        return TaskData(task.name, train, {task.name: test}, lambda _name, _record: options, source,
+                        validation=[r for _, r in held], validation_indices=[i for i, _ in held])
     if task.source == "math":
         return load_math_task(task, suite, seed)
     if task.source == "file":
@@ -70,12 +78,68 @@ def load_task(task: TaskSpec, suite: SuiteSpec, seed: int = 0) -> TaskData:
     from memft_bench.harness.sources import commonsense
 
     data_dir = commonsense.resolve_data_dir(task.data_dir)
-    mix = commonsense.training_mix(data_dir, seed, task.limit_train or None)
     items = {name: commonsense.load_test_items(data_dir, name, task.limit_eval or None, suite.data_seed)
              for name in task.eval_tasks}
     tests = {name: records for name, (_, records) in items.items()}
-    return TaskData(task.name, mix.records, tests, commonsense.record_options, f"{data_dir}: {mix.source}",
-                    {name: indices for name, (indices, _) in items.items()})
+    held: list[tuple[int, dict[str, Any]]] = []
+    exclude: frozenset[int] = frozenset()
+    if task.validation_size:
+        full = commonsense.training_records(data_dir).records
+        held, rest, _ = hold_out(full, task, suite, "", [r for records in tests.values() for r in records])
+        kept = {id(r) for r in rest}
+        exclude = frozenset(i for i, r in enumerate(full) if id(r) not in kept)
+    mix = commonsense.training_mix(data_dir, seed, task.limit_train or None, exclude=exclude)
+
+    def options(name: str, record: dict[str, str]) -> tuple[str, ...]:
+        return commonsense.mix_options(record) if name == VALIDATION else commonsense.record_options(name, record)
+
+    return TaskData(task.name, mix.records, tests, options, f"{data_dir}: {mix.source}",
+                    {name: indices for name, (indices, _) in items.items()},
+                    validation=[r for _, r in held], validation_indices=[i for i, _ in held])
+
+
+#: The name the validation split is scored under (it is never one of a task's test sets).
+VALIDATION = "validation"
+
+
+def item_key(record: dict[str, Any]) -> tuple[str, str]:
+    """What makes two records the same item: the question asked (instruction and input), whatever the response."""
+    return str(record.get("instruction", "")).strip(), str(record.get("input", "")).strip()
+
+
+def hold_out(records: list[dict[str, Any]], task: TaskSpec, suite: SuiteSpec, source: str,
+             tests: list[dict[str, Any]] = ()) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], str]:
+    """(the validation split as (index, record) pairs, the training records left, the source line) of a task with a
+    `validation_size`; nothing is held out without one.
+
+    A seeded choice that depends on the data seed only, so every seed and method of a run, the search and the final
+    trials alike, hold out the same records. Disjoint by content, not only by position: a question that is also a
+    test item (GSM8K's train and test share 10; synthetic tasks repeat items) is never chosen, and every copy of a
+    chosen question leaves the training data, so no validation item is trained on or tested."""
+    size = task.validation_size
+    if not size:
+        return [], records, source
+    tested = {item_key(r) for r in tests}
+    order = list(range(len(records)))
+    random.Random(f"validation:{suite.data_seed}").shuffle(order)
+    chosen: dict[tuple[str, str], int] = {}
+    for i in order:
+        key = item_key(records[i])
+        if key not in tested and key not in chosen:
+            chosen[key] = i
+            if len(chosen) == size:
+                break
+    rest = [r for r in records if item_key(r) not in chosen]
+    if len(chosen) < size or not rest:
+        distinct = {item_key(r) for r in records}
+        raise BenchError(f"tasks.{task.name}.validation_size: {size} is too many: the task's {len(records)} training "
+                         f"records ask {len(distinct)} distinct questions, {len(distinct & tested)} of them test items "
+                         f"(never validated on), so {len(chosen)} can be held out and some must remain to train on; "
+                         "lower it, or tune on a task whose test items are new questions")
+    held = sorted(chosen.values())
+    dropped = len(records) - len(rest) - len(held)
+    note = f", less {len(held)} validation records" + (f" (and {dropped} copies of them)" if dropped else "")
+    return [(i, records[i]) for i in held], rest, source + note
 
 
 def shuffled(records: list[dict[str, Any]], seed: int, limit: int) -> list[dict[str, Any]]:
@@ -90,14 +154,18 @@ def load_math_task(task: TaskSpec, suite: SuiteSpec, seed: int) -> TaskData:
     from memft_bench.harness.sources import math_data
 
     root = math_data.resolve_math_dir(task.data_dir)
-    train = shuffled(math_data.load_gsm8k_split(root, "train"), seed, task.limit_train)
     items = {name: math_data.load_math_test_items(root, name, task.limit_eval or None, suite.data_seed)
              for name in task.eval_tasks}
+    tested = [r for _, records in items.values() for r in records]
+    held, rest, _ = hold_out(math_data.load_gsm8k_split(root, "train"), task, suite, "", tested)
+    train = shuffled(rest, seed, task.limit_train)
     scorings = {name: Scoring("letter" if name == "AQuA" else "number") for name in task.eval_tasks}
-    source = f"{root}: GSM8K train ({len(train)} records after a seeded shuffle)"
+    scorings[VALIDATION] = Scoring("number")
+    source = f"{root}: GSM8K train ({len(train)} records after a seeded shuffle"
+    source += f", less {len(held)} validation records)" if held else ")"
     return TaskData(task.name, train, {name: records for name, (_, records) in items.items()},
                     lambda _name, _record: (), source, {name: indices for name, (indices, _) in items.items()},
-                    scorings=scorings)
+                    scorings=scorings, validation=[r for _, r in held], validation_indices=[i for i, _ in held])
 
 
 def load_file_task(task: TaskSpec, suite: SuiteSpec, seed: int) -> TaskData:
@@ -109,10 +177,13 @@ def load_file_task(task: TaskSpec, suite: SuiteSpec, seed: int) -> TaskData:
                                        task.answer_regex, task.test_fraction, suite.data_seed)
     keep = seeded_indices(len(loaded.test), task.limit_eval or None, suite.data_seed)
     options = tuple(task.options)
-    return TaskData(task.name, shuffled(loaded.train, seed, task.limit_train),
-                    {task.name: [loaded.test[i] for i in keep]}, lambda _name, _record: options, loaded.source,
+    held, rest, source = hold_out(loaded.train, task, suite, loaded.source, [loaded.test[i] for i in keep])
+    scoring = Scoring(task.scoring, task.answer_regex)
+    return TaskData(task.name, shuffled(rest, seed, task.limit_train),
+                    {task.name: [loaded.test[i] for i in keep]}, lambda _name, _record: options, source,
                     {task.name: [loaded.test_indices[i] for i in keep]},
-                    scorings={task.name: Scoring(task.scoring, task.answer_regex)})
+                    scorings={task.name: scoring, VALIDATION: scoring},
+                    validation=[r for _, r in held], validation_indices=[i for i, _ in held])
 
 
 def encode_example(tokenizer: Any, record: dict[str, Any], cutoff_len: int,

@@ -177,3 +177,24 @@ def evaluate_generate(
             details.append({"output": text, "prediction": answer or "", "correct": right})
     model.train(was_training)
     return EvalResult(correct / len(records) if records else 0.0, len(records), predictions, details)
+
+
+@torch.no_grad()
+def mean_response_loss(model: torch.nn.Module, tokenizer: Any, records: Sequence[dict[str, str]], max_len: int,
+                       batch_size: int, prompt_of: Callable[[dict[str, str]], str] = build_prompt) -> float:
+    """Cross-entropy per response token of `records` (prompt + output, the loss training minimises), in eval mode:
+    the validation loss that breaks ties between configurations of equal validation accuracy."""
+    from memft_bench.harness.trial.data import collate, encode_example
+    from memft_bench.harness.trial.models import causal_lm_loss
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    examples = [encode_example(tokenizer, r, max_len, prompt_of) for r in records]
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        loss_sum, n = causal_lm_loss(model, collate(examples[start:start + batch_size], tokenizer.pad_token_id,
+                                                    device))
+        total, tokens = total + float(loss_sum), tokens + n
+    model.train(was_training)
+    return total / max(tokens, 1)

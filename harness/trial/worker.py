@@ -154,7 +154,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from memft_bench.harness.sources.prompts import build_prompt
     from memft_bench.harness.spec.config import suite_from_data
     from memft_bench.harness.trial import llm_adapters
-    from memft_bench.harness.trial.data import encode_example, load_task, training_batches
+    from memft_bench.harness.trial.data import VALIDATION, encode_example, load_task, training_batches
     from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
     from memft_bench.harness.trial.train import Diverged, ExtrasRecorder, LossRecorder, ProgressLog, train
     from memft_bench.methods.base import create
@@ -173,6 +173,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     method = model = meters = None
     phase = "setup"
     try:
+        if (spec.get("tuning") or {}).get("unresolved"):  # the search chose nothing: the row says why
+            row.update(phase=spec.get("phase"), tuning=spec["tuning"])
+            raise BenchError(spec["tuning"]["unresolved"])
         device = trial_device(spec["device"])
         row["device"] = str(device)
         suite = suite_from_data(spec["suite"], "trial spec")
@@ -193,6 +196,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         tokenizer = build_tokenizer(suite.model)
         task = load_task(suite.task(spec["task"]), suite, spec["seed"])
         task_spec = suite.task(spec["task"])
+        search = spec.get("phase") == "search"
+        row.update(phase=spec.get("phase"), tuning=spec.get("tuning"))
+        if search and not task.validation:
+            raise BenchError(f"task {task.name}: a search trial needs a validation split (validation_size)")
         row.update(data_source=task.source, task_family=task_spec.task_family,
                    scoring={name: task.scoring(name).describe() for name in task.tests} if not task.tokens else None)
         model = build_model(suite.model, tokenizer, spec["seed"], device)
@@ -200,7 +207,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         method.total_steps = budget.steps  # a schedule that needs the budget (peft's AdaLoRA) reads it in prepare()
         row["forward_passes_per_step"] = method.forward_passes_per_step
         row["gradient_checkpointing"] = gradient_checkpointing(model, method, budget.gradient_checkpointing, notes)
-        if suite.evaluation.before_training and method.keeps_base_function:
+        if suite.evaluation.before_training and method.keeps_base_function and not search:
             # The base model as built (storage dtype), before any method touched it: the same measurement
             # whichever method of the run makes it first.
             phase = "evaluation before training"
@@ -210,10 +217,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         method.prepare(model)
         method.apply_precision()
         row["dtype"] = parameter_dtypes(method.model)
-        if suite.evaluation.before_training and not method.keeps_base_function:
+        if suite.evaluation.before_training and not method.keeps_base_function and not search:
             phase = "evaluation before training"
             before = untrained_score(method.model, precision, tokenizer, task, suite, None, spec["trial_id"])
-        if suite.evaluation.before_training:
+        if suite.evaluation.before_training and not search:
             row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         prompt_of = llm_adapters.train_prompt if suite.evaluation.mode == "llm-adapters" else build_prompt
         examples = [encode_example(tokenizer, r, budget.cutoff_len, prompt_of) for r in task.train]
@@ -241,11 +248,18 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             del batches
             meters.start()
             t0 = time.perf_counter()
-            per_task, items, lines = evaluate_all(method.model, tokenizer, task, suite, precision,
-                                                  spec["trial_id"])
+            if search:  # the validation split only: a search never scores a test item
+                per_task, items, lines = evaluate_all(method.model, tokenizer, task, suite, precision,
+                                                      spec["trial_id"], {VALIDATION: task.validation})
+                row.update(validation_accuracy=per_task[VALIDATION], validation_items=items[VALIDATION],
+                           validation_loss=validation_loss(method.model, tokenizer, task.validation, suite, precision,
+                                                           prompt_of))
+            else:
+                per_task, items, lines = evaluate_all(method.model, tokenizer, task, suite, precision,
+                                                      spec["trial_id"])
+                row.update(accuracy=sum(per_task.values()) / len(per_task), accuracy_per_task=per_task,
+                           eval_items=items)
             row["eval_time_s"] = time.perf_counter() - t0
-            row.update(accuracy=sum(per_task.values()) / len(per_task), accuracy_per_task=per_task,
-                       eval_items=items)
             if task.tokens:
                 notes["accuracy"] = (f"not meaningful: next-token accuracy on uniformly random tokens (chance 1/"
                                      f"{suite.model.vocab_size}) of a randomly initialised model; the row is read "
@@ -315,25 +329,37 @@ def gradient_checkpointing(model: torch.nn.Module, method: Any, wanted: bool, no
     return layers > 0
 
 
-def evaluate_all(model, tokenizer, task, suite, precision,
-                 trial_id: str) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
-    """Accuracy and item count of every test set of the trial's task, and the per-item records, in the
-    suite's evaluation mode, under the precision policy's autocast (the model holds weights of two dtypes
-    under bf16-mixed)."""
+def evaluate_all(model, tokenizer, task, suite, precision, trial_id: str,
+                 sets: dict[str, list[dict[str, Any]]] | None = None,
+                 ) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
+    """Accuracy and item count of every test set of the trial's task (or of `sets`: the validation split), and the
+    per-item records, in the suite's evaluation mode, under the precision policy's autocast (the model holds
+    weights of two dtypes under bf16-mixed)."""
     from memft_bench.harness.core.precision import device_type
 
     with precision.autocast(device_type(model)):
-        return _evaluate_all(model, tokenizer, task, suite, trial_id)
+        return _evaluate_all(model, tokenizer, task, suite, trial_id, sets or task.tests)
 
 
-def _evaluate_all(model, tokenizer, task, suite,
-                  trial_id: str) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
+def validation_loss(model, tokenizer, records, suite, precision, prompt_of) -> float:
+    """Mean loss per response token on the validation records (the tie-break between equally accurate
+    configurations), under the precision policy's autocast."""
+    from memft_bench.harness.core.precision import device_type
+    from memft_bench.harness.trial.evaluate import mean_response_loss
+
+    with precision.autocast(device_type(model)):
+        return mean_response_loss(model, tokenizer, records, suite.budget.cutoff_len, suite.evaluation.batch_size,
+                                  prompt_of)
+
+
+def _evaluate_all(model, tokenizer, task, suite, trial_id: str, sets: dict[str, list[dict[str, Any]]],
+                  ) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
     from memft_bench.harness.results.predictions import item_lines
     from memft_bench.harness.trial import llm_adapters
     from memft_bench.harness.trial.evaluate import evaluate_generate, evaluate_loglik
 
     per_task, items, lines = {}, {}, []
-    for test_name, records in task.tests.items():
+    for test_name, records in sets.items():
         if task.tokens:  # random token ids: next-token accuracy, chance level by construction (no items)
             from memft_bench.harness.trial.models import next_token_accuracy
 
@@ -396,7 +422,7 @@ def extractor(task, test_name: str):
     from memft_bench.harness.sources.commonsense import ANSWER_WORDS, extract_answer
     from memft_bench.harness.trial.evaluate import first_option_in
 
-    if test_name in ANSWER_WORDS:
+    if test_name in ANSWER_WORDS and test_name not in task.scorings:  # not a file task that shares the name
         return lambda record, text: extract_answer(test_name, text)
     return lambda record, text: first_option_in(text, task.options(test_name, record))
 

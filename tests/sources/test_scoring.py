@@ -32,6 +32,7 @@ def test_letter_exact_and_regex_scorings():
     grouped = Scoring("regex", r"label:\s*(\w+)")
     assert grouped.extract("... label: positive. done") == "positive"
     assert grouped.extract("nothing") is None
+    assert Scoring("regex", r"answer: (\d+)?").extract("answer: none") is None
     whole = Scoring("regex", r"[A-Z]{3}")
     assert whole.extract("code XYZ here") == "XYZ"
     assert whole.is_correct({"answer": " XYZ "}, "XYZ")
