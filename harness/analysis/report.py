@@ -292,7 +292,13 @@ def environment_lines(frame: pd.DataFrame) -> list[str]:
     for command in commands:
         lines.append(f"- command: `{command}`")
     budget = frame[frame["status"] == "ok"][["steps", "batch_size"]].dropna()
-    if not budget.empty:
+    timed = frame["time_budget_s"].dropna() if "time_budget_s" in frame.columns else pd.Series(dtype=float)
+    if not budget.empty and not timed.empty:  # equal wall-clock: the step counts differ by method
+        steps = frame[frame["status"] == "ok"].groupby("method")["steps"].mean()
+        listing = ", ".join(f"{m} {s:.0f}" for m, s in steps.items())
+        lines.append(f"- budget: {timed.max():g} s of training wall-clock × batch {int(budget['batch_size'].max())} "
+                     f"for every method (steps taken: {listing})")
+    elif not budget.empty:
         lines.append(f"- budget: {int(budget['steps'].max())} steps × batch {int(budget['batch_size'].max())} "
                      "for every method")
     lines.append(f"- trials: {len(frame)} ({int((frame['status'] == 'ok').sum())} ok); report generated "

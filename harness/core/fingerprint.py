@@ -18,7 +18,7 @@ LATER_FIELD_DEFAULTS: dict[str, Any] = {"vocab_size": 32000, "tie_word_embedding
                                         # a task's own-data fields (source: file) and its report family
                                         "train_file": None, "test_file": None, "test_fraction": 0.2, "columns": {},
                                         "scoring": "", "options": [], "answer_regex": None, "family": "",
-                                        "validation_size": 0}
+                                        "validation_size": 0, "time_s": 0.0}
 
 
 def _without_later_defaults(data: Any) -> Any:

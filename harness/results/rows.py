@@ -44,7 +44,8 @@ COLUMNS = [
     "run_id", "trial_id", "suite", "task", "method", "variant", "method_params", "model", "seed", "device",
     "precision", "dtype", "gradient_checkpointing",
     "status", "reason",
-    "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step",
+    "steps", "time_budget_s", "batch_size", "micro_batch_size", "cutoff_len", "tokens_seen", "target_tokens_seen",
+    "forward_passes_per_step",
     "accuracy", "accuracy_per_task", "eval_items", "predictions", "accuracy_before", "accuracy_per_task_before",
     "data_source", "task_family", "scoring",
     # tuning (harness/run/tuning.py): "search" rows score the validation split only, "final" rows the tests
@@ -67,7 +68,8 @@ COLUMNS = [
 IDENTITY = ("trial_id", "method", "task", "status")
 #: A tuned run's two kinds of trial: the search (validation split only) and the final (the tests).
 PHASES = ("search", "final")
-NUMBERS = ("seed", "steps", "batch_size", "tokens_seen", "target_tokens_seen", "forward_passes_per_step", "accuracy",
+NUMBERS = ("seed", "steps", "time_budget_s", "batch_size", "micro_batch_size", "cutoff_len", "tokens_seen",
+           "target_tokens_seen", "forward_passes_per_step", "accuracy",
            "accuracy_before", "loss_first", "loss_last", "trainable_params", "optimizer_state_elements",
            "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb", "peak_mem_rss_mb",
            "peak_mem_rss_eval_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",

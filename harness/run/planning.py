@@ -45,6 +45,17 @@ class RunPlan:
     #: every (method, variant label, validated options) of the run, once: what the pre-flight checks.
     variants: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the plan resolved (state budgets), for the log
+    #: (method, variant label) -> its budget section, for the variants of a budget sweep (others: the suite's)
+    budgets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def suite_of(self, method: str, variant: str) -> SuiteSpec:
+        """The suite as a variant's trials run it: the suite's own, or with its budget sweep's values."""
+        budget = self.budgets.get((method, variant))
+        if budget is None:
+            return self.suite
+        from memft_bench.harness.spec.config import suite_from_data
+
+        return suite_from_data({**self.suite.to_data(), "budget": budget}, self.suite.name)
 
 
 def _method_module(name: str) -> str | None:
@@ -91,9 +102,8 @@ def plan(
     """Validate every method, variant and option, then list the trials (task-major, as reports read); a `stage`
     turns each method variant into the configurations it gives, and marks the trials as that stage's."""
     from memft_bench.harness.core.options import to_dict
-    from memft_bench.harness.results import predictions
     from memft_bench.harness.run.budget_resolution import resolve as resolve_budget
-    from memft_bench.harness.spec.sweeps import merge, variant_label, variants
+    from memft_bench.harness.spec.sweeps import BUDGET, merge, variant_label, variants
     from memft_bench.methods.base import build_options
 
     if not methods:
@@ -104,8 +114,10 @@ def plan(
     modules = {m: _method_module(m) for m in methods}
     preflight_data(suite)
     all_sweeps = merge(suite.sweeps, sweeps or {})
+    budget_values = variants(all_sweeps, BUDGET) if BUDGET in all_sweeps else [{}]
+    all_sweeps.pop(BUDGET, None)
     for swept in sweeps or {}:
-        if swept not in methods:
+        if swept != BUDGET and swept not in methods:
             raise ConfigError(f"--set {swept}.…: {swept} is swept but not run (add it to --methods)")
     instances: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []  # (method, label, params, raw options)
     run_plan_notes: list[str] = []
@@ -120,20 +132,44 @@ def plan(
                     run_plan_notes.append(resolution.note)
             params = to_dict(build_options(m, merged, where))
             instances.append((m, label, params, merged))
+    marked = {"phase": stage.phase} if stage else {}  # a stage's trials never share an id with a plain run's
+    run_plan = RunPlan(suite, methods, out_dir, device, notes=run_plan_notes)
+    for budget_change in budget_values:
+        _add_trials(run_plan, suite, budget_change, instances, stage, modules, command, marked)
+    return run_plan
+
+
+def _add_trials(run_plan: RunPlan, suite: SuiteSpec, budget_change: dict[str, Any],
+                instances: list[tuple[str, str, dict[str, Any], dict[str, Any]]], stage: Stage | None,
+                modules: dict[str, str | None], command: str | None, marked: dict[str, str]) -> None:
+    """The trials of one budget variant (the suite's own budget when nothing is swept), task-major."""
+    from memft_bench.harness.core.options import to_dict
+    from memft_bench.harness.results import predictions
+    from memft_bench.harness.spec.config import suite_from_data
+    from memft_bench.harness.spec.sweeps import variant_label
+    from memft_bench.methods.base import build_options
+
+    out_dir, device = run_plan.out_dir, run_plan.device
     suite_data = suite.to_data()
+    if budget_change:  # validated as the suite would be (a time budget with a decaying schedule, ...)
+        suite_data["budget"] = {**suite_data["budget"], **budget_change}
+        budget_suite = suite_from_data(suite_data, f"{suite.name} [{variant_label(budget_change)}]")
+        suite_data["budget"] = budget_suite.to_data()["budget"]
+    budget_label = variant_label(budget_change)
     for section, changes in (stage.suite_changes if stage else {}).items():
         suite_data[section] = {**suite_data[section], **changes}
     shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
-    marked = {"phase": stage.phase} if stage else {}  # a stage's trials never share an id with a plain run's
-    run_plan = RunPlan(suite, methods, out_dir, device, notes=run_plan_notes)
     for task in suite.tasks:
         for method, label, params, merged in instances:
-            configurations = stage.configurations(task.name, method, label, params) if stage else [(label, {}, {})]
+            base = ",".join(part for part in (budget_label, label) if part)  # the budget's and the method's
+            configurations = stage.configurations(task.name, method, base, params) if stage else [(base, {}, {})]
             for config_label, values, extra in configurations:
                 where = f"{suite.name}: methods.{method}" + (f" [{config_label}]" if config_label else "")
                 config_params = to_dict(build_options(method, {**merged, **values}, where)) if values else params
                 if (method, config_label, config_params) not in run_plan.variants:
                     run_plan.variants.append((method, config_label, config_params))
+                    if budget_change:
+                        run_plan.budgets[(method, config_label)] = suite_data["budget"]
                 for seed in (stage.seeds if stage and stage.seeds else suite.seeds):
                     key = fingerprint({**shared, "task": to_dict(task), "method": method, "params": config_params,
                                        "seed": seed, "device": device, **marked})
@@ -150,7 +186,6 @@ def plan(
                     }
                     spec["predictions_file"] = str(out_dir / predictions.relative_path(spec["trial_id"]))
                     run_plan.trials.append(Trial(task.name, method, seed, spec, config_label))
-    return run_plan
 
 
 def preflight_data(suite: SuiteSpec) -> None:

@@ -232,7 +232,7 @@ def run_preflight(run_plan: RunPlan, variants: Iterable[tuple[str, str, dict[str
             result.notes.append(f"pre-flight skipped: the model cannot be built on the meta device ({exc}); "
                                 "each trial checks its own options when it starts")
             return result
-        check, problem = check_variant(model, suite, method, variant, params)
+        check, problem = check_variant(model, run_plan.suite_of(method, variant), method, variant, params)
         result.checks[(method, variant)] = check
         if problem:
             problems.append(problem)

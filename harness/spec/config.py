@@ -253,9 +253,21 @@ class BudgetSpec:
         "(transformers' activation checkpointing, use_reentrant=False), the same for every method that "
         "backpropagates; zeroth-order methods record that it does not apply")
 
+    time_s: float = option(
+        0.0, "equal wall-clock instead of equal steps: each trial trains until this many seconds have passed (at "
+        "most `steps` steps; a method with cheaper steps, such as a zeroth-order one, takes more of them); 0: off. "
+        "Needs the constant schedule (a decaying one needs its length in advance)", min=0.0)
+
     @property
     def batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum
+
+    def validate(self, where: str) -> None:
+        if self.time_s and self.lr_schedule != "constant":
+            raise ConfigError(f"{where}.lr_schedule: {self.lr_schedule} decays over `steps`, which a wall-clock budget "
+                              "(time_s) does not fix in advance; use constant with time_s")
+        if self.time_s and self.lr_warmup_steps:
+            raise ConfigError(f"{where}.lr_warmup_steps: not with a wall-clock budget (time_s); set it to 0")
 
 
 @dataclass
@@ -283,7 +295,9 @@ class SuiteSpec:
     default_methods: list[str] = option(default_factory=list, help="methods run when --methods is not given")
     methods: dict = option(default_factory=dict, help="per-method option values (method name -> options)")
     sweeps: dict = option(default_factory=dict,
-                          help="method -> option -> list of values: one variant per combination (a size knob)")
+                          help="method -> option -> list of values: one variant per combination (a size knob); "
+                               "budget -> field -> values: every method once per value (cutoff_len, "
+                               "micro_batch_size, gradient_checkpointing)")
     trial_timeout_s: float | None = option(None, "seconds before a trial is stopped as hung", gt=0)
     slurm: dict = option(default_factory=dict, help="cluster settings for --executor slurm (spec/slurm_settings.py)")
     trackers: dict = option(default_factory=dict, help="experiment trackers every trial is logged to: log_to: [mlflow, "
@@ -320,6 +334,11 @@ class SuiteSpec:
         for method, values in self.sweeps.items():
             if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
                 raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")
+            if method == "budget":  # a sweep of the suite's budget (sequence length, batch, checkpointing)
+                from memft_bench.harness.spec.sweeps import check_budget_field
+
+                for field in values:
+                    check_budget_field(field, f"{where}.sweeps.budget.{field}")
         if self.slurm:
             from memft_bench.harness.spec.slurm_settings import SlurmSpec
 

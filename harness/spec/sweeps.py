@@ -34,7 +34,13 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], Sweeps]:
     for text in overrides:
         (section, field), value = parse_override(text)
         check_override_section(section, text)
-        if section not in SUITE_SECTIONS and "," in value and not _is_list_option(section, field):
+        if section == BUDGET and "," in value:  # a budget field: one variant of the whole suite per value
+            check_budget_field(field, text)
+            values = [v.strip() for v in value.split(",")]
+            if any(not v for v in values):
+                raise ConfigError(f"--set {text!r}: a sweep lists values separated by commas, with none empty")
+            sweeps.setdefault(BUDGET, {})[field] = values
+        elif section not in SUITE_SECTIONS and "," in value and not _is_list_option(section, field):
             values = [v.strip() for v in value.split(",")]
             if any(not v for v in values):
                 raise ConfigError(f"--set {text!r}: a sweep lists values separated by commas, with none empty")
@@ -42,6 +48,21 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], Sweeps]:
         else:
             plain.append(text)
     return plain, sweeps
+
+
+#: The sweep key of the suite's budget: `--set budget.cutoff_len=128,256` or `sweeps: {budget: {cutoff_len: [...]}}`
+#: runs every method once per value (sequence length, micro-batch size, gradient checkpointing: memory's knobs).
+BUDGET = "budget"
+
+
+def check_budget_field(field: str, where: str) -> None:
+    import dataclasses
+
+    from memft_bench.harness.spec.config import BudgetSpec
+
+    names = [f.name for f in dataclasses.fields(BudgetSpec)]
+    if field not in names:
+        raise ConfigError(f"{where}: the budget has no field {field!r}; fields: {', '.join(names)}")
 
 
 def merge(base: Sweeps, extra: Sweeps) -> Sweeps:

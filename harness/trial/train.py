@@ -8,6 +8,7 @@ can get a different budget or schedule. The loop stops early when the loss is no
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -85,10 +86,17 @@ class ProgressLog(Callback):
 
 
 def train(method: Method, batches: Iterator[Batch], budget: BudgetSpec, callbacks: Sequence[Callback]) -> int:
-    """Run `budget.steps` steps of `method`; returns the number of steps completed."""
+    """Run `budget.steps` steps of `method`, or with `budget.time_s`, the steps that fit in that much training
+    wall-clock (at most `budget.steps`); returns the number of steps completed.
+
+    The clock covers the whole loop, data and step alike, as a user's budget would; it is read between steps, so
+    the last step may end a little past the budget (never a half step)."""
     assert method.model is not None
     method.model.train()
+    started = time.perf_counter()
     for step in range(budget.steps):
+        if budget.time_s and step and time.perf_counter() - started >= budget.time_s:
+            return step
         batch = next(batches)
         method.set_lr_scale(lr_scale(step, budget))
         for cb in callbacks:

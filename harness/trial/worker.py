@@ -182,6 +182,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         budget = suite.budget
         precision = Precision(suite.model.precision)
         row.update(model=suite.model.label, precision=precision.name, batch_size=budget.batch_size,
+                   time_budget_s=budget.time_s or None, micro_batch_size=budget.micro_batch_size,
+                   cutoff_len=budget.cutoff_len,
                    gradient_checkpointing=budget.gradient_checkpointing)  # asked; then what reached the model
         timer.warmup = extras.warmup = budget.timing_warmup_steps
         if device.type == "cuda":

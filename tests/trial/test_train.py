@@ -86,3 +86,44 @@ def test_smt_layers_never_read_device_tensors_back_in_forward_or_backward(monkey
     monkeypatch.setattr(torch.Tensor, "item", forbidden)
     loss = method.forward_backward(toy_batch())
     assert loss > 0 and method.sparse_layers[0].blocks.grad is not None
+
+
+def test_a_wall_clock_budget_stops_between_steps_once_spent(monkeypatch):
+    """budget.time_s: the steps that fit in the time, at most budget.steps, never a half step."""
+    import itertools
+
+    from memft_bench.harness.spec.config import BudgetSpec
+    from memft_bench.harness.trial import train as train_module
+
+    clock = itertools.count(0.0, 1.0)  # each read of the clock is one second later
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
+
+    class Counting:
+        model = type("M", (), {"train": lambda self: None})()
+
+        def __init__(self):
+            self.steps = 0
+
+        def set_lr_scale(self, scale):
+            pass
+
+        def step(self, batch):
+            self.steps += 1
+            return type("R", (), {"loss": 1.0, "extras": {}})()
+
+    method = Counting()
+    taken = train_module.train(method, itertools.repeat(None), BudgetSpec(steps=100, time_s=5.0), [])
+    assert taken == method.steps == 5  # clock reads 1..5 s before steps 1..5 (step 0 always runs), 5 s >= 5 s
+    method = Counting()
+    assert train_module.train(method, itertools.repeat(None), BudgetSpec(steps=3, time_s=50.0), []) == 3
+
+
+def test_a_wall_clock_budget_needs_the_constant_schedule():
+    import pytest
+
+    from memft_bench.harness.core.errors import ConfigError
+    from memft_bench.harness.core.options import build
+    from memft_bench.harness.spec.config import BudgetSpec
+
+    with pytest.raises(ConfigError, match="budget.lr_schedule: linear decays over `steps`"):
+        build(BudgetSpec, {"time_s": 10, "lr_schedule": "linear"}, "s.budget")
