@@ -175,16 +175,19 @@ def average_note(summary: pd.DataFrame, families: dict[str, str]) -> str:
 
 
 def scoring_note(frame: pd.DataFrame) -> str | None:
-    """How test sets scored from generated text were scored (a final number's rule, a pattern), when any was."""
+    """How each test set was scored (the rule, and the decoding and its length for generations), one sentence per
+    rule with the test sets it applies to; None for rows recorded before rows said it."""
     described: dict[str, str] = {}
     for value in frame.get("scoring", pd.Series(dtype=object)).dropna():
         if isinstance(value, dict):
             for test_set, how in value.items():
                 described.setdefault(str(test_set), str(how))
-    ruled = {t: how for t, how in described.items() if how != "multiple choice"}
-    if not ruled:
+    if not described:
         return None
-    return "Scored from greedy generations: " + "; ".join(f"{t}: {how}" for t, how in ruled.items()) + "."
+    by_rule: dict[str, list[str]] = {}
+    for test_set, how in described.items():
+        by_rule.setdefault(how, []).append(test_set)
+    return "How test sets were scored: " + " ".join(f"{', '.join(sets)}: {how}." for how, sets in by_rule.items())
 
 
 def _per_method(summary: pd.DataFrame) -> pd.DataFrame:

@@ -160,6 +160,8 @@ def _add_trials(run_plan: RunPlan, suite: SuiteSpec, budget_change: dict[str, An
         suite_data[section] = {**suite_data[section], **changes}
     shared = {k: suite_data[k] for k in ("model", "budget", "evaluation", "data_seed")}
     for task in suite.tasks:
+        # a file task's rows depend on its files' bytes, not only their paths: edited data is a new trial
+        data = {"data": _file_digest(task)} if task.source == "file" else {}
         for method, label, params, merged in instances:
             base = ",".join(part for part in (budget_label, label) if part)  # the budget's and the method's
             configurations = stage.configurations(task.name, method, base, params) if stage else [(base, {}, {})]
@@ -172,8 +174,8 @@ def _add_trials(run_plan: RunPlan, suite: SuiteSpec, budget_change: dict[str, An
                         run_plan.budgets[(method, config_label)] = suite_data["budget"]
                 for seed in (stage.seeds if stage and stage.seeds else suite.seeds):
                     key = fingerprint({**shared, "task": to_dict(task), "method": method, "params": config_params,
-                                       "seed": seed, "device": device, **marked})
-                    untrained = fingerprint({**shared, "task": to_dict(task), "seed": seed, "device": device})
+                                       "seed": seed, "device": device, **marked, **data})
+                    untrained = fingerprint({**shared, "task": to_dict(task), "seed": seed, "device": device, **data})
                     label_id = trial_label(task.name, method, config_label, seed)
                     spec = {
                         "untrained_score_file": str(out_dir / "untrained" /
@@ -186,6 +188,12 @@ def _add_trials(run_plan: RunPlan, suite: SuiteSpec, budget_change: dict[str, An
                     }
                     spec["predictions_file"] = str(out_dir / predictions.relative_path(spec["trial_id"]))
                     run_plan.trials.append(Trial(task.name, method, seed, spec, config_label))
+
+
+def _file_digest(task: Any) -> str:
+    from memft_bench.harness.sources.user_files import content_digest
+
+    return content_digest(task.train_file, task.test_file)
 
 
 def preflight_data(suite: SuiteSpec) -> None:

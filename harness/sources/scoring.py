@@ -23,6 +23,8 @@ from typing import Any
 
 from memft_bench.harness.sources import answers
 
+#: The Alpaca template's response header: a generation that writes it again has started another turn.
+RESPONSE_MARKER = "### Response:"
 #: Kinds a suite may name for its own data (`scoring:` of a `source: file` task); `letter` is AQuA's.
 FILE_SCORINGS = ("choice", "exact", "number", "regex")
 KINDS = (*FILE_SCORINGS, "letter")
@@ -56,7 +58,13 @@ class Scoring:
         }[self.kind]
 
     def extract(self, text: str) -> str | None:
-        """The prediction read from generated text (None: nothing could be read, which counts as wrong)."""
+        """The prediction read from generated text (None: nothing could be read, which counts as wrong).
+
+        The number and letter rules read only the first response, as LLM-Adapters' evaluate.py does
+        (`output.split("### Response:")[1]` of prompt + generation): a model that goes on to write another
+        "### Response:" turn is judged on its first answer."""
+        if self.kind in ("number", "letter"):
+            text = text.split(RESPONSE_MARKER)[0]
         if self.kind == "number":
             value = answers.final_number(text)
             return None if value is None else format_number(value)

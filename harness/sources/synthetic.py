@@ -131,6 +131,53 @@ GENERATORS: dict[str, SyntheticTask] = {
 }
 
 
+# Compositional tasks (the `synthetic-cpu` suite): questions over two or three words whose categories the
+# pre-trained model knows, combined in a way no pre-training record does. The space of questions is large
+# (tens of thousands), so a test set is almost all new combinations: answering them takes generalisation,
+# not a lookup of training questions, and a validation split can be held out by question. Their words are
+# all in the tiny tokenizer's vocabulary (`vocabulary_text`, which they do not change).
+
+
+def _words_of(rng: random.Random, counts: list[int]) -> tuple[str, list[str]]:
+    """(the first category, the words): `counts[i]` words of the i-th of distinct random categories, shuffled."""
+    categories = rng.sample(sorted(CATEGORIES), len(counts))
+    words = [rng.choice(CATEGORIES[c]) for c, n in zip(categories, counts) for _ in range(n)]
+    rng.shuffle(words)
+    return categories[0], words
+
+
+def _most_record(category: str, words: list[str]) -> Record:
+    return {
+        "instruction": f"Please answer the following question: what kind of thing is the same kind as these: "
+        f"{' '.join(words)}?\n\nAnswer format: {'/'.join(sorted(CATEGORIES))}",
+        "input": "",
+        "output": f"the correct answer is {category}",
+        "answer": category,
+    }
+
+
+def _plurality(rng: random.Random) -> Record:
+    """Four-way: the kind of most of five words, three of one category and one each of two others (chance 1/4)."""
+    return _most_record(*_words_of(rng, [3, 1, 1]))
+
+
+def _majority(rng: random.Random) -> Record:
+    """Four-way: the kind of most of five words, three of one category against two of another (chance 1/4)."""
+    return _most_record(*_words_of(rng, [3, 2]))
+
+
+#: The generators whose samples make the tiny tokenizer's vocabulary (`vocabulary_text`): the first five, fixed,
+#: so that a generator added later changes neither the tokenizer nor the cached pre-trained model.
+VOCABULARY_GENERATORS = ("kind", "category", "alive", "membership", "odd_one_out")
+
+GENERATORS.update({
+    "plurality": SyntheticTask(tuple(sorted(CATEGORIES)), _plurality,
+                               "the kind of most of five words, 3 against 1 and 1 (chance 1/4); new combinations"),
+    "majority": SyntheticTask(tuple(sorted(CATEGORIES)), _majority,
+                              "the kind of most of five words, 3 against 2 (chance 1/4); new combinations"),
+})
+
+
 def generate(generator: str, n: int, seed: int) -> list[Record]:
     """`n` records of `generator`, deterministic in `seed`."""
     rng = random.Random(f"{generator}:{seed}")
@@ -179,8 +226,9 @@ def token_sequences(n: int, length: int, vocab_size: int, seed: int) -> list[lis
 def vocabulary_text() -> str:
     """Every word the generators can emit, for building the tiny suite's word-level tokenizer."""
     rng = random.Random(0)
-    samples = [task.generate_one(rng) for task in GENERATORS.values() for _ in range(50)]
+    tasks = [GENERATORS[name] for name in VOCABULARY_GENERATORS]
+    samples = [task.generate_one(rng) for task in tasks for _ in range(50)]
     words = " ".join(w for ws in CATEGORIES.values() for w in ws)
-    options = " ".join(o for task in GENERATORS.values() for o in task.options)
+    options = " ".join(o for task in tasks for o in task.options)
     fields = " ".join(r["instruction"] + " " + r["output"] for r in samples)
     return f"{words} {options} {' '.join(CATEGORIES)} {fields} {PROMPT_NO_INPUT} {PROMPT_WITH_INPUT} is a ."

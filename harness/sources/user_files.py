@@ -112,6 +112,8 @@ def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
 def _read_json(path: Path) -> Table:
     """A JSON list of objects; content that is JSON Lines (several values, one per line) is read as such."""
     text = _read_text(path)
+    if not text.strip():  # an empty file has no rows (records_from_rows says so), not a JSON syntax error
+        return Table([], [], [])
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -165,10 +167,10 @@ def _read_csv(path: Path) -> Table:
             if header is None:
                 header = _csv_header(path, cells)
                 continue
-            if len(cells) != len(header):
-                raise BenchError(f"{path}: row {len(rows) + 1} (line {start}): {len(cells)} cells, the header has "
-                                 f"{len(header)} (a cell with a comma needs \"quotes\")")
-            rows.append(dict(zip(header, cells)))
+            row = dict(zip(header, cells))
+            if len(cells) != len(header):  # named with the row's other problems by records_from_rows
+                row[RAGGED] = (len(cells), header)
+            rows.append(row)
             lines.append(start)
     except csv.Error as exc:
         raise BenchError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
@@ -251,6 +253,9 @@ def records_from_rows(rows: Sequence[Mapping[str, Any]], path: Path | str, colum
     for i, row in enumerate(rows):
         line = lines[i] if lines is not None and i < len(lines) else None
         where = f"row {i + 1}" + (f" (line {line})" if line is not None else "")
+        if RAGGED in row:
+            problems.append(f"{path}: {where}: {_ragged(*row[RAGGED])}")
+            continue
         try:
             records.append(_record(row, mapping, scoring, options, response_optional))
         except _CellError as exc:
@@ -300,6 +305,19 @@ def _mapped_columns(path: Path | str, columns: Mapping[str, str], present: Seque
     return mapping
 
 
+#: The key a CSV row with the wrong number of cells carries: (its cell count, the header).
+RAGGED = "\0ragged"
+
+
+def _ragged(count: int, header: Sequence[str]) -> str:
+    cells = f"{count} cell{'s' if count != 1 else ''}"
+    if count < len(header):
+        missing = ", ".join(repr(c) for c in header[count:])
+        return (f"{cells}, the header has {len(header)}: column{'s' if len(header) - count > 1 else ''} {missing} "
+                "missing")
+    return f"{cells}, the header has {len(header)} (a cell with a comma needs \"quotes\")"
+
+
 class _CellError(Exception):
     """One cell's problem, turned into the row's line by `records_from_rows`."""
 
@@ -312,8 +330,7 @@ def _record(row: Mapping[str, Any], mapping: dict[str, str], scoring: str, optio
             response_optional: bool) -> dict[str, str]:
     """One row as a record, or a `_CellError` for its first bad cell."""
     instruction = _text(row, mapping["prompt"], required=True)
-    answer = _text(row, mapping["answer"], required=True).strip()
-    _check_answer(answer, mapping["answer"], scoring, options)
+    answer = _check_answer(_text(row, mapping["answer"], required=True).strip(), mapping["answer"], scoring, options)
     source_input = _text(row, mapping["input"], required=False) if "input" in mapping else ""
     output = answer
     if "response" in mapping:
@@ -323,6 +340,10 @@ def _record(row: Mapping[str, Any], mapping: dict[str, str], scoring: str, optio
 
 def _text(row: Mapping[str, Any], column: str, required: bool) -> str:
     """A cell as text (module docstring: how numbers and bools are written); empty is an error when required."""
+    if column not in row:  # a JSON row without the key (a CSV row has every column)
+        if required:
+            raise _CellError(column, "missing (the row has no such key)")
+        return ""
     value = row.get(column)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         text = ""
@@ -339,17 +360,26 @@ def _text(row: Mapping[str, Any], column: str, required: bool) -> str:
     return text
 
 
-def _check_answer(answer: str, column: str, scoring: str, options: Sequence[str] | None) -> None:
-    """An answer the scoring can match: one of the options, or a finite number (thousands commas allowed)."""
+def _check_answer(answer: str, column: str, scoring: str, options: Sequence[str] | None) -> str:
+    """The answer as the scoring compares it: one of the options, or (scoring number) a finite number, which may
+    be written as GSM8K writes references (a worked solution ending in `#### 1,234`: the number after the last
+    `####`), with thousands commas, a leading `$` or a trailing `%`; stored as that number."""
     if scoring == "choice" and answer not in (options or ()):
         raise _CellError(column, f"{answer!r} is not one of the options {'/'.join(options or ())}")
-    if scoring == "number":
-        try:
-            number = float(answer.replace(",", ""))
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
-            raise _CellError(column, f"{answer!r} is not a number (scoring 'number')")
+    if scoring != "number":
+        return answer
+    from memft_bench.harness.sources.answers import reference_number
+
+    text = (reference_number(answer) or "") if "####" in answer else answer
+    text = text.strip().removeprefix("$").removesuffix("%").replace(",", "").strip()
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise _CellError(column, f"{answer[:60]!r} is not a number (scoring 'number': a number, or a solution "
+                         "ending in '#### <number>')")
+    return text
 
 
 def _type_name(value: Any) -> str:
@@ -417,3 +447,25 @@ def load_file_task(train_file: str | Path, test_file: str | Path | None, columns
     source = (f"{train_path} ({len(rows)} rows): {len(held)} held out for test with seed {seed} "
               f"(test_fraction {test_fraction}), {len(train)} train")
     return FileTask(train, [rows[i] for i in held], held, source)
+
+
+def content_digest(*paths: str | Path | None) -> str:
+    """A short SHA-256 of the files' bytes (a saved dataset directory: every file in it, by relative path), so a
+    trial's fingerprint changes when the user's data does and a rerun never reuses rows of other data."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for value in paths:
+        if value is None:
+            continue
+        path = Path(value)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+            try:
+                with open(file, "rb") as handle:
+                    for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError:
+                digest.update(b"unreadable")
+    return digest.hexdigest()[:16]

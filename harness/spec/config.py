@@ -323,6 +323,11 @@ class SuiteSpec:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}.tasks: task names must be unique; got {names}")
+        scored = [name for t in self.tasks for name in (t.eval_tasks if t.source in DEFAULT_EVAL_TASKS else [t.name])]
+        repeated = sorted({name for name in scored if scored.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"{where}.tasks: test set {repeated[0]!r} is scored by two tasks; reports name test sets "
+                              "by name, so rename one task (or drop the test set from one task's eval_tasks)")
         if not self.seeds:
             raise ConfigError(f"{where}.seeds: give at least one seed")
         for method, values in self.methods.items():

@@ -157,11 +157,16 @@ def load_math_task(task: TaskSpec, suite: SuiteSpec, seed: int) -> TaskData:
     items = {name: math_data.load_math_test_items(root, name, task.limit_eval or None, suite.data_seed)
              for name in task.eval_tasks}
     tested = [r for _, records in items.values() for r in records]
-    held, rest, _ = hold_out(math_data.load_gsm8k_split(root, "train"), task, suite, "", tested)
+    # GSM8K's train split repeats 10 of its test questions: never trained on, whatever the subset scored
+    test_questions = {item_key(r) for r in math_data.load_math_test(root, "gsm8k")} | {item_key(r) for r in tested}
+    full = math_data.load_gsm8k_split(root, "train")
+    clean = [r for r in full if item_key(r) not in test_questions]
+    held, rest, _ = hold_out(clean, task, suite, "", tested)
     train = shuffled(rest, seed, task.limit_train)
     scorings = {name: Scoring("letter" if name == "AQuA" else "number") for name in task.eval_tasks}
     scorings[VALIDATION] = Scoring("number")
-    source = f"{root}: GSM8K train ({len(train)} records after a seeded shuffle"
+    source = (f"{root}: GSM8K train ({len(train)} records after a seeded shuffle; {len(full) - len(clean)} that "
+              "repeat a test question left out")
     source += f", less {len(held)} validation records)" if held else ")"
     return TaskData(task.name, train, {name: records for name, (_, records) in items.items()},
                     lambda _name, _record: (), source, {name: indices for name, (indices, _) in items.items()},

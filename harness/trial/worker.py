@@ -203,7 +203,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if search and not task.validation:
             raise BenchError(f"task {task.name}: a search trial needs a validation split (validation_size)")
         row.update(data_source=task.source, task_family=task_spec.task_family,
-                   scoring={name: task.scoring(name).describe() for name in task.tests} if not task.tokens else None)
+                   scoring=None if task.tokens else {name: scoring_line(task.scoring(name), suite)
+                                                     for name in task.tests})
         model = build_model(suite.model, tokenizer, spec["seed"], device)
         method = create(spec["method"], spec["method_params"], causal_lm_loss, spec["seed"], precision)
         method.total_steps = budget.steps  # a schedule that needs the budget (peft's AdaLoRA) reads it in prepare()
@@ -417,6 +418,20 @@ def untrained_score(model, precision, tokenizer, task, suite, shared_file: str |
         write_json_atomic(path, {"accuracy_per_task": per_task, "eval_items": items,
                                  "trial_id": trial_id})
     return per_task
+
+
+def scoring_line(scoring: Any, suite: Any) -> str:
+    """How a test set is scored, for its row: the rule, and how the answer was produced (decoding and length)."""
+    from memft_bench.harness.trial.llm_adapters import MAX_NEW_TOKENS, NUM_BEAMS
+
+    evaluation = suite.evaluation
+    if scoring.generative or evaluation.mode == "generate":
+        how = f"greedy decoding, at most {evaluation.max_new_tokens} new tokens"
+    elif evaluation.mode == "llm-adapters":
+        how = f"LLM-Adapters' protocol: {NUM_BEAMS}-beam search, at most {MAX_NEW_TOKENS} new tokens"
+    else:
+        how = "the option with the highest log-likelihood"
+    return f"{scoring.describe()}; {how}"
 
 
 def extractor(task, test_name: str):

@@ -36,7 +36,7 @@ def test_families_group_columns_and_each_has_its_average():
     assert "mean of the 4 test sets' accuracies (commonsense: boolq, piqa; math: gsm8k, SVAMP)" in note
     assert "family average" in note
     text = report.render(frame)
-    assert "math average" in text and "gsm8k: final number (rule)" in text
+    assert "math average" in text and "gsm8k, SVAMP: final number (rule)." in text
 
 
 def test_one_family_has_no_family_column_and_old_rows_get_one():

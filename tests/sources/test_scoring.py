@@ -15,6 +15,7 @@ from memft_bench.harness.sources.scoring import CHOICE, Scoring, format_number
     ("5 apples, then 7 more", "5", "7", False),  # the last number, not the first
     ("no number at all", "3", None, False),
     ("the temperature fell to -3", "-3", "-3", True),
+    ("so 12.\n\n### Response:\nThe answer is 99", "12", "12", True),  # LLM-Adapters reads the first response only
 ])
 def test_number_scoring_reads_the_final_number(text, answer, prediction, right):
     scoring = Scoring("number")

@@ -186,14 +186,16 @@ def test_csv_with_bad_rows(tmp_path):
 def test_csv_row_with_too_many_cells(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("question,label\nfine,yes\nan, unquoted comma,no\n", encoding="utf-8")
-    message = error_of(read_rows, path)
+    message = error_of(load_file_task, path, None, QA, "choice", YES_NO)
     assert message == f'{path}: row 2 (line 3): 3 cells, the header has 2 (a cell with a comma needs "quotes")'
 
 
-def test_csv_row_with_too_few_cells(tmp_path):
+def test_csv_rows_with_too_few_cells_name_the_missing_columns_and_the_count(tmp_path):
     path = tmp_path / "bad.csv"
-    path.write_text("question,label\nno comma at all\n", encoding="utf-8")
-    assert error_of(read_rows, path).startswith(f"{path}: row 1 (line 2): 1 cells, the header has 2")
+    path.write_text("question,solution,label\nno comma at all\nfine,s,yes\nq,s\n", encoding="utf-8")
+    message = error_of(load_file_task, path, None, QA, "choice", YES_NO)
+    assert message == (f"{path}: row 1 (line 2): 1 cell, the header has 3: columns 'solution', 'label' missing "
+                       "(1 more row with problems)")
 
 
 def test_csv_bad_quoting(tmp_path):
@@ -217,11 +219,15 @@ def test_answer_outside_the_options(tmp_path):
 def test_number_scoring(tmp_path):
     rows = [{"q": "a", "n": "1,234"}, {"q": "b", "n": "-0.5"}, {"q": "c", "n": 12}]
     assert [r["answer"] for r in records_from_rows(rows, "f.json", {"prompt": "q", "answer": "n"}, "number")] == [
-        "1,234", "-0.5", "12"]
-    for bad in ("twelve", "nan", "1.2.3"):
+        "1234", "-0.5", "12"]
+    written = [{"q": "a", "n": "She has 3 + 4 = 7.\n#### 1,007"}, {"q": "b", "n": "$2"}, {"q": "c", "n": "50%"}]
+    assert [r["answer"] for r in records_from_rows(written, "f.json", {"prompt": "q", "answer": "n"}, "number")] == [
+        "1007", "2", "50"]
+    for bad in ("twelve", "nan", "1.2.3", "#### none"):
         message = error_of(records_from_rows, [{"q": "a", "n": bad}], "f.json", {"prompt": "q", "answer": "n"},
                            "number")
-        assert message == f"f.json: row 1, column 'n': {bad!r} is not a number (scoring 'number')"
+        assert message == (f"f.json: row 1, column 'n': {bad!r} is not a number (scoring 'number': a number, or a "
+                           "solution ending in '#### <number>')")
 
 
 def test_non_scalar_cell():
@@ -230,14 +236,16 @@ def test_non_scalar_cell():
     assert message == "f.json: row 1, column 'q': a list, expected a single value (text or a number)"
 
 
-def test_a_key_missing_from_one_json_row_is_an_empty_cell(tmp_path):
+def test_a_key_missing_from_one_json_row_is_named_missing(tmp_path):
     path = tmp_path / "qa.json"
     path.write_text(json.dumps([{"question": "a", "label": "yes"}, {"question": "b"}]), encoding="utf-8")
-    assert error_of(load_file_task, path, None, QA, "exact") == f"{path}: row 2, column 'label': empty"
+    assert error_of(load_file_task, path, None, QA, "exact") == (f"{path}: row 2, column 'label': missing (the row "
+                                                                  "has no such key)")
 
 
 @pytest.mark.parametrize(("name", "content"), [
-    ("empty.json", "[]"), ("empty.jsonl", "\n\n"), ("header.csv", "question,label\n"), ("zero.csv", ""),
+    ("empty.json", "[]"), ("blank.json", " \n"), ("empty.jsonl", "\n\n"), ("header.csv", "question,label\n"),
+    ("zero.csv", ""),
 ])
 def test_empty_file(tmp_path, name, content):
     path = tmp_path / name

@@ -1,0 +1,536 @@
+"""The whole training peak of a trial, predicted by running its method's step on fake tensors.
+
+`predict_training_peak(suite, method, params)` builds the suite's model as the pre-flight does
+(`meta_model.build_meta_model`), turns every parameter and buffer into a *fake* tensor on the trial's device
+(`torch._subclasses.fake_tensor.FakeTensorMode`: shapes, dtypes and devices, no memory, no values), then does
+what the trial does — the method is created, gradient checkpointing applied when the budget asks for it and the
+method backpropagates, `prepare()`, `apply_precision()`, `model.train()` — and runs the method's own `step()`
+on a batch of the budget's shape, for two steps (the first creates lazily made state such as Adam's moments,
+the second runs with it). No formula per architecture or per method: whatever the step allocates is what the
+method's code and torch's kernels allocate.
+
+How the bytes are counted: a `TorchDispatchMode` (`LiveBytes`) sees every aten operation, on top of the fake
+mode, and records each output's storage once, with a weak reference whose callback subtracts its bytes when
+the storage is freed (the same bookkeeping as torch's own `torch.distributed._tools.mem_tracker.MemTracker`).
+Live bytes are the sum of the storages alive; the prediction is their peak during the steps, with what is
+alive at that moment split by when it was made: the weights (parameters and buffers), other state alive when
+the step began (adapters' Adam state from step one, SGC's moments, RSO's projections), and what the step made
+in its forward pass (saved activations, logits, MeZO's perturbed copies), its backward pass (gradients,
+recomputed activations under checkpointing, SGC's compression), and after backward (the optimizer update,
+SGC's OMP, GaLore's projections). Views share their base's storage and are counted once; in-place updates
+allocate nothing.
+
+MemTracker itself is not used: it needs the model and optimizer registered (`track_external`), splits memory
+by module and by its own categories, counts in CUDA's 512-byte blocks, and imports torch.distributed; the
+methods here keep state outside any torch optimizer (SGC, MeZO, SubZero), so the split by phase of the step is
+the one that applies to all of them. `tests/trial/test_memory_trace.py` checks the two agree on full
+fine-tuning.
+
+What fake tensors cannot do, and how the trace answers it (each is counted in `PeakPrediction.notes`):
+
+- A value read from a fake tensor (`loss.item()`, `bool(mask.any())`, `.tolist()`): floats get distinct
+  non-zero values (so MeZO's projected gradient is non-zero and its update runs), booleans True, integers 0.
+  Branches that depend on data take the branch those values choose (OMP runs all of its s iterations).
+- Operations whose output size depends on values (`nonzero`, boolean indexing, `unique`, `masked_select`):
+  the largest size they can have (every mask entry true): an upper bound.
+- `Tensor.numpy()` on a fake tensor (SGC's OMP takes row maxima through NumPy): a zero-strided array of its
+  shape, which holds no memory, as the real call shares the tensor's.
+- The batch is real (token ids, labels and the attention mask, a few kB): the loss reads its labels to find
+  the target positions, so operations whose inputs are all real run for real.
+- Which fused attention kernel runs is chosen on the device's own rule (`_fused_sdp_choice` of the CPU or
+  CUDA kernel, which reads only shapes and flags): the fake mode alone would choose the math kernel, which
+  keeps the attention matrix for backward and a CPU's flash kernel does not.
+
+What it does not see: memory a kernel allocates outside torch's allocator (oneDNN's scratch, CuPy's pool),
+the allocator's rounding and caching (a GPU's 512-byte blocks and cached segments, glibc's free lists on a
+CPU), and the Python runtime and libraries. Methods whose step needs real values in ways the rules above
+cannot stand in for raise; the prediction then says why instead of giving a number.
+
+Methods with periodic events are moved forward so that the traced steps include them when the trial's budget
+reaches them: RSO's merge (every `inner_steps`) and SMT's switch from its full fine-tuning warm-up to the
+sparse phase (after `warmup_steps`). GaLore's and CESGC's SVD and SubZero's subspaces are drawn in the first
+step anyway.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_flatten
+
+if TYPE_CHECKING:
+    from memft_bench.harness.spec.config import SuiteSpec
+    from memft_bench.methods.base import Batch, Method
+
+MiB = 2**20
+aten = torch.ops.aten
+
+#: The phases of a step that a storage can be made in (and the two kinds of what was alive before it).
+PHASES = ("weights", "state", "batch", "forward", "backward", "update")
+
+
+class CannotTrace(Exception):
+    """The method's step cannot run on fake tensors (a kernel outside torch, code that needs real values)."""
+
+
+@dataclass
+class PeakPrediction:
+    """The predicted peak of one trial's training phase, in bytes of live tensor storage."""
+
+    method: str
+    peak_bytes: int
+    #: what was alive at the peak, by when it was made: weights, state (alive before the first traced step,
+    #: or made by an earlier step and still alive), forward, backward, update
+    at_peak: dict[str, int]
+    #: alive when the first traced step began: the weights and whatever `prepare()` allocated
+    start_bytes: int
+    weights_bytes: int
+    peak_step: int
+    peak_phase: str
+    steps: int
+    #: (micro-batches, rows, columns, target tokens) of each traced step's batch
+    batch_shapes: list[list[int]]
+    batch_source: str
+    gradient_checkpointing: bool | None
+    seconds: float
+    notes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / MiB
+
+    @property
+    def activations_bytes(self) -> int:
+        """What the step itself made and held at the peak: activations, gradients, transients and any state
+        made lazily (Adam's moments in the first step): the peak less the weights and the state `prepare()`
+        made."""
+        return self.peak_bytes - self.start_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["peak_mb"] = self.peak_mb
+        return out
+
+
+# -- the bookkeeping -------------------------------------------------------------------------------
+class LiveBytes(TorchDispatchMode):
+    """Live storage bytes of every tensor made while it is active, and their peak, split by phase.
+
+    Pushed on top of a FakeTensorMode (see the module docstring for the rules it adds); also usable alone on
+    real tensors, where it only counts.
+    """
+
+    def __init__(self, device_kind: str = "cpu") -> None:
+        super().__init__()
+        self.device_kind = device_kind
+        self.sizes: dict[int, tuple[int, str]] = {}  # id(storage) -> (bytes, phase made in)
+        self._refs: dict[int, weakref.ref] = {}
+        self.by_phase = dict.fromkeys(PHASES, 0)
+        self.current = 0
+        self.peak = 0
+        self.peak_by_phase: dict[str, int] = dict(self.by_phase)
+        self.peak_where = ("", -1)
+        self.phase = "state"
+        self.step = -1
+        self.notes: dict[str, int] = {}
+        self._floats = itertools.count(1)
+
+    # storages
+    def add(self, t: torch.Tensor, phase: str | None = None) -> None:
+        st = t.untyped_storage()
+        key = id(st)
+        nbytes = st.nbytes()
+        known = self.sizes.get(key)
+        if known is None:
+            made = phase or self._phase_now()
+            self.sizes[key] = (nbytes, made)
+            self._refs[key] = weakref.ref(st, lambda _ref, key=key: self._free(key))
+            self._change(made, nbytes)
+        elif known[0] != nbytes:  # resized in place (an out= argument grown by the kernel)
+            self.sizes[key] = (nbytes, known[1])
+            self._change(known[1], nbytes - known[0])
+
+    def reclassify(self, t: torch.Tensor, phase: str) -> None:
+        """Count `t`'s storage under `phase` from now on (the weights, once the model is built)."""
+        key = id(t.untyped_storage())
+        known = self.sizes.get(key)
+        if known is not None and known[1] != phase:
+            self.by_phase[known[1]] -= known[0]
+            self.by_phase[phase] += known[0]
+            self.sizes[key] = (known[0], phase)
+
+    def _free(self, key: int) -> None:
+        known = self.sizes.pop(key, None)
+        self._refs.pop(key, None)
+        if known is not None:
+            self._change(known[1], -known[0], track_peak=False)
+
+    def _change(self, phase: str, delta: int, track_peak: bool = True) -> None:
+        self.by_phase[phase] += delta
+        self.current += delta
+        if track_peak and self.current > self.peak:
+            self.peak = self.current
+            self.peak_by_phase = dict(self.by_phase)
+            self.peak_where = (self._phase_now(), self.step)
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+        self.peak_by_phase = dict(self.by_phase)
+        self.peak_where = (self.phase, self.step)
+
+    def _phase_now(self) -> str:
+        if torch._C._current_graph_task_id() != -1:  # inside autograd's backward pass
+            return "backward"
+        return self.phase
+
+    def note(self, what: str) -> None:
+        self.notes[what] = self.notes.get(what, 0) + 1
+
+    # the rules
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        kwargs = kwargs or {}
+        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        if tensors and not any(isinstance(a, FakeTensor) for a in tensors):
+            with _disable_current_modes():  # the real batch: its own (tiny) operations run for real
+                out = func(*args, **kwargs)
+            self._track(out)
+            return out
+        if func is aten._local_scalar_dense.default:
+            return self._stand_in_scalar(args[0])
+        if func is aten._fused_sdp_choice.default:
+            return self._sdp_choice(func, args, kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except Exception as exc:
+            from torch._subclasses.fake_tensor import DynamicOutputShapeException
+
+            if not isinstance(exc, DynamicOutputShapeException):
+                raise
+            out = self._largest_output(func, args, kwargs, exc)
+        self._track(out)
+        return out
+
+    def _track(self, out: Any) -> None:
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+
+    def _stand_in_scalar(self, t: torch.Tensor) -> bool | int | float:
+        self.note("values read from fake tensors (stand-ins used)")
+        if t.dtype == torch.bool:
+            return True
+        if t.dtype.is_floating_point or t.dtype.is_complex:
+            return 1.0 + next(self._floats) / 1024
+        return 0
+
+    def _sdp_choice(self, func, args, kwargs) -> int:
+        key = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}.get(args[0].device.type)
+        if key is not None:
+            try:
+                return func._op_dk(key, *args, **kwargs)
+            except Exception:  # no such kernel here (a CUDA prediction on a CPU-only build): the math kernel
+                self.note("attention kernel not known: the math kernel assumed")
+        return func(*args, **kwargs)
+
+    def _largest_output(self, func, args, kwargs, exc: Exception) -> Any:
+        """The output of an operation whose size depends on values, at the largest size it can have."""
+        self.note(f"{func.__name__.split('.')[0]}: output size depends on values (upper bound used)")
+        x = args[0]
+        if func in (aten.nonzero.default,):
+            return x.new_zeros((x.numel(), x.dim()), dtype=torch.long)
+        if func in (aten.masked_select.default,):
+            shape = torch.broadcast_shapes(x.shape, args[1].shape)
+            return x.new_zeros(math.prod(shape))
+        if func in (aten._unique2.default, aten.unique_dim.default, aten.unique_consecutive.default):
+            values = x.new_zeros(x.numel())
+            inverse = x.new_zeros(x.shape, dtype=torch.long)
+            counts = x.new_zeros(x.numel(), dtype=torch.long)
+            return values, inverse, counts
+        if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
+                    aten._unsafe_index_put.default):
+            indices = [_every_position(i) for i in args[1]]
+            expanded = [i for group in indices for i in (group if isinstance(group, tuple) else (group,))]
+            if any(i is not j for i, j in zip(expanded, args[1])) or len(expanded) != len(args[1]):
+                return func(args[0], expanded, *args[2:], **kwargs)
+        raise CannotTrace(f"{func} needs real values (its output size depends on them)") from exc
+
+
+def _every_position(index: torch.Tensor | None) -> Any:
+    """A boolean mask as the long indices of its positions when every entry is true (the largest selection)."""
+    if index is None or index.dtype not in (torch.bool, torch.uint8):
+        return index
+    return tuple(index.new_zeros(index.numel(), dtype=torch.long) for _ in range(index.dim()))
+
+
+class _FakeModuleConversion:
+    """`Module.to()`/`_apply()` on modules with fake parameters, during the trace's set-up: torch swaps a fake
+    parameter for its converted copy (`torch.utils.swap_tensors`), which fails when anything holds a weak
+    reference to it (the fake mode's own bookkeeping does) even when nothing changes (peft moves each new
+    adapter to its base layer's device). Here a parameter that `fn` leaves as it is stays, and one it changes is
+    replaced in its module by a new Parameter (before any optimizer holds it)."""
+
+    def __enter__(self) -> None:
+        self.original = torch.nn.Module._apply
+
+        def _apply(module: torch.nn.Module, fn: Callable, recurse: bool = True) -> torch.nn.Module:
+            if recurse:
+                for child in module.children():
+                    child._apply(fn)
+            for key, param in module._parameters.items():
+                if param is None:
+                    continue
+                with torch.no_grad():
+                    applied = fn(param)
+                if applied is not param:
+                    module._parameters[key] = torch.nn.Parameter(applied, requires_grad=param.requires_grad)
+            for key, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[key] = fn(buffer)
+            return module
+
+        torch.nn.Module._apply = _apply  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.nn.Module._apply = self.original  # type: ignore[method-assign]
+
+
+class _NumpyOfFake(TorchFunctionMode):
+    """`Tensor.numpy()` of a fake tensor: a zero-strided array of its shape (the real call shares memory)."""
+
+    def __init__(self, tracker: LiveBytes) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        if func is torch.Tensor.numpy and args and isinstance(args[0], FakeTensor):
+            import numpy as np
+
+            self.tracker.note("numpy() of fake tensors (zero-strided stand-ins)")
+            t = args[0]
+            return np.broadcast_to(np.zeros(1, dtype=_numpy_dtype(t.dtype)), tuple(t.shape))
+        return func(*args, **(kwargs or {}))
+
+
+def _numpy_dtype(dtype: torch.dtype) -> Any:
+    import numpy as np
+
+    return {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+            torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_, torch.uint8: np.uint8,
+            torch.int8: np.int8}.get(dtype, np.float32)
+
+
+# -- building the trial's model and method on fake tensors -------------------------------------------------
+def fake_model(suite: SuiteSpec, device: str, tracker: LiveBytes) -> torch.nn.Module:
+    """The suite's model as the pre-flight builds it on `meta`, each parameter and buffer then replaced by a fake
+    tensor on `device` (tied weights stay tied); call inside the fake mode and `tracker`."""
+    from memft_bench.harness.trial.meta_model import build_meta_model
+
+    model = build_meta_model(suite.model)
+    made: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table, as_parameter in ((module._parameters, True), (module._buffers, False)):
+            for name, t in list(table.items()):
+                if t is None:
+                    continue
+                if id(t) not in made:
+                    fake = torch.empty(t.shape, dtype=t.dtype, device=device)
+                    made[id(t)] = torch.nn.Parameter(fake, requires_grad=t.requires_grad) if as_parameter else fake
+                table[name] = made[id(t)]
+    for t in made.values():
+        tracker.reclassify(t, "weights")
+    return model
+
+
+def synthetic_batches(suite: SuiteSpec, steps: int, target_tokens: int | None = None) -> list[Batch]:
+    """`steps` batches of the budget's shape: `grad_accum` micro-batches of micro_batch_size x cutoff_len tokens,
+    the last `target_tokens` of every row targets (None: every position, the upper bound the loss's logits can
+    reach), the first row left-padded by one token so that the attention mask is not trivial, as a real
+    left-padded batch's is not."""
+    from memft_bench.methods.base import Batch
+
+    budget = suite.budget
+    rows, length = budget.micro_batch_size, budget.cutoff_len
+    targets = length if target_tokens is None else max(1, min(target_tokens, length))
+    ids = torch.full((rows, length), 5, dtype=torch.long)
+    labels = ids.clone()
+    labels[:, : length - targets] = -100
+    attention = torch.ones(rows, length, dtype=torch.long)
+    attention[0, 0] = 0
+    labels[0, 0] = -100
+    micro = {"input_ids": ids, "labels": labels, "attention_mask": attention}
+    return [Batch([dict(micro) for _ in range(budget.grad_accum)]) for _ in range(steps)]
+
+
+class _LazyExamples(Sequence):
+    """Training records encoded only when a batch takes them (`training_batches` reads a few per step)."""
+
+    def __init__(self, records: list[dict[str, Any]], encode: Callable[[dict[str, Any]], dict[str, list[int]]]):
+        self.records, self.encode, self.cache = records, encode, {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if i not in self.cache:
+            self.cache[i] = self.encode(self.records[i])
+        return self.cache[i]
+
+
+def task_batches(suite: SuiteSpec, steps: int, task: str | None = None, seed: int = 0) -> list[Batch]:
+    """The first `steps` batches a trial of `task` (default: the suite's first) with `seed` trains on: the same
+    records, prompt, tokenisation, truncation and left padding as the worker (`trial.data`), on the CPU."""
+    from memft_bench.harness.sources.prompts import build_prompt
+    from memft_bench.harness.trial import llm_adapters
+    from memft_bench.harness.trial.data import encode_example, load_task, training_batches
+    from memft_bench.harness.trial.models import build_tokenizer
+
+    task_spec = suite.task(task) if task else suite.tasks[0]
+    tokenizer = build_tokenizer(suite.model)
+    data = load_task(task_spec, suite, seed)
+    prompt_of = llm_adapters.train_prompt if suite.evaluation.mode == "llm-adapters" else build_prompt
+    examples = _LazyExamples(data.train, lambda r: encode_example(tokenizer, r, suite.budget.cutoff_len, prompt_of))
+    stream = training_batches(examples, suite.budget.micro_batch_size, suite.budget.grad_accum, seed,
+                              tokenizer.pad_token_id, "cpu")
+    return [next(stream) for _ in range(steps)]
+
+
+def _describe(batch: Batch) -> list[int]:
+    first = batch.micro_batches[0]["input_ids"]
+    return [len(batch.micro_batches), int(first.shape[0]), max(int(mb["input_ids"].shape[1]) for mb in
+            batch.micro_batches), batch.target_tokens]
+
+
+# -- periodic events ---------------------------------------------------------------------------------------
+def _event_plan(method: Method, budget_steps: int, steps: int) -> tuple[int, Callable[[int], None]]:
+    """(steps to trace, a function run before traced step i) so that the trace reaches the method's periodic
+    events that the trial's budget reaches: RSO's merge and SMT's switch to its sparse phase."""
+    name = getattr(method, "name", "")
+    options = method.options
+    if name == "rso" and budget_steps >= options.inner_steps:
+        def before(i: int) -> None:
+            if i == steps - 1:  # the last traced step merges B P^T into W0 and draws a new subspace
+                method.inner += options.inner_steps - 1 - method.inner % options.inner_steps
+        return steps, before
+    if name == "smt" and budget_steps > options.warmup_steps:
+        total = max(steps, 2) + 2  # warm-up steps, then the step that switches, then a sparse step
+
+        def before_smt(i: int) -> None:
+            if i == total - 2:  # this step ends the warm-up (unless an earlier one did), the next is sparse
+                method.steps_done = max(method.steps_done, options.warmup_steps - 1)
+        return total, before_smt
+    return steps, lambda i: None
+
+
+# -- the prediction ----------------------------------------------------------------------------------------
+def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] | None = None, *,
+                          batches: Sequence[Batch] | None = None, steps: int = 2, target_tokens: int | None = None,
+                          device: str = "cpu", seed: int = 0) -> PeakPrediction:
+    """The peak of live tensor bytes over the first `steps` training steps of `method` (options `params`, as
+    the suite gives them) on the suite's model, traced on fake tensors; see the module docstring.
+
+    `batches`: the batches to step on (`task_batches` gives a trial's own); default `synthetic_batches`, the
+    budget's micro_batch_size x cutoff_len with `target_tokens` targets per row (None: every position, an
+    upper bound). The budget's `gradient_checkpointing` and `grad_accum`, and the model's precision, apply
+    as in the trial. Raises CannotTrace when the method's step cannot run on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memft_bench.harness.core.precision import Precision
+    from memft_bench.harness.trial.models import causal_lm_loss, enable_gradient_checkpointing
+    from memft_bench.methods.base import create
+
+    started = time.perf_counter()
+    precision = Precision(suite.model.precision)
+    tracker = LiveBytes(torch.device(device).type)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode, tracker, _NumpyOfFake(tracker), _FakeModuleConversion():
+        model = fake_model(suite, device, tracker)
+        instance = create(method, params if params is not None else suite.methods.get(method), causal_lm_loss,
+                          seed=seed, precision=precision)
+        instance.total_steps = suite.budget.steps
+        checkpointing: bool | None = False
+        if suite.budget.gradient_checkpointing:
+            checkpointing = enable_gradient_checkpointing(model) > 0 if instance.uses_backward else None
+        instance.prepare(model)
+        instance.apply_precision()
+    weights = tracker.by_phase["weights"]
+    total_steps, before = _event_plan(instance, suite.budget.steps, min(steps, suite.budget.steps))
+    source = "given batches"
+    if batches is None:
+        batches = synthetic_batches(suite, total_steps, target_tokens)
+        source = (f"synthetic: {suite.budget.micro_batch_size} x {suite.budget.cutoff_len} tokens, "
+                  + ("every position a target (upper bound)" if target_tokens is None else
+                     f"{target_tokens} targets per row"))
+    batches = list(batches)
+    if len(batches) < total_steps:  # events need more steps than batches were given: repeat the last
+        batches += [batches[-1]] * (total_steps - len(batches))
+    batches = batches[:total_steps]
+    loss_fn = instance.loss_fn
+
+    def loss_marking_forward(model: torch.nn.Module, batch: dict[str, Any]) -> Any:
+        tracker.phase = "forward"
+        try:
+            return loss_fn(model, batch)
+        finally:  # what runs outside backward from here on is the update (until the next micro-batch's loss)
+            tracker.phase = "update"
+
+    instance.loss_fn = loss_marking_forward
+    start_bytes = tracker.current
+    try:
+        with fake_mode, tracker, _NumpyOfFake(tracker):
+            assert instance.model is not None
+            instance.model.train()
+            for i, batch in enumerate(batches):
+                before(i)
+                _age(tracker)
+                tracker.step, tracker.phase = i, "state"
+                if i == 0:
+                    start_bytes = tracker.current
+                    tracker.reset_peak()
+                for micro in batch.micro_batches:  # the batch is on the device during its step, as in a trial
+                    for t in micro.values():
+                        if isinstance(t, torch.Tensor):
+                            tracker.add(t, "batch")
+                instance.set_lr_scale(1.0)
+                instance.step(batch)
+    except CannotTrace:
+        raise
+    except Exception as exc:
+        from memft_bench.harness.core.errors import describe_exception
+
+        raise CannotTrace(f"{method}'s step does not run on fake tensors: {describe_exception(exc)}") from exc
+    finally:
+        instance.loss_fn = loss_fn
+    phase, step = tracker.peak_where
+    result = PeakPrediction(
+        method=method, peak_bytes=tracker.peak, at_peak=dict(tracker.peak_by_phase), start_bytes=start_bytes,
+        weights_bytes=weights, peak_step=step, peak_phase=phase, steps=len(batches),
+        batch_shapes=[_describe(b) for b in batches], batch_source=source, gradient_checkpointing=checkpointing,
+        seconds=time.perf_counter() - started, notes=dict(tracker.notes))
+    del instance, model
+    return result
+
+
+def _age(tracker: LiveBytes) -> None:
+    """What earlier steps made and is still alive (Adam's moments) is state from now on."""
+    for key, (nbytes, phase) in list(tracker.sizes.items()):
+        if phase in ("forward", "backward", "update"):
+            tracker.sizes[key] = (nbytes, "state")
+            tracker.by_phase[phase] -= nbytes
+            tracker.by_phase["state"] += nbytes
+
+
+__all__ = ["CannotTrace", "LiveBytes", "PeakPrediction", "fake_model", "predict_training_peak", "synthetic_batches",
+           "task_batches"]
