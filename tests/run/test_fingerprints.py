@@ -25,3 +25,23 @@ def test_a_later_field_counts_once_it_leaves_its_default():
     assert fingerprint({"budget": {"steps": 3, "gradient_checkpointing": False}}) == fingerprint(before)
     assert fingerprint({"budget": {"steps": 3, "gradient_checkpointing": True}}) != fingerprint(before)
     assert fingerprint({"budget": {"steps": 3, "gradient_checkpointing": 0}}) != fingerprint(before)
+
+
+def test_a_file_tasks_trials_change_when_its_data_does(tmp_path):
+    """Resuming after the user edited the data file must not reuse rows of the old data."""
+    import json
+
+    from memft_bench.harness.run.planning import plan
+    from memft_bench.harness.spec.config import suite_from_data
+    from tests.conftest import small_suite_data
+
+    path = tmp_path / "qa.jsonl"
+    rows = [{"q": f"is {i} even?", "a": "yes" if i % 2 == 0 else "no"} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = small_suite_data()
+    data["tasks"] = [{"name": "own", "source": "file", "train_file": str(path), "scoring": "choice",
+                      "options": ["yes", "no"], "columns": {"prompt": "q", "answer": "a"}}]
+    first = plan(suite_from_data(data, "s"), ["full"], tmp_path / "run", "cpu").trials[0].trial_id
+    assert plan(suite_from_data(data, "s"), ["full"], tmp_path / "run", "cpu").trials[0].trial_id == first
+    path.write_text(path.read_text() + json.dumps({"q": "is 20 even?", "a": "yes"}) + "\n", encoding="utf-8")
+    assert plan(suite_from_data(data, "s"), ["full"], tmp_path / "run", "cpu").trials[0].trial_id != first
