@@ -64,6 +64,12 @@ def section(final: pd.DataFrame, intervals: dict[str, MethodAccuracy]) -> list[s
              "was then trained at the full budget on every seed and scored once on the tests. Cells: validation "
              "accuracy (validation loss); ★ the chosen value; *edge*: the best value is the smallest or the largest "
              "searched, so a better one may lie beyond the grid.", ""]
+    shared = sorted({str(r["task"]) for _, r in final.iterrows()
+                     if "held out by record, not by question" in str(r.get("data_source") or "")})
+    if shared:
+        lines += [f"Caution: {', '.join(shared)} repeat{'s' if len(shared) == 1 else ''} a few questions by design, "
+                  "so its validation records were held out by record, not by question: validation, test and "
+                  "training share questions, and the choice measures fit to them (see each row's data_source).", ""]
     rows = []
     for e in entries:
         name = e["method"] + (f" ({e['variant']})" if e["variant"] else "")
