@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 MiB = 2**20
 aten = torch.ops.aten
 
-#: The phases of a step that a storage can be made in (and the two kinds of what was alive before it).
+#: When a storage was made: before the step (weights, state), the step's batch, and the parts of the step.
 PHASES = ("weights", "state", "batch", "forward", "backward", "update")
 
 
@@ -88,8 +88,9 @@ class PeakPrediction:
 
     method: str
     peak_bytes: int
-    #: what was alive at the peak, by when it was made: weights, state (alive before the first traced step,
-    #: or made by an earlier step and still alive), forward, backward, update
+    #: what was alive at the peak, by when it was made (`PHASES`): weights (parameters and buffers), state
+    #: (alive before the first traced step, or made by an earlier step and still alive: Adam's moments), batch
+    #: (the micro-batches' ids, labels and mask), forward, backward, update (after the last backward)
     at_peak: dict[str, int]
     #: alive when the first traced step began: the weights and whatever `prepare()` allocated
     start_bytes: int
@@ -129,9 +130,8 @@ class LiveBytes(TorchDispatchMode):
     real tensors, where it only counts.
     """
 
-    def __init__(self, device_kind: str = "cpu") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.device_kind = device_kind
         self.sizes: dict[int, tuple[int, str]] = {}  # id(storage) -> (bytes, phase made in)
         self._refs: dict[int, weakref.ref] = {}
         self.by_phase = dict.fromkeys(PHASES, 0)
@@ -407,6 +407,16 @@ def task_batches(suite: SuiteSpec, steps: int, task: str | None = None, seed: in
     return [next(stream) for _ in range(steps)]
 
 
+def peak_batches(suite: SuiteSpec, task: str | None = None, seed: int = 0) -> list[Batch]:
+    """The batches to trace for a trial's peak: its first batch and, when the data's lengths vary, the largest
+    (most tokens) of the batches its budget's steps take (`task_batches`); left padding makes a batch as long as
+    its longest record, so the peak step is the one with the largest batch."""
+    batches = task_batches(suite, suite.budget.steps, task, seed)
+    size = [sum(int(mb["input_ids"].numel()) for mb in b.micro_batches) for b in batches]
+    largest = max(range(1, len(batches)), key=lambda i: size[i]) if len(batches) > 1 else 0
+    return [batches[0], batches[largest]]
+
+
 def _describe(batch: Batch) -> list[int]:
     first = batch.micro_batches[0]["input_ids"]
     return [len(batch.micro_batches), int(first.shape[0]), max(int(mb["input_ids"].shape[1]) for mb in
@@ -447,24 +457,33 @@ def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] 
     as in the trial. Raises CannotTrace when the method's step cannot run on fake tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from memft_bench.harness.core.errors import BenchError, describe_exception
     from memft_bench.harness.core.precision import Precision
     from memft_bench.harness.trial.models import causal_lm_loss, enable_gradient_checkpointing
     from memft_bench.methods.base import create
 
     started = time.perf_counter()
     precision = Precision(suite.model.precision)
-    tracker = LiveBytes(torch.device(device).type)
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise CannotTrace("fake CUDA tensors need a CUDA build of torch and a GPU to read kernel metadata from; "
+                          "trace on 'cpu' (the same tensors, but CPU autocast's op lists and kernel choices)")
+    tracker = LiveBytes()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode, tracker, _NumpyOfFake(tracker), _FakeModuleConversion():
-        model = fake_model(suite, device, tracker)
-        instance = create(method, params if params is not None else suite.methods.get(method), causal_lm_loss,
-                          seed=seed, precision=precision)
-        instance.total_steps = suite.budget.steps
-        checkpointing: bool | None = False
-        if suite.budget.gradient_checkpointing:
-            checkpointing = enable_gradient_checkpointing(model) > 0 if instance.uses_backward else None
-        instance.prepare(model)
-        instance.apply_precision()
+    try:  # as the trial sets up (worker.run_trial): create, checkpointing, prepare, precision
+        with fake_mode, tracker, _NumpyOfFake(tracker), _FakeModuleConversion():
+            model = fake_model(suite, device, tracker)
+            instance = create(method, params if params is not None else suite.methods.get(method), causal_lm_loss,
+                              seed=seed, precision=precision)
+            instance.total_steps = suite.budget.steps
+            checkpointing: bool | None = False
+            if suite.budget.gradient_checkpointing:
+                checkpointing = enable_gradient_checkpointing(model) > 0 if instance.uses_backward else None
+            instance.prepare(model)
+            instance.apply_precision()
+    except (BenchError, ValueError):  # the options do not fit the model: the pre-flight's own problem lines
+        raise
+    except Exception as exc:
+        raise CannotTrace(f"{method} cannot be prepared on fake tensors: {describe_exception(exc)}") from exc
     weights = tracker.by_phase["weights"]
     total_steps, before = _event_plan(instance, suite.budget.steps, min(steps, suite.budget.steps))
     source = "given batches"
@@ -508,8 +527,6 @@ def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] 
     except CannotTrace:
         raise
     except Exception as exc:
-        from memft_bench.harness.core.errors import describe_exception
-
         raise CannotTrace(f"{method}'s step does not run on fake tensors: {describe_exception(exc)}") from exc
     finally:
         instance.loss_fn = loss_fn
@@ -519,7 +536,6 @@ def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] 
         weights_bytes=weights, peak_step=step, peak_phase=phase, steps=len(batches),
         batch_shapes=[_describe(b) for b in batches], batch_source=source, gradient_checkpointing=checkpointing,
         seconds=time.perf_counter() - started, notes=dict(tracker.notes))
-    del instance, model
     return result
 
 
@@ -532,5 +548,5 @@ def _age(tracker: LiveBytes) -> None:
             tracker.by_phase["state"] += nbytes
 
 
-__all__ = ["CannotTrace", "LiveBytes", "PeakPrediction", "fake_model", "predict_training_peak", "synthetic_batches",
-           "task_batches"]
+__all__ = ["CannotTrace", "LiveBytes", "PeakPrediction", "fake_model", "peak_batches", "predict_training_peak",
+           "synthetic_batches", "task_batches"]
