@@ -57,8 +57,9 @@ def test_own_jsonl_and_csv_tasks_run_and_are_reported(tmp_path):
     assert rows["alive"]["status"] == rows["sums"]["status"] == "ok"
     assert rows["alive"]["eval_items"] == {"alive": 10} and rows["sums"]["eval_items"] == {"sums": 6}
     assert rows["alive"]["task_family"] == "alive" and rows["sums"]["task_family"] == "arithmetic"
-    assert rows["alive"]["scoring"] == {"alive": "multiple choice"}
+    assert rows["alive"]["scoring"] == {"alive": "multiple choice; the option with the highest log-likelihood"}
     assert rows["sums"]["scoring"]["sums"].startswith("final number (LLM-Adapters")
+    assert rows["sums"]["scoring"]["sums"].endswith("; greedy decoding, at most 6 new tokens")
     assert "alive.jsonl" in rows["alive"]["data_source"]
     items = [json.loads(line) for line in (out / rows["sums"]["predictions"]).read_text().splitlines()]
     assert len(items) == 6 and all("output" in item for item in items)
