@@ -340,8 +340,6 @@ class SuiteSpec:
             if not isinstance(values, dict) or not all(isinstance(v, list) and v for v in values.values()):
                 raise ConfigError(f"{where}.sweeps.{method}: expected option: [value, ...] lists, got {values!r}")
             if method == "budget":  # a sweep of the suite's budget (sequence length, batch, checkpointing)
-                from memft_bench.harness.spec.sweeps import check_budget_field
-
                 for field in values:
                     check_budget_field(field, f"{where}.sweeps.budget.{field}")
         if self.slurm:
@@ -456,6 +454,15 @@ def list_suites() -> dict[str, str]:
         except yaml.YAMLError:
             out[name] = "(unreadable suite file)"
     return out
+
+
+def check_budget_field(field: str, where: str) -> None:
+    """A budget sweep's field must be one of the budget's: a typo would otherwise sweep nothing."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(BudgetSpec)]
+    if field not in names:
+        raise ConfigError(f"{where}: the budget has no field {field!r}; fields: {', '.join(names)}")
 
 
 # -- overrides -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import typing
 from typing import Any
 
 from memft_bench.harness.core.errors import ConfigError
-from memft_bench.harness.spec.config import SUITE_SECTIONS, check_override_section, parse_override
+from memft_bench.harness.spec.config import SUITE_SECTIONS, check_budget_field, check_override_section, parse_override
 
 Sweeps = dict[str, dict[str, list[Any]]]
 
@@ -53,16 +53,6 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], Sweeps]:
 #: The sweep key of the suite's budget: `--set budget.cutoff_len=128,256` or `sweeps: {budget: {cutoff_len: [...]}}`
 #: runs every method once per value (sequence length, micro-batch size, gradient checkpointing: memory's knobs).
 BUDGET = "budget"
-
-
-def check_budget_field(field: str, where: str) -> None:
-    import dataclasses
-
-    from memft_bench.harness.spec.config import BudgetSpec
-
-    names = [f.name for f in dataclasses.fields(BudgetSpec)]
-    if field not in names:
-        raise ConfigError(f"{where}: the budget has no field {field!r}; fields: {', '.join(names)}")
 
 
 def merge(base: Sweeps, extra: Sweeps) -> Sweeps:
