@@ -165,49 +165,13 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
 # -- inside a measured trial's process ---------------------------------------------------------------------
 def _status_bytes(field: str = "VmRSS") -> int:
     """A memory line of /proc/self/status (VmRSS, RssAnon, RssFile, VmHWM), in bytes."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from memft_bench.harness.measure.memory import status_bytes
+
+    return status_bytes(field) or 0
 
 
 def _vm_rss_bytes() -> int:
     return _status_bytes("VmRSS")
-
-
-def _live_tensor_bytes() -> int:
-    """Bytes of every CPU tensor storage alive (found through the garbage collector), each storage once."""
-    import torch
-
-    seen: dict[int, int] = {}
-    for obj in gc.get_objects():
-        try:
-            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.layout == torch.strided:
-                st = obj.untyped_storage()
-                seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-        except Exception:  # a tensor without storage (a functional wrapper): not memory of its own
-            continue
-    return sum(seen.values())
-
-
-def _page_in() -> None:
-    """Read every CPU tensor once. A pre-trained model's weights are mapped from its safetensors file, not read,
-    until the first forward pass touches them: without this, they would enter the resident set during training
-    while the baseline below counts them as present at its start."""
-    import torch
-
-    seen = set()
-    with torch.no_grad():
-        for obj in gc.get_objects():
-            try:
-                if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.layout == torch.strided:
-                    st = obj.untyped_storage()
-                    if st.data_ptr() not in seen and st.nbytes():
-                        seen.add(st.data_ptr())
-                        torch.tensor([], dtype=torch.uint8).set_(st).sum()
-            except Exception:
-                continue
 
 
 def measure(spec_file: Path, out_file: Path, profile: bool) -> None:
@@ -216,19 +180,20 @@ def measure(spec_file: Path, out_file: Path, profile: bool) -> None:
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from memft_bench.harness.measure.memory import live_cpu_tensor_bytes, page_in_cpu_tensors
     from memft_bench.harness.trial import train as train_module
     from memft_bench.harness.trial import worker
 
     record: dict[str, Any] = {"rss_process_start": _vm_rss_bytes()}
     original_start = worker.PhaseMeters.start
 
-    def start(self: Any) -> None:
+    def start(self: Any, *args: Any) -> None:
         first = "rss_train_start" not in record
         if first:
-            _page_in()
-        original_start(self)
+            page_in_cpu_tensors()
+        original_start(self, *args)
         if first:  # the first phase measured is training
-            record["tensors_train_start"] = _live_tensor_bytes()
+            record["tensors_train_start"] = live_cpu_tensor_bytes()
             gc.collect()
             record["rss_train_start"] = _vm_rss_bytes()
             record["rss_file_train_start"] = _status_bytes("RssFile")
@@ -236,11 +201,11 @@ def measure(spec_file: Path, out_file: Path, profile: bool) -> None:
 
     original_stop = worker.PhaseMeters.stop
 
-    def stop(self: Any) -> dict:
+    def stop(self: Any, *args: Any) -> dict:
         if "rss_file_train_end" not in record:  # file-backed pages (library code) the training phase paged in
             record["rss_file_train_end"] = _status_bytes("RssFile")
             record["hwm_train_end"] = _status_bytes("VmHWM")
-        return original_stop(self)
+        return original_stop(self, *args)
 
     worker.PhaseMeters.start = start  # type: ignore[method-assign]
     worker.PhaseMeters.stop = stop  # type: ignore[method-assign]

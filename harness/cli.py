@@ -115,6 +115,15 @@ def main() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any trial did not finish ok.")
 @click.option("--dry-run", is_flag=True,
               help="Check every trial on the meta device and print its predicted memory; start nothing.")
+@click.option("--memory", "memory_size", metavar="SIZE",
+              help="With --dry-run: answer for a device with this much memory (24GiB, 80GB, 512MiB): which trials "
+                   "fit, by how much, and the largest micro_batch_size that would.")
+@click.option("--gpu", "gpu_name", metavar="NAME",
+              help="With --dry-run: as --memory, for a common GPU by name (h100-80gb, a100-40gb, l4-24gb, ...; "
+                   "its total memory less a CUDA context).")
+@click.option("--largest", type=click.Choice(["micro_batch_size", "cutoff_len"]),
+              help="With --dry-run: the budget setting to search for the largest value that fits (default "
+                   "micro_batch_size when --memory or --gpu is given).")
 @click.option("--no-fit-check", is_flag=True,
               help="Start trials even when their predicted memory exceeds what the device has free.")
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report.md at the end.")
@@ -127,9 +136,11 @@ def main() -> None:
 def run(suite: str, methods: str | None, model: str | None, steps: int | None, seeds: str | None, device: str,
         out: Path | None, overrides: tuple[str, ...], retry_failed: bool, trial_timeout: float | None,
         trust_remote_code: bool, plugins: tuple[str, ...], data_dir: Path | None, limit_train: int | None,
-        limit_eval: int | None, eval_mode: str | None, tune: bool, strict: bool, dry_run: bool, no_fit_check: bool,
+        limit_eval: int | None, eval_mode: str | None, tune: bool, strict: bool, dry_run: bool,
+        memory_size: str | None, gpu_name: str | None, largest: str | None, no_fit_check: bool,
         no_report: bool, log_to: str | None, quiet: bool, execution: Execution) -> None:
     """Run every task x method x seed of a suite, each trial in its own process, into DIR/results.jsonl."""
+    target = fit_target(memory_size, gpu_name, largest, dry_run)
     check_stack()
     import_plugins(plugins)
     from memft_bench.harness.spec.config import apply_overrides, load_suite
@@ -191,14 +202,20 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         from memft_bench.harness.run.preflight import run_preflight
 
         checked = run_preflight(run_plan, run_plan.variants if dry_run else
-                                runner.pending_variants(run_plan, retry_failed))
+                                runner.pending_variants(run_plan, retry_failed), progress=not quiet)
         for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
             _warn(line)
         if dry_run:
-            from memft_bench.harness.run.preflight import render_estimates
+            from memft_bench.harness.run.preflight import find_largest, render_estimates
 
+            checked.target_bytes, checked.target_label = target
+            if largest or checked.target_bytes is not None:
+                find_largest(checked, run_plan, largest or "micro_batch_size", progress=not quiet)
             click.echo(render_estimates(checked, run_plan))
             return None
+        for key in checked.checks:
+            if warning := checked.peak_warning(*key):
+                _warn(warning)
         # The fit check reads this machine's free memory: meaningless for trials that run on a cluster's nodes.
         fit_check = not no_fit_check and getattr(executor, "runs_here", True)
         slots = getattr(executor, "slots", None) or []
@@ -295,6 +312,27 @@ def check_stack() -> None:
     for problem in problems:
         click.echo(f"bench: error: {problem}", err=True)
     sys.exit(USAGE_ERROR)
+
+
+def fit_target(memory_size: str | None, gpu_name: str | None, largest: str | None, dry_run: bool
+               ) -> tuple[int | None, str | None]:
+    """(bytes, where the figure comes from) of --memory or --gpu; (None, None) without either. Both belong to a
+    dry run: a real run checks the memory its device really has free."""
+    from memft_bench.harness.spec.memory_sizes import gpu_memory, parse_size
+
+    given = [name for name, value in (("--memory", memory_size), ("--gpu", gpu_name), ("--largest", largest))
+             if value]
+    if given and not dry_run:
+        raise BenchError(f"{' and '.join(given)} answer(s) a --dry-run: add --dry-run (a real run checks the "
+                         "memory its device has free)")
+    if memory_size and gpu_name:
+        raise BenchError("give --memory or --gpu, not both")
+    if gpu_name:
+        return gpu_memory(gpu_name)
+    if memory_size:
+        size = parse_size(memory_size)
+        return size, f"--memory {memory_size}"
+    return None, None
 
 
 def run_exit_status(rows: list[dict[str, Any]], strict: bool, jobs_in_flight: bool = False) -> int:

@@ -22,7 +22,7 @@ NUMERIC = [
     "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb", "peak_mem_nvml_mb", "peak_mem_nvml_process_mb",
     "peak_mem_nvml_eval_mb", "method_mem_mb", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
     "trainable_params", "optimizer_state_elements", "tokens_per_s", "step_time_ms_median", "step_time_ms_p90",
-    "loss_last", "train_time_s",
+    "loss_last", "train_time_s", "mem_predicted_peak_mb", "peak_mem_training_mb", "mem_prediction_error_pct",
 ]
 PEAK_METERS = [("peak_mem_nvml_mb", "NVML device (MB)"), ("peak_mem_nvml_process_mb", "NVML process (MB)"),
                ("peak_mem_allocated_mb", "allocated (MB)"), ("peak_mem_reserved_mb", "reserved (MB)"),
@@ -207,6 +207,8 @@ def memory_table(summary: pd.DataFrame) -> str:
         row = {"method": r["name"]}
         for col, label in meters:
             row[label] = _fmt(r[col], ".1f")
+        if table["mem_predicted_peak_mb"].notna().any():  # harness/trial/predicted_peak.py
+            row["training peak: predicted / measured (MB, error)"] = _predicted_cell(r)
         row.update({
             "weights (MB)": _fmt(r["mem_weights_mb"], ".3f"),
             "gradients (MB)": _fmt(r["mem_grads_mb"], ".3f"),
@@ -220,6 +222,14 @@ def memory_table(summary: pd.DataFrame) -> str:
             row[f"× {BASELINE}: {dict(meters)[main_peak].split(' (')[0]}"] = _fmt(peak_ratio[i], ".3f")
         rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def _predicted_cell(r: pd.Series) -> str:
+    """`412.0 / 430.5 (-4 %)`: the prediction made before training, the measured training peak, the error."""
+    predicted, measured = r["mem_predicted_peak_mb"], r["peak_mem_training_mb"]
+    tail = "" if pd.isna(predicted) or pd.isna(measured) or not measured else \
+        f" ({100 * (predicted - measured) / measured:+.0f} %)"
+    return f"{_fmt(r['mem_predicted_peak_mb'], '.1f')} / {_fmt(r['peak_mem_training_mb'], '.1f')}{tail}"
 
 
 def speed_table(summary: pd.DataFrame) -> str:

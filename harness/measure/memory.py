@@ -61,6 +61,76 @@ def reset_rss_peak() -> bool:
         return False
 
 
+def status_bytes(field: str = "VmRSS") -> int | None:
+    """One memory line of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile) in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_storages() -> dict[int, Any]:
+    """Every CPU tensor storage alive in this process, found through the garbage collector, by address."""
+    import gc
+    import warnings
+
+    storages: dict[int, Any] = {}
+    with warnings.catch_warnings():  # isinstance() of some library objects warns of their deprecation
+        warnings.simplefilter("ignore")
+        objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in objects:
+        try:
+            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.layout == torch.strided:
+                st = obj.untyped_storage()
+                if st.nbytes() and st.nbytes() >= storages.get(st.data_ptr(), st).nbytes():
+                    storages[st.data_ptr()] = st
+        except Exception:  # a tensor without storage of its own (a functional wrapper, a fake tensor)
+            continue
+    return storages
+
+
+def live_cpu_tensor_bytes() -> int:
+    """Bytes of every CPU tensor storage alive, each storage once: what of the resident set is tensors."""
+    return sum(st.nbytes() for st in _cpu_storages().values())
+
+
+def page_in_cpu_tensors() -> None:
+    """Read every CPU tensor storage once. A pre-trained model's weights are mapped from its safetensors file and
+    enter the resident set only when first read; a baseline taken before that would see them arrive during
+    training and count them as the training's growth."""
+    with torch.no_grad():
+        for st in _cpu_storages().values():
+            with contextlib.suppress(Exception):
+                torch.tensor([], dtype=torch.uint8).set_(st).sum()
+
+
+class CpuTrainingPeak:
+    """The training peak of a CPU trial as the resident set shows it, comparable with a prediction of tensor
+    bytes: the peak RSS less the process's non-tensor resident set when training starts (the Python runtime,
+    the libraries' code and data, the heap's slack then). What is left is the tensors alive at the peak plus
+    what training itself adds that is not a tensor (library code paged in by the first backward, thread
+    stacks, heap slack from freed activations): the growth a user's machine must have room for."""
+
+    def __init__(self) -> None:
+        self.non_tensor_bytes: int | None = None
+
+    def start(self) -> None:
+        """Call just before the training phase's meters reset (after `free_memory`)."""
+        page_in_cpu_tensors()
+        rss = status_bytes("VmRSS")
+        self.non_tensor_bytes = None if rss is None else rss - live_cpu_tensor_bytes()
+
+    def peak_mb(self, peak_rss_mb: float | None) -> float | None:
+        """The training peak (MiB) from the phase's peak RSS; None when either figure is missing."""
+        if peak_rss_mb is None or self.non_tensor_bytes is None:
+            return None
+        return peak_rss_mb - self.non_tensor_bytes / MB
+
+
 class CudaPeaks:
     """The torch CUDA allocator's peaks over a phase; None off the GPU."""
 

@@ -10,14 +10,18 @@ each, and nothing starts.
 The same meta model gives each trial's memory without allocating it: the weights (adapters included),
 and the method's predicted gradients, optimizer state and step workspace (`Method.predicted_state_bytes`
 and `predicted_workspace_bytes`), which are exact from shapes for the built-in methods and are checked
-against the trials' measured accounting by the tests. Activations are an order-of-magnitude estimate
-(`activation_bytes`), shown apart and never used to refuse a trial. `bench run --dry-run` prints all of
-it; `bench run` refuses, as an `oom` row that never starts, a trial whose exact parts alone exceed the
-memory the device has free.
+against the trials' measured accounting by the tests. The whole training peak, activations and every
+transient included, is traced on fake tensors (`run.fit.traced_peak`: the method's own step at the
+budget's full batch shape). `bench run --dry-run` prints all of it, and with `--memory SIZE` or `--gpu NAME`
+answers for that device: whether each trial fits, by how much, and the largest micro-batch (or length) that
+would. `bench run` refuses, as an `oom` row that never starts, a trial whose exact parts alone exceed the
+memory the device has free, and warns of one whose traced peak does (real batches are often shorter than
+the budget's full shape, so that one may still fit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from memft_bench.harness.trial.meta_model import CannotBuildOnMeta, build_meta_m
 if TYPE_CHECKING:
     import torch
 
+    from memft_bench.harness.run.fit import Largest
     from memft_bench.harness.run.planning import RunPlan
     from memft_bench.harness.spec.config import SuiteSpec
 
@@ -53,7 +58,9 @@ class Estimate:
     gradients: int | None
     optimizer: int | None
     workspace: int
-    activations: int
+    #: the whole training peak, traced at the budget's full batch shape (None: `peak_note` says why)
+    peak: int | None = None
+    peak_note: str | None = None
 
     @property
     def exact(self) -> int | None:
@@ -78,6 +85,7 @@ class VariantCheck:
     estimate: Estimate | None = None
     note: str | None = None  # why there is no estimate
     warnings: list[str] = field(default_factory=list)
+    largest: Largest | None = None  # the largest micro-batch (or length) that fits, when asked
 
     @property
     def label(self) -> str:
@@ -92,6 +100,25 @@ class Preflight:
     free_bytes: int | None
     device: str
     notes: list[str] = field(default_factory=list)
+    #: the memory a dry run answers for (--memory, --gpu), and where its figure comes from; None: free_bytes
+    target_bytes: int | None = None
+    target_label: str | None = None
+
+    @property
+    def memory(self) -> int | None:
+        """The memory each trial must fit in: the target's, else what the device has free."""
+        return self.target_bytes if self.target_bytes is not None else self.free_bytes
+
+    def peak_warning(self, method: str, variant: str) -> str | None:
+        """A trial whose traced peak exceeds the free memory (its exact parts do not: else it is refused)."""
+        check = self.checks.get((method, variant))
+        e = check.estimate if check else None
+        if e is None or e.peak is None or self.free_bytes is None or e.peak <= self.free_bytes \
+                or self.refusal(method, variant):
+            return None
+        return (f"{check.label}: its predicted training peak {gib(e.peak)} at full-length batches exceeds the "
+                f"{gib(self.free_bytes)} free on {self.device}; it may run out of memory (shorter records need "
+                "less)")
 
     def refusal(self, method: str, variant: str) -> str | None:
         """Why the trials of this variant cannot fit, or None."""
@@ -113,30 +140,6 @@ def gib(n: int | None) -> str:
     if n is None:
         return "?"
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / MiB:.1f} MiB"
-
-
-def activation_bytes(model: torch.nn.Module, suite: SuiteSpec, uses_backward: bool, compute_bytes: int) -> int:
-    """An order-of-magnitude estimate of the activations one micro-batch keeps for backward (Llama-shaped
-    decoder: per token and layer about 10 hidden + 4 MLP-width values and the attention row), plus the
-    logits and their float32 loss copy. A forward-only method keeps about one layer's worth. With
-    `budget.gradient_checkpointing`, backward keeps each layer's input (one hidden vector per token) and one
-    layer's worth being recomputed. Shown apart from the exact parts and never used to refuse a trial:
-    kernels (SDPA, fused losses) change it."""
-    config = model.config
-    hidden = int(getattr(config, "hidden_size", 0) or 0)
-    width = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    seq = suite.budget.cutoff_len
-    tokens = suite.budget.micro_batch_size * seq
-    per_layer = tokens * (10 * hidden + 4 * width + heads * seq) * compute_bytes
-    logits = tokens * vocab * (compute_bytes + 4) * (2 if uses_backward else 1)
-    if not uses_backward:
-        return per_layer + logits
-    if suite.budget.gradient_checkpointing:
-        return tokens * hidden * compute_bytes * layers + per_layer + logits
-    return per_layer * layers + logits
 
 
 # -- checking a sweep -------------------------------------------------------------------------------
@@ -178,13 +181,11 @@ def check_variant(model: torch.nn.Module, suite: SuiteSpec, method: str, variant
     check.warnings = sorted({f"{where}: {w.message}" for w in caught if _is_users_concern(w)})
     assert instance.model is not None
     optimizer_keys = [k for k in (state or {}) if k not in ("trainable_params", "gradients")]
-    compute_bytes = 2 if precision.autocast_dtype is not None else instance.precision.storage_dtype.itemsize
     check.estimate = Estimate(
         weights=model_bytes(instance.model) if weights is None else int(weights),
         gradients=None if state is None else int(state.get("gradients", 0)),
         optimizer=None if state is None else int(sum(state[k] for k in optimizer_keys)),
         workspace=workspace,
-        activations=activation_bytes(instance.model, suite, instance.uses_backward, compute_bytes),
     )
     if state is None and check.note is None:
         check.note = f"{method} does not predict its gradients and optimizer state"
@@ -220,12 +221,14 @@ def free_memory_bytes(device: str) -> int | None:
         return None
 
 
-def run_preflight(run_plan: RunPlan, variants: Iterable[tuple[str, str, dict[str, Any]]]) -> Preflight:
-    """Check every (method, variant label, options) of the plan; raise PreflightError listing every problem."""
+def run_preflight(run_plan: RunPlan, variants: Iterable[tuple[str, str, dict[str, Any]]],
+                  progress: bool = False) -> Preflight:
+    """Check every (method, variant label, options) of the plan and trace its training peak; raise
+    PreflightError listing every problem."""
     suite = run_plan.suite
     result = Preflight({}, free_memory_bytes(run_plan.device), run_plan.device)
     problems: list[str] = []
-    for method, variant, params in variants:
+    for method, variant, params in _bar(list(variants), "pre-flight", progress):
         try:
             model = build_meta_model(suite.model)
         except CannotBuildOnMeta as exc:
@@ -236,33 +239,108 @@ def run_preflight(run_plan: RunPlan, variants: Iterable[tuple[str, str, dict[str
         result.checks[(method, variant)] = check
         if problem:
             problems.append(problem)
+        elif check.estimate is not None:
+            trace_peak(check.estimate, run_plan.suite_of(method, variant), method, params)
     if problems:
         raise PreflightError(problems)
     return result
 
 
+def trace_peak(estimate: Estimate, suite: SuiteSpec, method: str, params: dict[str, Any]) -> None:
+    """Fill `estimate.peak` by tracing the method's step (`run.fit.traced_peak`), or say why it cannot."""
+    from memft_bench.harness.run.fit import traced_peak
+    from memft_bench.harness.trial.memory_trace import CannotTrace
+
+    try:
+        estimate.peak = traced_peak(suite, method, params)
+    except CannotTrace as exc:
+        estimate.peak_note = str(exc)
+    except Exception as exc:  # the trial will tell; the pre-flight never fails on a trace
+        estimate.peak_note = f"the trace failed ({describe_exception(exc)})"
+
+
+def find_largest(checked: Preflight, run_plan: RunPlan, axis: str, progress: bool = False) -> None:
+    """Each checked variant's largest `axis` value (micro_batch_size or cutoff_len) that fits `checked.memory`."""
+    from memft_bench.harness.run.fit import largest_fitting
+    from memft_bench.harness.trial.memory_trace import CannotTrace
+
+    memory = checked.memory
+    if memory is None:
+        return
+    params_of = {(m, v): p for m, v, p in run_plan.variants}
+    for key, check in _bar(list(checked.checks.items()), f"largest {axis}", progress):
+        if check.estimate is None or check.estimate.peak is None:
+            continue
+        suite = run_plan.suite_of(*key)
+        with contextlib.suppress(CannotTrace):
+            check.largest = largest_fitting(suite, key[0], params_of.get(key), memory, axis, check.estimate.peak)
+
+
+def _bar(items: list, what: str, progress: bool) -> Any:
+    """A progress bar over the variants on stderr (traces of a 7B model take seconds each)."""
+    if not progress or len(items) < 2:
+        return items
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit="method", file=sys.stderr, leave=False)
+
+
 def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
-    """`bench run --dry-run`'s table: per trial, the predicted training memory and whether it fits."""
+    """`bench run --dry-run`'s table: per method variant, the predicted training memory, whether it fits the
+    memory asked about (or the device's free memory) and by how much, and the largest value that would fit."""
     from tabulate import tabulate
 
+    memory = checked.memory
+    where = checked.target_label or f"free on {checked.device}"
+    axis = next((c.largest.axis for c in checked.checks.values() if c.largest), None)
     rows = []
-    for trial in run_plan.trials:
-        check = checked.checks.get((trial.method, trial.variant))
+    for method, variant, _ in run_plan.variants:
+        check = checked.checks.get((method, variant))
+        label = check.label if check else method_label(method, variant)
         e = check.estimate if check else None
         if e is None:
-            rows.append([trial.label, *["?"] * 6, (check.note if check else None) or "not checked"])
+            rows.append([label, *["?"] * 7, (check.note if check else None) or "not checked"])
             continue
-        refusal = checked.refusal(trial.method, trial.variant)
-        fits = "no: refused" if refusal else ("?" if checked.free_bytes is None or e.exact is None else "yes")
-        if not refusal and e.exact is not None and checked.free_bytes is not None \
-                and e.exact + e.activations > checked.free_bytes:
-            fits = "maybe (with activations)"
-        rows.append([trial.label, gib(e.weights), gib(e.gradients), gib(e.optimizer), gib(e.workspace),
-                     gib(e.exact), f"~{gib(e.activations)}", fits if not check or not check.note else
-                     f"{fits} ({check.note})"])
-    table = tabulate(rows, headers=["trial", "weights", "gradients", "optimizer", "workspace", "exact total",
-                                    "activations", "fits"], tablefmt="github")
-    free = gib(checked.free_bytes) if checked.free_bytes is not None else "unknown"
-    return (f"{table}\n\nfree memory on {checked.device}: {free}. Weights, gradients, optimizer state and workspace "
-            "are predicted from the model's shapes on the meta device; activations are a rough estimate, not used "
-            "to refuse a trial. Nothing was started.")
+        fits = _fits(e, memory)
+        if check.note:
+            fits = f"{fits} ({check.note})"
+        row = [label, gib(e.weights), gib(e.gradients), gib(e.optimizer), gib(e.workspace), gib(e.exact),
+               gib(e.peak) if e.peak is not None else f"? ({e.peak_note})", fits]
+        if axis:
+            row.append(check.largest.describe() if check.largest else "?")
+        rows.append(row)
+    headers = ["method", "weights", "gradients", "optimizer", "workspace", "exact parts", "predicted peak",
+               f"fits in {gib(memory)}" if memory is not None else "fits"]
+    if axis:
+        headers.append(f"largest {axis} that fits")
+    table = tabulate(rows, headers=headers, tablefmt="github")
+    budget = run_plan.suite.budget
+    lines = [table, "",
+             f"memory: {gib(memory) if memory is not None else 'unknown'} ({where}). "
+             f"{len(run_plan.trials)} trials: every task and seed of a method shares its row.",
+             "Weights, gradients, optimizer state and workspace are exact from the model's shapes (meta device). The "
+             "predicted peak is the method's own training step traced on fake tensors at the budget's full batch "
+             f"shape ({budget.micro_batch_size} x {budget.cutoff_len} tokens, every token a target"
+             f"{', gradient checkpointing on' if budget.gradient_checkpointing else ''}): activations and transients "
+             "included; batches of shorter records need less."]
+    if checked.target_bytes is not None and run_plan.suite.model.precision != "fp32" \
+            and not run_plan.device.startswith("cuda"):
+        lines.append(f"Traced with this machine's CPU kernels: under {run_plan.suite.model.precision} a GPU's "
+                     "autocast casts a different list of operations, so its peak can differ by a few percent.")
+    lines.append("Nothing was started.")
+    return "\n".join(lines)
+
+
+def _fits(e: Estimate, memory: int | None) -> str:
+    """`yes, 3.10 GiB spare` / `no, 1.20 GiB short` from the traced peak (the exact parts when untraced)."""
+    if memory is None:
+        return "?"
+    need = e.peak if e.peak is not None else e.exact
+    if need is None:
+        return "?"
+    basis = "" if e.peak is not None else " (exact parts only: not traced)"
+    if need <= memory:
+        return f"yes, {gib(memory - need)} spare{basis}"
+    return f"no, {gib(need - memory)} short{basis}"

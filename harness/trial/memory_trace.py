@@ -58,6 +58,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -431,10 +432,19 @@ def peak_batches(suite: SuiteSpec, task: str | None = None, seed: int = 0) -> li
     """The batches to trace for a trial's peak: its first batch and, when the data's lengths vary, the largest
     (most tokens) of the batches its budget's steps take (`task_batches`); left padding makes a batch as long as
     its longest record, so the peak step is the one with the largest batch."""
-    batches = task_batches(suite, suite.budget.steps, task, seed)
-    size = [sum(int(mb["input_ids"].numel()) for mb in b.micro_batches) for b in batches]
-    largest = max(range(1, len(batches)), key=lambda i: size[i]) if len(batches) > 1 else 0
-    return [batches[0], batches[largest]]
+    return pick_peak_batches(task_batches(suite, suite.budget.steps, task, seed))
+
+
+def pick_peak_batches(batches: Sequence[Batch]) -> list[Batch]:
+    """The first of a trial's batches and the largest of the others: the one whose largest micro-batch has the
+    most tokens (activations are made one micro-batch at a time), then the most tokens in all."""
+    def size(batch: Batch) -> tuple[int, int]:
+        counts = [int(mb["input_ids"].numel()) for mb in batch.micro_batches]
+        return max(counts), sum(counts)
+
+    if len(batches) < 2:
+        return [batches[0], batches[0]]
+    return [batches[0], max(batches[1:], key=size)]
 
 
 def _describe(batch: Batch) -> list[int]:
@@ -475,18 +485,28 @@ def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] 
     budget's micro_batch_size x cutoff_len with `target_tokens` targets per row (None: every position, an
     upper bound). The budget's `gradient_checkpointing` and `grad_accum`, and the model's precision, apply
     as in the trial. Raises CannotTrace when the method's step cannot run on fake tensors."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from memft_bench.harness.core.errors import BenchError, describe_exception
     from memft_bench.harness.core.precision import Precision
-    from memft_bench.harness.trial.models import causal_lm_loss, enable_gradient_checkpointing
-    from memft_bench.methods.base import create
 
     started = time.perf_counter()
     precision = Precision(suite.model.precision)
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise CannotTrace("fake CUDA tensors need a CUDA build of torch and a GPU to read kernel metadata from; "
                           "trace on 'cpu' (the same tensors, but CPU autocast's op lists and kernel choices)")
+    with warnings.catch_warnings():  # the method's set-up warnings are the trial's (and the pre-flight's) to give
+        warnings.simplefilter("ignore")
+        return _trace(suite, method, params, batches, steps, target_tokens, device, seed, started, precision)
+
+
+def _trace(suite: SuiteSpec, method: str, params: dict[str, Any] | None, batches: Sequence[Batch] | None,
+           steps: int, target_tokens: int | None, device: str, seed: int, started: float,
+           precision: Any) -> PeakPrediction:
+    """`predict_training_peak`'s work, with warnings already silenced."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memft_bench.harness.core.errors import BenchError, describe_exception
+    from memft_bench.harness.trial.models import causal_lm_loss, enable_gradient_checkpointing
+    from memft_bench.methods.base import create
+
     tracker = LiveBytes()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     try:  # as the trial sets up (worker.run_trial): create, checkpointing, prepare, precision
@@ -568,5 +588,5 @@ def _age(tracker: LiveBytes) -> None:
             tracker.by_phase["state"] += nbytes
 
 
-__all__ = ["CannotTrace", "LiveBytes", "PeakPrediction", "fake_model", "peak_batches", "predict_training_peak",
-           "synthetic_batches", "task_batches"]
+__all__ = ["CannotTrace", "LiveBytes", "PeakPrediction", "fake_model", "peak_batches", "pick_peak_batches",
+           "predict_training_peak", "synthetic_batches", "task_batches"]

@@ -27,6 +27,8 @@ from memft_bench.harness.results.rows import empty_row
 if TYPE_CHECKING:
     import torch
 
+    from memft_bench.harness.measure.memory import CpuTrainingPeak
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
@@ -80,10 +82,13 @@ class PhaseMeters:
         if device.type == "cuda" and not self.nvml_on:
             notes["nvml"] = f"NVML unavailable: {self.nvml.init_error or 'no reason given'}"
 
-    def start(self) -> None:
+    def start(self, cpu_peak: CpuTrainingPeak | None = None) -> None:
+        """Reset every meter; `cpu_peak` takes its non-tensor baseline between freeing and the RSS reset."""
         from memft_bench.harness.measure.memory import reset_rss_peak
 
         free_memory(self.device)
+        if cpu_peak is not None:
+            cpu_peak.start()
         reset_rss_peak()
         self.cuda.reset()
         if self.nvml_on:
@@ -113,6 +118,15 @@ def training_peaks(peaks: dict[str, float | None]) -> dict[str, float | None]:
     return {"peak_mem_rss_mb": peaks["rss"], "peak_mem_allocated_mb": peaks["allocated"],
             "peak_mem_reserved_mb": peaks["reserved"], "peak_mem_nvml_mb": peaks["nvml"],
             "peak_mem_nvml_process_mb": peaks["nvml_process"]}
+
+
+def measured_training_peak(row: dict[str, Any], device: torch.device, cpu_peak: CpuTrainingPeak | None
+                           ) -> float | None:
+    """The measured training peak a prediction is compared with (MiB): the CUDA allocator's peak on a GPU; on a
+    CPU the peak RSS less the non-tensor resident set at the start of training."""
+    if device.type == "cuda":
+        return row["peak_mem_allocated_mb"]
+    return None if cpu_peak is None else cpu_peak.peak_mb(row["peak_mem_rss_mb"])
 
 
 def parameter_dtypes(model: torch.nn.Module) -> str:
@@ -149,13 +163,18 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
     from memft_bench.harness.core.precision import Precision, check_supported
     from memft_bench.harness.measure.env import environment
-    from memft_bench.harness.measure.memory import exact_breakdown
+    from memft_bench.harness.measure.memory import CpuTrainingPeak, exact_breakdown
     from memft_bench.harness.measure.timing import StepTimer
     from memft_bench.harness.sources.prompts import build_prompt
     from memft_bench.harness.spec.config import suite_from_data
     from memft_bench.harness.trial import llm_adapters
     from memft_bench.harness.trial.data import VALIDATION, encode_example, load_task, training_batches
     from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
+    from memft_bench.harness.trial.predicted_peak import (
+        out_of_memory_shortfall,
+        predict_trial_peak,
+        prediction_columns,
+    )
     from memft_bench.harness.trial.train import Diverged, ExtrasRecorder, LossRecorder, ProgressLog, train
     from memft_bench.methods.base import create
 
@@ -170,7 +189,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     losses = LossRecorder()
     extras = ExtrasRecorder()
     timer = StepTimer(device)
-    method = model = meters = None
+    method = model = meters = prediction = None
+    cpu_peak = CpuTrainingPeak() if device.type == "cpu" else None
     phase = "setup"
     try:
         if (spec.get("tuning") or {}).get("unresolved"):  # the search chose nothing: the row says why
@@ -230,8 +250,13 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         batches = training_batches(
             examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, device
         )
+        phase = "memory prediction"
+        prediction = predict_trial_peak(suite, spec["method"], spec["method_params"], training_batches(
+            examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, "cpu"),
+            device, spec["seed"], notes)
+        row["mem_predicted_peak_mb"] = prediction_columns(prediction, None)["mem_predicted_peak_mb"]
         phase = "training"
-        meters.start()
+        meters.start(cpu_peak)
         t0 = time.perf_counter()
         try:
             train(method, batches, budget, [timer, losses, extras, ProgressLog(budget.steps)])
@@ -240,6 +265,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             row.update(status="diverged", reason=str(exc))
         row["train_time_s"] = time.perf_counter() - t0
         row.update(training_peaks(meters.stop()))
+        row.update(prediction_columns(prediction, measured_training_peak(row, device, cpu_peak)))
         row.update(exact_breakdown(method.model, method.state_elements(), method.state_bytes()))
         if row["peak_mem_allocated_mb"] is not None:
             accounted = row["mem_weights_mb"] + row["mem_grads_mb"] + row["mem_optimizer_mb"]
@@ -284,6 +310,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if phase == "training" and meters is not None and row["peak_mem_rss_mb"] is None:
             with contextlib.suppress(Exception):  # what training reached before it failed (an OOM's peak)
                 row.update(training_peaks(meters.stop()))
+        if status == "oom" and (shortfall := out_of_memory_shortfall(prediction, device,
+                                                                     row["peak_mem_allocated_mb"], exc)):
+            row["reason"] += f"; {shortfall}"
     finally:
         row["steps"] = len(losses.losses)
         row["tokens_seen"] = sum(timer.step_tokens)

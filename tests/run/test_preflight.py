@@ -102,7 +102,7 @@ def test_dry_run_prints_each_trials_memory_and_starts_nothing(tmp_path):
     out = tmp_path / "run"
     result = _bench("run", "--dry-run", "--methods", "full,lora,mezo", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    for label in ("kind/full/seed0", "alive/lora/seed0", "alive/mezo/seed0", "free memory on cpu"):
+    for label in ("| full ", "| lora ", "| mezo ", "free on cpu", "predicted peak", "6 trials"):
         assert label in result.stdout
     assert "Nothing was started" in result.stdout
     assert not (out / "results.jsonl").exists()

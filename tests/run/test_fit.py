@@ -1,0 +1,131 @@
+"""Will it fit: the largest micro-batch or length search, the named GPUs' arithmetic, and `bench run --dry-run
+--memory/--gpu` end to end."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from memft_bench.harness.core.errors import BenchError
+from memft_bench.harness.run.fit import MAX_TRACES, MICRO_BATCH_LIMIT, largest_fitting, traced_peak
+from memft_bench.harness.spec.config import apply_overrides, suite_from_data
+from memft_bench.harness.spec.memory_sizes import CUDA_CONTEXT_BYTES, GPUS, gpu_memory, parse_size
+from tests.commands import BENCH_CLI, REPO_ROOT
+from tests.conftest import small_suite_data
+
+MiB = 2**20
+
+
+def _suite(**budget):
+    data = small_suite_data(steps=2)
+    data["budget"].update(budget)
+    return suite_from_data(data, "fit")
+
+
+def _counting(peak_of_budget):
+    """A peak function of the suite's budget that counts its calls."""
+    calls = []
+
+    def peak(suite):
+        calls.append((suite.budget.micro_batch_size, suite.budget.cutoff_len))
+        return peak_of_budget(suite.budget)
+
+    return peak, calls
+
+
+@pytest.mark.parametrize("memory", [100 * MiB, 100 * MiB + 1, 1000 * MiB, 37 * MiB + 5])
+def test_an_affine_peak_gives_the_exact_largest_micro_batch(memory):
+    base, per_row = 30 * MiB, 7 * MiB  # weights and state, then activations per row
+    peak, calls = _counting(lambda b: base + per_row * b.micro_batch_size)
+    answer = largest_fitting(_suite(micro_batch_size=4), "full", {}, memory, "micro_batch_size", peak_of=peak)
+    expected = (memory - base) // per_row
+    assert answer.value == expected and answer.exact and not answer.at_limit
+    assert answer.peak_bytes == base + per_row * expected <= memory
+    assert len(calls) <= MAX_TRACES
+
+
+def test_a_quadratic_peak_in_length_is_searched_not_extrapolated():
+    def need(length: int) -> int:  # an attention matrix per layer grows with the square of the length
+        return 10 * MiB + 30_000 * length + 400 * length ** 2
+
+    peak, calls = _counting(lambda b: need(b.cutoff_len))
+    memory = 12 * MiB  # 44 tokens (the small model's context is 128)
+    answer = largest_fitting(_suite(cutoff_len=16), "full", {}, memory, "cutoff_len", peak_of=peak)
+    assert answer.value == 44 and answer.exact and need(44) <= memory < need(45)
+    assert len(calls) <= MAX_TRACES
+
+
+def test_nothing_fits_when_one_row_does_not():
+    peak, _ = _counting(lambda b: 50 * MiB + MiB * b.micro_batch_size)
+    answer = largest_fitting(_suite(micro_batch_size=8), "full", {}, 40 * MiB, "micro_batch_size", peak_of=peak)
+    assert answer.value is None and answer.exact and answer.peak_bytes == 51 * MiB
+    assert answer.describe().startswith("none (1 needs 51.0 MiB")
+
+
+def test_the_search_stops_at_its_limit():
+    peak, _ = _counting(lambda b: MiB * b.micro_batch_size)
+    answer = largest_fitting(_suite(), "full", {}, 2**50, "micro_batch_size", peak_of=peak)
+    assert answer.value == MICRO_BATCH_LIMIT and answer.at_limit and "≥ 4096" in answer.describe()
+
+
+def test_the_largest_micro_batch_of_a_real_trace_fits_and_one_more_does_not():
+    suite = _suite(micro_batch_size=2, cutoff_len=24)
+    at_budget = traced_peak(suite, "lora", {"r": 2})
+    memory = 3 * at_budget
+    answer = largest_fitting(suite, "lora", {"r": 2}, memory, "micro_batch_size", at_budget)
+    assert answer.value is not None and answer.value > 2 and answer.exact
+    assert traced_peak(apply_overrides(suite, [f"budget.micro_batch_size={answer.value}"]), "lora", {"r": 2}) \
+        <= memory < traced_peak(apply_overrides(suite, [f"budget.micro_batch_size={answer.value + 1}"]), "lora",
+                                {"r": 2})
+
+
+def test_a_named_gpu_is_its_drivers_total_less_a_cuda_context():
+    usable, line = gpu_memory("H100-80GB")
+    assert usable == GPUS["h100-80gb"] * MiB - CUDA_CONTEXT_BYTES == 81_559 * MiB - 512 * MiB
+    assert "h100-80gb" in line and "CUDA context" in line
+    with pytest.raises(BenchError, match="unknown GPU; known: h200-141gb"):
+        gpu_memory("h100")
+
+
+@pytest.mark.parametrize(("text", "size"), [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("512MiB", 512 * MiB),
+                                            ("1.5TiB", int(1.5 * 2**40)), ("24", 24 * 2**30), ("16 G", 16 * 2**30)])
+def test_memory_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "24XB", "-1GiB", "0GiB", ""])
+def test_a_bad_memory_size_is_one_clear_error(text):
+    with pytest.raises(BenchError, match="--memory"):
+        parse_size(text)
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*BENCH_CLI, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+
+
+@pytest.mark.slow  # the CLI end to end in subprocesses
+def test_dry_run_answers_for_a_memory_size_and_a_named_gpu(tmp_path):
+    small = _bench("run", "--dry-run", "--methods", "full,mezo", "--memory", "20MiB", "--out", str(tmp_path / "a"))
+    assert small.returncode == 0, small.stderr
+    full = next(line for line in small.stdout.splitlines() if line.startswith("| full "))
+    mezo = next(line for line in small.stdout.splitlines() if line.startswith("| mezo "))
+    assert "| no, " in full and " short " in full  # tiny's full fine-tuning needs ~49 MiB at 16 x 128
+    assert "| yes, " in mezo and " spare " in mezo  # MeZO's ~12 MiB fits
+    assert "largest micro_batch_size that fits" in small.stdout and "fits in 20.0 MiB" in small.stdout
+    named = _bench("run", "--dry-run", "--methods", "lora", "--gpu", "l4-24gb", "-q", "--out", str(tmp_path / "b"))
+    assert named.returncode == 0, named.stderr
+    assert f"{(GPUS['l4-24gb'] * MiB - CUDA_CONTEXT_BYTES) / 2**30:.2f} GiB" in named.stdout
+    assert not (tmp_path / "a" / "results.jsonl").exists() and "Nothing was started" in named.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--memory", "24GiB"], "--memory answer(s) a --dry-run: add --dry-run"),
+    (["--dry-run", "--memory", "lots"], "--memory 'lots': expected a size such as 24GiB"),
+    (["--dry-run", "--gpu", "h100"], "--gpu 'h100': unknown GPU"),
+    (["--dry-run", "--gpu", "l4-24gb", "--memory", "1GiB"], "give --memory or --gpu, not both"),
+])
+def test_fit_options_misused_are_one_line_and_exit_2(args, message, tmp_path):
+    result = _bench("run", *args, "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr

@@ -1,0 +1,103 @@
+"""Every row carries the training peak predicted before training beside the measured one; the prediction does
+not change what the trial computes; an out-of-memory row says how far off the prediction was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from memft_bench.harness.run.planning import plan
+from memft_bench.harness.spec.config import suite_from_data
+from memft_bench.harness.trial import predicted_peak
+from memft_bench.harness.trial.memory_trace import pick_peak_batches, predict_training_peak
+from memft_bench.harness.trial.worker import run_trial
+from tests.conftest import small_suite_data
+
+MiB = 2**20
+PARAMS = {"lora": {"lr": 1e-3, "r": 2, "dropout": 0.1}, "full": {"lr": 1e-3}}
+
+
+def _trial(tmp_path: Path, method: str, run: str) -> dict[str, Any]:
+    data = small_suite_data(steps=4)
+    data["methods"] = {method: PARAMS[method]}
+    suite = suite_from_data(data, "predicted")
+    (trial, *_) = plan(suite, [method], tmp_path / run, "cpu").trials
+    return run_trial(trial.spec)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_row_carries_its_prediction_beside_its_measurement(tmp_path, method):
+    row = _trial(tmp_path, method, "a")
+    assert row["status"] == "ok", row["reason"]
+    predicted, measured = row["mem_predicted_peak_mb"], row["peak_mem_training_mb"]
+    assert predicted > row["mem_weights_mb"] and measured > 0
+    assert row["mem_prediction_error_pct"] == pytest.approx(100 * (predicted - measured) / measured)
+    assert "traced in" in row["meter_notes"]["memory_prediction"]
+
+
+def test_the_rows_prediction_is_the_trace_of_the_trials_own_batches(tmp_path):
+    from memft_bench.harness.trial.memory_trace import task_batches
+
+    row = _trial(tmp_path, "full", "a")
+    data = small_suite_data(steps=4)
+    data["methods"] = {"full": PARAMS["full"]}
+    suite = suite_from_data(data, "predicted")
+    batches = pick_peak_batches(task_batches(suite, suite.budget.steps, row["task"], row["seed"]))
+    assert row["mem_predicted_peak_mb"] == predict_training_peak(suite, "full", PARAMS["full"],
+                                                                 batches=batches).peak_bytes / MiB
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])  # LoRA's dropout draws random numbers every step
+def test_predicting_does_not_change_what_the_trial_computes(tmp_path, monkeypatch, method):
+    with_prediction = _trial(tmp_path, method, "a")
+    monkeypatch.setattr(predicted_peak, "predict_trial_peak", lambda *args, **kwargs: None)
+    without = _trial(tmp_path, method, "b")
+    assert without["mem_predicted_peak_mb"] is None
+    assert with_prediction["loss_curve"] == without["loss_curve"]
+    assert with_prediction["accuracy"] == without["accuracy"]
+
+
+def test_a_trace_that_fails_leaves_a_note_and_the_trial_goes_on(tmp_path, monkeypatch):
+    from memft_bench.harness.trial import memory_trace
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise memory_trace.CannotTrace("a kernel outside torch")
+
+    monkeypatch.setattr(memory_trace, "predict_training_peak", broken)
+    row = _trial(tmp_path, "full", "a")
+    assert row["status"] == "ok" and row["mem_predicted_peak_mb"] is None
+    assert row["meter_notes"]["memory_prediction"] == "none: the trace failed (cpu: a kernel outside torch)"
+
+
+def test_random_state_is_restored():
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3)
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    with predicted_peak.preserved_random_state(torch.device("cpu")):
+        random.random(), np.random.rand(), torch.rand(3)
+        torch.manual_seed(99)
+    assert random.getstate() == before[0] and (np.random.get_state()[1] == before[1]).all()
+    assert torch.equal(torch.get_rng_state(), before[2])
+
+
+def _prediction(mb: float) -> Any:
+    return SimpleNamespace(peak_bytes=int(mb * MiB))
+
+
+def test_an_out_of_memory_row_says_how_far_off_the_prediction_was():
+    exc = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB")
+    short = predicted_peak.out_of_memory_shortfall(_prediction(10_240), torch.device("cuda", 0), 9_216.0, exc)
+    assert short == ("predicted peak 10.00 GiB, but at least 11.00 GiB was needed when it failed (allocator peak "
+                     "9.00 GiB plus the failed allocation): the prediction was at least 1.00 GiB (9 %) short")
+    enough = predicted_peak.out_of_memory_shortfall(_prediction(20_480), torch.device("cuda", 0), 9_216.0, exc)
+    assert "the device had less than predicted free" in enough
+    cpu = predicted_peak.out_of_memory_shortfall(_prediction(100), torch.device("cpu"), None, MemoryError())
+    assert cpu == "predicted peak 100.0 MiB; the device ran out before training's peak could be measured"
+    assert predicted_peak.out_of_memory_shortfall(None, torch.device("cpu"), None, MemoryError()) is None
