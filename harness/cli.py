@@ -116,8 +116,8 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Check every trial on the meta device and print its predicted memory; start nothing.")
 @click.option("--memory", "memory_size", metavar="SIZE",
-              help="With --dry-run: answer for a device with this much memory (24GiB, 80GB, 512MiB): which trials "
-                   "fit, by how much, and the largest micro_batch_size that would.")
+              help="With --dry-run: answer for a device with this much memory (24GiB or 24G: binary; 80GB: decimal; "
+                   "512MiB): which trials fit, by how much, and the largest micro_batch_size that would.")
 @click.option("--gpu", "gpu_name", metavar="NAME",
               help="With --dry-run: as --memory, for a common GPU by name (h100-80gb, a100-40gb, l4-24gb, ...; "
                    "its total memory less a CUDA context).")
@@ -213,11 +213,11 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
                 find_largest(checked, run_plan, largest or "micro_batch_size", progress=not quiet)
             click.echo(render_estimates(checked, run_plan))
             return None
-        for key in checked.checks:
-            if warning := checked.peak_warning(*key):
-                _warn(warning)
         # The fit check reads this machine's free memory: meaningless for trials that run on a cluster's nodes.
         fit_check = not no_fit_check and getattr(executor, "runs_here", True)
+        for key in checked.checks if fit_check else ():
+            if warning := checked.peak_warning(*key):
+                _warn(warning)
         slots = getattr(executor, "slots", None) or []
         if fit_check and len(slots) > 1 and checked.free_bytes is not None:
             if run_plan.device == "cpu":  # N trials at once share this machine's memory
@@ -323,8 +323,8 @@ def fit_target(memory_size: str | None, gpu_name: str | None, largest: str | Non
     given = [name for name, value in (("--memory", memory_size), ("--gpu", gpu_name), ("--largest", largest))
              if value]
     if given and not dry_run:
-        raise BenchError(f"{' and '.join(given)} answer(s) a --dry-run: add --dry-run (a real run checks the "
-                         "memory its device has free)")
+        raise BenchError(f"{', '.join(given)} go(es) with --dry-run: add --dry-run (a real run checks the memory "
+                         "its device has free)")
     if memory_size and gpu_name:
         raise BenchError("give --memory or --gpu, not both")
     if gpu_name:

@@ -129,6 +129,10 @@ class Method(abc.ABC):
     #: method that changes the function when it prepares (quantisation, pruning) sets False and is scored
     #: itself. tests/methods/test_registry.py checks the claim for every built-in method.
     keeps_base_function: ClassVar[bool] = True
+    #: whether the harness may predict the method's memory by running `prepare()` and `step()` on fake tensors
+    #: (harness/trial/memory_trace.py), in the sweep's own process before any trial starts: a method whose step
+    #: does more than compute on tensors (sleeps, signals, talks to a server) sets False and gets no prediction.
+    memory_traceable: ClassVar[bool] = True
 
     def __init__(self, options: MethodOptions, loss_fn: LossFn, seed: int = 0) -> None:
         self.options = options

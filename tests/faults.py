@@ -37,6 +37,8 @@ class NanLoss(FullFineTuning):
 class Hangs(FullFineTuning):
     """Never finishes its first step."""
 
+    memory_traceable = False  # its step must not run in the sweep's process (the memory trace)
+
     def step(self, batch: Batch) -> StepResult:
         time.sleep(3600)
         return super().step(batch)
@@ -45,6 +47,8 @@ class Hangs(FullFineTuning):
 @register("fault-sigkill")
 class KillsItself(FullFineTuning):
     """Its process dies by SIGKILL in the first step."""
+
+    memory_traceable = False  # its step must not run in the sweep's process (the memory trace)
 
     def step(self, batch: Batch) -> StepResult:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -63,6 +67,8 @@ class AllocatesTooMuch(FullFineTuning):
 @register("fault-slow")
 class Slow(FullFineTuning):
     """Takes a second per step: long enough to interrupt a sweep in the middle."""
+
+    memory_traceable = False  # its step must not run in the sweep's process (the memory trace)
 
     def step(self, batch: Batch) -> StepResult:
         time.sleep(1.0)

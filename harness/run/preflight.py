@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 GiB = 2**30
 MiB = 2**20
+#: A predicted peak within this share of the memory is called tight, not a fit: the prediction counts tensor
+#: storage, and a GPU's caching allocator reserves more than it allocates (fragmentation, cuBLAS workspaces).
+TIGHT = 0.05
 
 
 class PreflightError(ConfigError):
@@ -341,6 +344,8 @@ def _fits(e: Estimate, memory: int | None) -> str:
     if need is None:
         return "?"
     basis = "" if e.peak is not None else " (exact parts only: not traced)"
-    if need <= memory:
+    if need <= memory * (1 - TIGHT):
         return f"yes, {gib(memory - need)} spare{basis}"
+    if need <= memory:  # a GPU's caching allocator reserves more than it allocates; kernels' workspaces
+        return f"tight: {gib(memory - need)} spare{basis}, within {TIGHT:.0%} of the memory"
     return f"no, {gib(need - memory)} short{basis}"

@@ -54,7 +54,7 @@ def parse_size(text: str, option: str = "--memory") -> int:
 
 def gpu_memory(name: str) -> tuple[int, str]:
     """(bytes usable by a trial, a line saying where the figure comes from) of a GPU named as in `GPUS`."""
-    key = name.strip().lower()
+    key = "-".join(name.strip().lower().replace("_", " ").replace("-", " ").split())  # "H100 80GB" too
     if key not in GPUS:
         raise BenchError(f"--gpu {name!r}: unknown GPU; known: {', '.join(GPUS)} (or give --memory SIZE)")
     total = GPUS[key] * MiB

@@ -55,12 +55,13 @@ anyway. Fake CUDA tensors need a CUDA build and a GPU; on a CPU-only machine the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -435,16 +436,21 @@ def peak_batches(suite: SuiteSpec, task: str | None = None, seed: int = 0) -> li
     return pick_peak_batches(task_batches(suite, suite.budget.steps, task, seed))
 
 
-def pick_peak_batches(batches: Sequence[Batch]) -> list[Batch]:
+def pick_peak_batches(batches: Iterable[Batch]) -> list[Batch]:
     """The first of a trial's batches and the largest of the others: the one whose largest micro-batch has the
-    most tokens (activations are made one micro-batch at a time), then the most tokens in all."""
+    most tokens (activations are made one micro-batch at a time), then the most tokens in all. Streams: only
+    the two kept are held."""
     def size(batch: Batch) -> tuple[int, int]:
         counts = [int(mb["input_ids"].numel()) for mb in batch.micro_batches]
         return max(counts), sum(counts)
 
-    if len(batches) < 2:
-        return [batches[0], batches[0]]
-    return [batches[0], max(batches[1:], key=size)]
+    stream = iter(batches)
+    first = next(stream)
+    largest, largest_size = None, (-1, -1)
+    for batch in stream:
+        if (batch_size := size(batch)) > largest_size:
+            largest, largest_size = batch, batch_size
+    return [first, largest if largest is not None else first]
 
 
 def _describe(batch: Batch) -> list[int]:
@@ -477,14 +483,15 @@ def _event_plan(method: Method, budget_steps: int, steps: int) -> tuple[int, Cal
 # -- the prediction ----------------------------------------------------------------------------------------
 def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] | None = None, *,
                           batches: Sequence[Batch] | None = None, steps: int = 2, target_tokens: int | None = None,
-                          device: str = "cpu", seed: int = 0) -> PeakPrediction:
+                          device: str = "cpu", seed: int = 0, time_limit_s: float | None = None) -> PeakPrediction:
     """The peak of live tensor bytes over the first `steps` training steps of `method` (options `params`, as
     the suite gives them) on the suite's model, traced on fake tensors; see the module docstring.
 
     `batches`: the batches to step on (`task_batches` gives a trial's own); default `synthetic_batches`, the
     budget's micro_batch_size x cutoff_len with `target_tokens` targets per row (None: every position, an
     upper bound). The budget's `gradient_checkpointing` and `grad_accum`, and the model's precision, apply
-    as in the trial. Raises CannotTrace when the method's step cannot run on fake tensors."""
+    as in the trial. Raises CannotTrace when the method's step cannot run on fake tensors, when the method says it
+    must not (`Method.memory_traceable`), or after `time_limit_s`."""
     from memft_bench.harness.core.precision import Precision
 
     started = time.perf_counter()
@@ -492,9 +499,36 @@ def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] 
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise CannotTrace("fake CUDA tensors need a CUDA build of torch and a GPU to read kernel metadata from; "
                           "trace on 'cpu' (the same tensors, but CPU autocast's op lists and kernel choices)")
-    with warnings.catch_warnings():  # the method's set-up warnings are the trial's (and the pre-flight's) to give
+    from memft_bench.methods.base import get_method_class
+
+    if not getattr(get_method_class(method), "memory_traceable", True):
+        raise CannotTrace(f"{method} says its step must not run on fake tensors (memory_traceable = False)")
+    with warnings.catch_warnings(), time_limit(time_limit_s):  # the set-up's warnings are the trial's to give
         warnings.simplefilter("ignore")
         return _trace(suite, method, params, batches, steps, target_tokens, device, seed, started, precision)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CannotTrace in the main thread after `seconds` (SIGALRM; nothing elsewhere or with None): a trace
+    that runs a method's unknown code in the sweep's own process must not hang it."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise CannotTrace(f"the trace took longer than {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _trace(suite: SuiteSpec, method: str, params: dict[str, Any] | None, batches: Sequence[Batch] | None,

@@ -36,6 +36,8 @@ MiB = 2**20
 #: At most this many of the budget's steps are scanned for the largest batch (collating is cheap; a time-limited
 #: budget's step count is only a cap).
 SCAN_STEPS = 5000
+#: A trace longer than this is abandoned and the trial trains without a prediction.
+TRACE_TIME_LIMIT_S = 300.0
 
 
 def predict_trial_peak(suite: SuiteSpec, method: str, params: dict[str, Any], batches: Iterator[Batch],
@@ -47,11 +49,11 @@ def predict_trial_peak(suite: SuiteSpec, method: str, params: dict[str, Any], ba
     trace_devices = ["cuda", "cpu"] if device.type == "cuda" else ["cpu"]
     failures: list[str] = []
     with preserved_random_state(device):
-        steps = pick_peak_batches(list(islice(batches, max(1, min(suite.budget.steps, SCAN_STEPS)))))
+        steps = pick_peak_batches(islice(batches, max(1, min(suite.budget.steps, SCAN_STEPS))))
         for trace_device in trace_devices:  # on a GPU, the CPU's kernels when fake CUDA tensors fail
             try:
                 prediction = predict_training_peak(suite, method, params, batches=steps, device=trace_device,
-                                                   seed=seed)
+                                                   seed=seed, time_limit_s=TRACE_TIME_LIMIT_S)
             except Exception as exc:  # never the trial's failure: it goes on without a prediction
                 failures.append(f"{trace_device}: {exc if isinstance(exc, CannotTrace) else describe_exception(exc)}")
                 continue

@@ -89,7 +89,10 @@ class PhaseMeters:
         free_memory(self.device)
         if cpu_peak is not None:
             cpu_peak.start()
-        reset_rss_peak()
+        if not reset_rss_peak() and cpu_peak is not None:  # the peak would be the process's lifetime peak
+            cpu_peak.non_tensor_bytes = None
+            self.notes["peak_mem_training"] = "none: the resident set's peak cannot be reset here (no " \
+                "/proc/self/clear_refs), so the training phase's own peak is not known"
         self.cuda.reset()
         if self.nvml_on:
             self.nvml.start()
@@ -310,7 +313,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if phase == "training" and meters is not None and row["peak_mem_rss_mb"] is None:
             with contextlib.suppress(Exception):  # what training reached before it failed (an OOM's peak)
                 row.update(training_peaks(meters.stop()))
-        if status == "oom" and (shortfall := out_of_memory_shortfall(prediction, device,
+        if status == "oom" and phase == "training" and (shortfall := out_of_memory_shortfall(prediction, device,
                                                                      row["peak_mem_allocated_mb"], exc)):
             row["reason"] += f"; {shortfall}"
     finally:

@@ -56,6 +56,34 @@ def test_a_quadratic_peak_in_length_is_searched_not_extrapolated():
     assert len(calls) <= MAX_TRACES
 
 
+@pytest.mark.parametrize(("square", "answer"), [(40_000, 357), (400_000, 113)])
+def test_a_steeply_convex_peak_is_bisected_not_crawled(square, answer):
+    """Regula falsi alone crawls along a convex side; every step that does not halve the bracket is followed by
+    a bisection, so the boundary is found within the trace budget."""
+    def need(length: int) -> int:
+        return 10 * MiB + square * length ** 2
+
+    memory = need(answer) + (need(answer + 1) - need(answer)) // 2
+    peak, calls = _counting(lambda b: need(b.cutoff_len))
+    suite = apply_overrides(_suite(cutoff_len=16), ["model.max_position_embeddings=4096"])
+    found = largest_fitting(suite, "full", {}, memory, "cutoff_len", peak_of=peak)
+    assert found.value == answer and found.exact and len(calls) <= MAX_TRACES
+
+
+def test_a_length_that_does_not_fit_is_searched_down_to_eight_tokens_not_below():
+    peak, calls = _counting(lambda b: 10 * MiB + MiB * b.cutoff_len)
+    found = largest_fitting(_suite(cutoff_len=64), "full", {}, 12 * MiB, "cutoff_len", peak_of=peak)
+    assert found.value is None and found.exact and min(length for _, length in calls) == 8
+    assert found.describe() == "none (8 needs 18.0 MiB)"
+
+
+def test_traces_running_out_give_the_open_range():
+    peak, calls = _counting(lambda b: 10 * MiB + (MiB if b.micro_batch_size < 3000 else 10**12))
+    found = largest_fitting(_suite(micro_batch_size=1), "full", {}, 20 * MiB, "micro_batch_size", peak_of=peak)
+    assert len(calls) == MAX_TRACES and not found.exact
+    assert found.value < 3000 <= found.upper + 1 and found.describe().startswith(f"{found.value} to {found.upper}")
+
+
 def test_nothing_fits_when_one_row_does_not():
     peak, _ = _counting(lambda b: 50 * MiB + MiB * b.micro_batch_size)
     answer = largest_fitting(_suite(micro_batch_size=8), "full", {}, 40 * MiB, "micro_batch_size", peak_of=peak)
@@ -120,7 +148,7 @@ def test_dry_run_answers_for_a_memory_size_and_a_named_gpu(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--memory", "24GiB"], "--memory answer(s) a --dry-run: add --dry-run"),
+    (["--memory", "24GiB"], "--memory go(es) with --dry-run: add --dry-run"),
     (["--dry-run", "--memory", "lots"], "--memory 'lots': expected a size such as 24GiB"),
     (["--dry-run", "--gpu", "h100"], "--gpu 'h100': unknown GPU"),
     (["--dry-run", "--gpu", "l4-24gb", "--memory", "1GiB"], "give --memory or --gpu, not both"),
