@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from string import Template
 from typing import Any
 
 MiB = 2**20
@@ -85,13 +86,9 @@ methods:
   smt: {lr: 3.0e-3, block_size: 32, budget_ratio: 0.1, warmup_steps: 20}
 """
 
-# smollm2-135m's shapes (hidden 576, 30 layers, 9 heads, 3 KV heads, MLP 1536, vocabulary 49152, tied) with random
-# values, on random tokens: its length axis, with the logits of every position (the commonsense data is not on
-# every machine, and its answers are a few tokens).
-SMOLLM2_TOKENS = """\
-name: smollm2-tokens
-description: "smollm2-135m's shapes, random init, random tokens cutoff_len long"
-model:
+# smollm2-135m's two models: its shapes (hidden 576, 30 layers, 9 heads, 3 KV heads, MLP 1536, vocabulary 49152,
+# tied) with random values, and the pre-trained model itself.
+SMOLLM2_SHAPES = """\
   kind: llama-shape
   hidden_size: 576
   intermediate_size: 1536
@@ -100,13 +97,21 @@ model:
   num_key_value_heads: 3
   vocab_size: 49152
   tie_word_embeddings: true
-  max_position_embeddings: 8192
+  max_position_embeddings: 8192"""
+SMOLLM2_PRETRAINED = """\
+  kind: pretrained
+  path: smollm2-135m"""
+SMOLLM2_SUITE = Template("""\
+name: $name
+description: "smollm2-135m's shapes, random init, random tokens cutoff_len long"
+model:
+$model
   precision: fp32
 tasks:
-  - {name: tokens, source: tokens, train_size: 16, test_size: 2}
+  - $task
 budget:
   steps: 3
-  micro_batch_size: 2
+  micro_batch_size: $micro_batch_size
   grad_accum: 1
   cutoff_len: 256
   lr_schedule: constant
@@ -127,27 +132,15 @@ methods:
   subzero: {lr: 1.0e-6, eps: 1.0e-3, rank: 8}
   rso: {lr: 1.0e-3, rank: 8, inner_steps: 40}
   smt: {lr: 1.0e-4, block_size: 64, budget_ratio: 0.01, warmup_steps: 10}
-"""
-
-# the pre-trained smollm2-135m on tiny's synthetic "kind" task (its own tokenizer: about 50 tokens a record, the
-# answer's few tokens the targets): the commonsense suite's model with a task that needs no download
-SMOLLM2_KIND = SMOLLM2_TOKENS.replace("""model:
-  kind: llama-shape
-  hidden_size: 576
-  intermediate_size: 1536
-  num_hidden_layers: 30
-  num_attention_heads: 9
-  num_key_value_heads: 3
-  vocab_size: 49152
-  tie_word_embeddings: true
-  max_position_embeddings: 8192
-  precision: fp32""", """model:
-  kind: pretrained
-  path: smollm2-135m
-  precision: fp32""").replace("{name: tokens, source: tokens, train_size: 16, test_size: 2}",
-                              "{name: kind, generator: kind, train_size: 64, test_size: 4}").replace(
-    "name: smollm2-tokens", "name: smollm2-kind").replace("micro_batch_size: 2", "micro_batch_size: 4")
-
+""")
+# the shapes on random tokens: its length axis, with the logits of every position (the commonsense data is not on
+# every machine, and its answers are a few tokens)
+SMOLLM2_TOKENS = SMOLLM2_SUITE.substitute(name="smollm2-tokens", model=SMOLLM2_SHAPES, micro_batch_size=2,
+                                          task="{name: tokens, source: tokens, train_size: 16, test_size: 2}")
+# the pre-trained model on tiny's synthetic "kind" task (its own tokenizer: about 50 tokens a record, the answer's
+# few tokens the targets): the commonsense suite's model with a task that needs no download
+SMOLLM2_KIND = SMOLLM2_SUITE.substitute(name="smollm2-kind", model=SMOLLM2_PRETRAINED, micro_batch_size=4,
+                                        task="{name: kind, generator: kind, train_size: 64, test_size: 4}")
 SUITES = {"tiny-tokens": TINY_TOKENS, "smollm2-tokens": SMOLLM2_TOKENS, "smollm2-kind": SMOLLM2_KIND}
 
 #: name -> (suite, --set overrides, model label, steps)

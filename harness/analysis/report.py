@@ -22,7 +22,7 @@ NUMERIC = [
     "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb", "peak_mem_nvml_mb", "peak_mem_nvml_process_mb",
     "peak_mem_nvml_eval_mb", "method_mem_mb", "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb",
     "trainable_params", "optimizer_state_elements", "tokens_per_s", "step_time_ms_median", "step_time_ms_p90",
-    "loss_last", "train_time_s", "mem_predicted_peak_mb", "peak_mem_training_mb", "mem_prediction_error_pct",
+    "loss_last", "train_time_s", "mem_predicted_peak_mb", "peak_mem_training_mb",
 ]
 PEAK_METERS = [("peak_mem_nvml_mb", "NVML device (MB)"), ("peak_mem_nvml_process_mb", "NVML process (MB)"),
                ("peak_mem_allocated_mb", "allocated (MB)"), ("peak_mem_reserved_mb", "reserved (MB)"),

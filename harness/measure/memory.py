@@ -34,19 +34,27 @@ MB = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
+def status_bytes(field: str = "VmRSS") -> int | None:
+    """One memory line of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile) in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def rss_peak_mb() -> float:
     """Peak resident set size of this process since the last `reset_rss_peak()` (or its start), in MiB.
 
     Linux: VmHWM from /proc/self/status, which `reset_rss_peak` can reset, so training and evaluation
     get separate peaks. Elsewhere: getrusage's lifetime peak.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    hwm = status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm / MB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / MB  # Linux reports KiB, macOS bytes
 
@@ -61,18 +69,6 @@ def reset_rss_peak() -> bool:
         return False
 
 
-def status_bytes(field: str = "VmRSS") -> int | None:
-    """One memory line of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile) in bytes; None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
 def _cpu_storages() -> dict[int, Any]:
     """Every CPU tensor storage alive in this process, found through the garbage collector, by address."""
     import gc
@@ -84,7 +80,7 @@ def _cpu_storages() -> dict[int, Any]:
         objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
     for obj in objects:
         try:
-            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.layout == torch.strided:
+            if obj.device.type == "cpu" and obj.layout == torch.strided:
                 st = obj.untyped_storage()
                 if st.nbytes() and st.nbytes() >= storages.get(st.data_ptr(), st).nbytes():
                     storages[st.data_ptr()] = st

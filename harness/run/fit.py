@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memft_bench.harness.spec.config import apply_overrides
+from memft_bench.harness.spec.memory_sizes import format_size
 
 if TYPE_CHECKING:
     from memft_bench.harness.spec.config import SuiteSpec
@@ -37,8 +38,6 @@ TRACE_TIME_LIMIT_S = 300.0
 AXIS_MINIMUM = {"micro_batch_size": 1, "cutoff_len": 8}
 #: Traces one search may spend (each takes from a fraction of a second for tiny to several for a 7B model).
 MAX_TRACES = 10
-GiB = 2**30
-MiB = 2**20
 
 
 @dataclass
@@ -61,15 +60,15 @@ class Largest:
     def describe(self) -> str:
         if self.value is None:
             smallest = AXIS_MINIMUM[self.axis]
-            return f"none ({smallest} needs {_size(self.peak_bytes)})" if self.exact else \
-                f"none found in {self.traces} traces (the least traced needs {_size(self.peak_bytes)})"
+            return f"none ({smallest} needs {format_size(self.peak_bytes)})" if self.exact else \
+                f"none found in {self.traces} traces (the least traced needs {format_size(self.peak_bytes)})"
         if self.at_limit and self.axis == "cutoff_len":
-            return f"{self.value}, the model's context length ({_size(self.peak_bytes)})"
+            return f"{self.value}, the model's context length ({format_size(self.peak_bytes)})"
         if self.at_limit:
-            return f"≥ {self.value}, the most searched ({_size(self.peak_bytes)})"
+            return f"≥ {self.value}, the most searched ({format_size(self.peak_bytes)})"
         if not self.exact:  # the traces ran out inside a bracket
-            return f"{self.value} to {self.upper} ({_size(self.peak_bytes)} at {self.value})"
-        return f"{self.value} ({_size(self.peak_bytes)})"
+            return f"{self.value} to {self.upper} ({format_size(self.peak_bytes)} at {self.value})"
+        return f"{self.value} ({format_size(self.peak_bytes)})"
 
 
 def traced_peak(suite: SuiteSpec, method: str, params: dict[str, Any] | None) -> int:
@@ -154,12 +153,6 @@ def _model_guess(traced: dict[int, int], memory: int, fits: int, fails: int, sma
         guess = value * 2 if p <= memory else value // 2
     low, high = max(fits + 1, smallest), min(fails - 1, limit)
     return max(low, min(high, math.floor(guess)))
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / MiB:.1f} MiB"
 
 
 __all__ = ["AXES", "AXIS_MINIMUM", "Largest", "axis_limit", "largest_fitting", "traced_peak"]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from memft_bench.harness.core.errors import BenchError, ConfigError, describe_exception
 from memft_bench.harness.results.rows import method_label
+from memft_bench.harness.spec.memory_sizes import format_size
 from memft_bench.harness.trial.meta_model import CannotBuildOnMeta, build_meta_model
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from memft_bench.harness.run.planning import RunPlan
     from memft_bench.harness.spec.config import SuiteSpec
 
-GiB = 2**30
 MiB = 2**20
 #: A predicted peak within this share of the memory is called tight, not a fit: the prediction counts tensor
 #: storage, and a GPU's caching allocator reserves more than it allocates (fragmentation, cuBLAS workspaces).
@@ -119,8 +119,8 @@ class Preflight:
         if e is None or e.peak is None or self.free_bytes is None or e.peak <= self.free_bytes \
                 or self.refusal(method, variant):
             return None
-        return (f"{check.label}: its predicted training peak {gib(e.peak)} at full-length batches exceeds the "
-                f"{gib(self.free_bytes)} free on {self.device}; it may run out of memory (shorter records need "
+        return (f"{check.label}: its predicted training peak {format_size(e.peak)} at full-length batches exceeds the "
+                f"{format_size(self.free_bytes)} free on {self.device}; it may run out of memory (shorter records need "
                 "less)")
 
     def refusal(self, method: str, variant: str) -> str | None:
@@ -132,17 +132,12 @@ class Preflight:
         if need <= self.free_bytes:
             return None
         e = check.estimate
-        return (f"pre-flight: predicted {gib(need)} (weights {gib(e.weights)}, gradients {gib(e.gradients)}, "
-                f"optimizer {gib(e.optimizer)}, workspace {gib(e.workspace)}; activations not counted) exceeds the "
-                f"{gib(self.free_bytes)} free on {self.device}, so the trial was not started; it needs "
-                f"{gib(need - self.free_bytes)} more: a method option that shrinks its state, a smaller model, "
+        return (f"pre-flight: predicted {format_size(need)} (weights {format_size(e.weights)}, gradients "
+                f"{format_size(e.gradients)}, optimizer {format_size(e.optimizer)}, workspace "
+                f"{format_size(e.workspace)}; activations not counted) exceeds the "
+                f"{format_size(self.free_bytes)} free on {self.device}, so the trial was not started; it needs "
+                f"{format_size(need - self.free_bytes)} more: a method option that shrinks its state, a smaller model, "
                 "model.precision=bf16-mixed, or a device with more memory would fit (--no-fit-check runs it anyway)")
-
-
-def gib(n: int | None) -> str:
-    if n is None:
-        return "?"
-    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / MiB:.1f} MiB"
 
 
 # -- checking a sweep -------------------------------------------------------------------------------
@@ -238,12 +233,13 @@ def run_preflight(run_plan: RunPlan, variants: Iterable[tuple[str, str, dict[str
             result.notes.append(f"pre-flight skipped: the model cannot be built on the meta device ({exc}); "
                                 "each trial checks its own options when it starts")
             return result
-        check, problem = check_variant(model, run_plan.suite_of(method, variant), method, variant, params)
+        variant_suite = run_plan.suite_of(method, variant)
+        check, problem = check_variant(model, variant_suite, method, variant, params)
         result.checks[(method, variant)] = check
         if problem:
             problems.append(problem)
         elif check.estimate is not None:
-            trace_peak(check.estimate, run_plan.suite_of(method, variant), method, params)
+            trace_peak(check.estimate, variant_suite, method, params)
     if problems:
         raise PreflightError(problems)
     return result
@@ -309,19 +305,19 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
         fits = _fits(e, memory)
         if check.note:
             fits = f"{fits} ({check.note})"
-        row = [label, gib(e.weights), gib(e.gradients), gib(e.optimizer), gib(e.workspace), gib(e.exact),
-               gib(e.peak) if e.peak is not None else f"? ({e.peak_note})", fits]
+        row = [label, *(format_size(n) for n in (e.weights, e.gradients, e.optimizer, e.workspace, e.exact)),
+               format_size(e.peak) if e.peak is not None else f"? ({e.peak_note})", fits]
         if axis:
             row.append(check.largest.describe() if check.largest else "?")
         rows.append(row)
     headers = ["method", "weights", "gradients", "optimizer", "workspace", "exact parts", "predicted peak",
-               f"fits in {gib(memory)}" if memory is not None else "fits"]
+               f"fits in {format_size(memory)}" if memory is not None else "fits"]
     if axis:
         headers.append(f"largest {axis} that fits")
     table = tabulate(rows, headers=headers, tablefmt="github")
     budget = run_plan.suite.budget
     lines = [table, "",
-             f"memory: {gib(memory) if memory is not None else 'unknown'} ({where}). "
+             f"memory: {format_size(memory) if memory is not None else 'unknown'} ({where}). "
              f"{len(run_plan.trials)} trials: every task and seed of a method shares its row.",
              "Weights, gradients, optimizer state and workspace are exact from the model's shapes (meta device). The "
              "predicted peak is the method's own training step traced on fake tensors at the budget's full batch "
@@ -345,7 +341,7 @@ def _fits(e: Estimate, memory: int | None) -> str:
         return "?"
     basis = "" if e.peak is not None else " (exact parts only: not traced)"
     if need <= memory * (1 - TIGHT):
-        return f"yes, {gib(memory - need)} spare{basis}"
+        return f"yes, {format_size(memory - need)} spare{basis}"
     if need <= memory:  # a GPU's caching allocator reserves more than it allocates; kernels' workspaces
-        return f"tight: {gib(memory - need)} spare{basis}, within {TIGHT:.0%} of the memory"
-    return f"no, {gib(need - memory)} short{basis}"
+        return f"tight: {format_size(memory - need)} spare{basis}, within {TIGHT:.0%} of the memory"
+    return f"no, {format_size(need - memory)} short{basis}"

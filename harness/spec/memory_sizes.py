@@ -40,6 +40,13 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
+def format_size(n: int | None) -> str:
+    """`3.10 GiB`, or `48.8 MiB` below a tenth of a GiB; `?` for an unknown size."""
+    if n is None:
+        return "?"
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / MiB:.1f} MiB"
+
+
 def parse_size(text: str, option: str = "--memory") -> int:
     """Bytes of `24GiB`, `24 GB` (decimal), `24G` (binary, as `free -g` means it), `1.5TiB`; one clear error else."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text or "")

@@ -250,14 +250,15 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             row.update(accuracy_before=sum(before.values()) / len(before), accuracy_per_task_before=before)
         prompt_of = llm_adapters.train_prompt if suite.evaluation.mode == "llm-adapters" else build_prompt
         examples = [encode_example(tokenizer, r, budget.cutoff_len, prompt_of) for r in task.train]
-        batches = training_batches(
-            examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, device
-        )
+        def batch_stream(on: torch.device | str) -> Any:  # the trial's seeded batches; a second copy is traced
+            return training_batches(examples, budget.micro_batch_size, budget.grad_accum, spec["seed"],
+                                    tokenizer.pad_token_id, on)
+
+        batches = batch_stream(device)
         phase = "memory prediction"
-        prediction = predict_trial_peak(suite, spec["method"], spec["method_params"], training_batches(
-            examples, budget.micro_batch_size, budget.grad_accum, spec["seed"], tokenizer.pad_token_id, "cpu"),
-            device, spec["seed"], notes)
-        row["mem_predicted_peak_mb"] = prediction_columns(prediction, None)["mem_predicted_peak_mb"]
+        prediction = predict_trial_peak(suite, spec["method"], spec["method_params"], batch_stream("cpu"), device,
+                                        spec["seed"], notes)
+        row.update(prediction_columns(prediction, None))  # kept if training fails; measured after it
         phase = "training"
         meters.start(cpu_peak)
         t0 = time.perf_counter()
