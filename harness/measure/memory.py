@@ -70,14 +70,17 @@ def reset_rss_peak() -> bool:
 
 
 def _cpu_storages() -> dict[int, Any]:
-    """Every CPU tensor storage alive in this process, found through the garbage collector, by address."""
+    """Every CPU tensor storage alive in this process, found through the garbage collector, by address. Fake
+    tensors (a memory trace's, while it is alive) say they are on the CPU but hold no memory: left out."""
     import gc
     import warnings
+
+    from torch._subclasses.fake_tensor import FakeTensor
 
     storages: dict[int, Any] = {}
     with warnings.catch_warnings():  # isinstance() of some library objects warns of their deprecation
         warnings.simplefilter("ignore")
-        objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+        objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor) and not isinstance(obj, FakeTensor)]
     for obj in objects:
         try:
             if obj.device.type == "cpu" and obj.layout == torch.strided:

@@ -95,3 +95,20 @@ def test_nvml_sampler_sees_device_memory_grow():
     device_peak, _process_peak = sampler.stop()
     del x
     assert device_peak >= 400
+
+
+def test_live_cpu_tensor_bytes_counts_real_storage_once_and_no_fake_tensor():
+    import gc
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memft_bench.harness.measure.memory import live_cpu_tensor_bytes
+
+    gc.collect()
+    before = live_cpu_tensor_bytes()
+    real = torch.empty(250_000)  # 1 MB
+    view = real[10:]  # shares its storage: counted once
+    with FakeTensorMode():
+        fake = torch.empty(1000, 1000)  # 4 MB that do not exist
+    assert live_cpu_tensor_bytes() - before == 1_000_000
+    del real, view, fake
