@@ -226,7 +226,10 @@ def measure(spec_file: Path, out_file: Path, profile: bool) -> None:
     row = worker.run_trial(spec)
     record["row"] = {k: row.get(k) for k in ("status", "reason", "peak_mem_rss_mb", "mem_weights_mb", "mem_grads_mb",
                                               "mem_optimizer_mb", "steps", "gradient_checkpointing", "method_info",
-                                              "train_time_s", "meter_notes")}
+                                              "train_time_s", "meter_notes", "peak_mem_training_mb",
+                                              "mem_cpu_runtime_growth_mb", "mem_predicted_peak_mb",
+                                              "step_time_ms_median")}
+    record["cpu_heap"] = (row.get("env") or {}).get("cpu_heap")
     out_file.write_text(json.dumps(record), encoding="utf-8")
 
 
@@ -250,12 +253,6 @@ def trial_spec(suite: Any, method: str, run_dir: Path) -> dict[str, Any]:
 
     plan = planning.plan(suite, [method], run_dir, "cpu")
     return plan.trials[0].spec
-
-
-#: glibc's mmap threshold fixed at 128 KiB (its default starting value, which glibc otherwise raises up to 32 MiB
-#: as large blocks are freed): every block from 128 KiB up is its own mapping, returned to the OS when freed, so
-#: the resident set no longer keeps freed activations in the heap. Slower (a page fault per fresh page).
-FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
 def run_measurement(spec: dict[str, Any], work: Path, profile: bool, timeout_s: float,
@@ -325,12 +322,13 @@ def run_cases(cases: list[str], methods: list[str], out: Path, timeout_s: float,
                 write_report(out)
 
 
-def fill_fixed_mmap(out: Path, cases: list[str], timeout_s: float) -> None:
-    """Measure the RSS of the recorded trials of `cases` again with glibc's mmap threshold fixed (`FIXED_MMAP`)."""
+def remeasure(out: Path, cases: list[str], methods: list[str], timeout_s: float) -> None:
+    """Measure the RSS of the recorded trials of `cases` again with the harness as it is now (its heap policy and
+    warm baseline), keeping the first measurement, taken under glibc's dynamic mmap threshold, as `rss_dynamic`."""
     records_file = out / "records.jsonl"
     records = [json.loads(line) for line in records_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     for r in records:
-        if r["case"] not in cases or "rss_mmap" in r:
+        if r["case"] not in cases or r["method"] not in methods or "rss_dynamic" in r:
             continue
         suite, _, _ = load_case(r["case"], out)
         if r["checkpointing"]:
@@ -339,9 +337,10 @@ def fill_fixed_mmap(out: Path, cases: list[str], timeout_s: float) -> None:
             suite = apply_overrides(suite, ["budget.gradient_checkpointing=true"])
         work = WORK / r["case"] / f"{r['method']}-{'gc' if r['checkpointing'] else 'nogc'}"
         spec = trial_spec(suite, r["method"], work / "run")
-        r["rss_mmap"] = run_measurement(spec, work, False, timeout_s, FIXED_MMAP, "rss_mmap")
+        r["rss_dynamic"], r["rss"] = r["rss"], run_measurement(spec, work, False, timeout_s)
         print(summary_line(r), flush=True)
         records_file.write_text("".join(json.dumps(x) + "\n" for x in records), encoding="utf-8")
+        write_report(out)
 
 
 def repredict(out: Path) -> None:
@@ -362,28 +361,36 @@ def repredict(out: Path) -> None:
 
 
 # -- the report ----------------------------------------------------------------------------------------------
+def _rss_peak(rss: dict[str, Any]) -> float | None:
+    """The RSS-measured training peak of a measurement (MiB): the row's own `peak_mem_training_mb` where the
+    harness reported one; for a record older than that column, the peak RSS less the non-tensor resident set
+    when training started."""
+    row = rss.get("row") or {}
+    if "peak_mem_training_mb" in row:
+        return row["peak_mem_training_mb"]
+    if row.get("peak_mem_rss_mb") and "rss_train_start" in rss:
+        return row["peak_mem_rss_mb"] - (rss["rss_train_start"] - rss["tensors_train_start"]) / MiB
+    return None
+
+
 def figures(record: dict[str, Any]) -> dict[str, float | None]:
-    """predicted, RSS-measured (all of it, and less the library pages training paged in) and allocator-measured
-    training peaks (MiB), and the prediction's error against each (%)."""
+    """predicted, RSS-measured (as the harness measures it now, and as it did under glibc's dynamic mmap
+    threshold with a cold baseline) and allocator-measured training peaks (MiB), the prediction's error against
+    each (%), and the runtime's non-tensor growth in the first step."""
     p, rss, prof = record["predicted"], record["rss"], record["profiled"]
-    out: dict[str, float | None] = dict.fromkeys(("predicted", "rss", "rss_anon", "rss_mmap", "allocator", "baseline",
-                                                  "library_pages", "err_rss", "err_rss_anon", "err_rss_mmap",
-                                                  "err_allocator"))
+    out: dict[str, float | None] = dict.fromkeys(("predicted", "rss", "rss_dynamic", "allocator", "runtime_growth",
+                                                  "err_rss", "err_rss_dynamic", "err_allocator"))
     if "peak_bytes" in p:
         out["predicted"] = p["peak_bytes"] / MiB
-    if rss.get("row", {}).get("peak_mem_rss_mb") and "rss_train_start" in rss:
-        baseline = (rss["rss_train_start"] - rss["tensors_train_start"]) / MiB
-        out["baseline"] = baseline
-        out["rss"] = rss["row"]["peak_mem_rss_mb"] - baseline
-        if "rss_file_train_end" in rss:
-            out["library_pages"] = (rss["rss_file_train_end"] - rss["rss_file_train_start"]) / MiB
-            out["rss_anon"] = out["rss"] - out["library_pages"]
-    mmap = record.get("rss_mmap") or {}
-    if mmap.get("row", {}).get("peak_mem_rss_mb") and "rss_train_start" in mmap:
-        out["rss_mmap"] = mmap["row"]["peak_mem_rss_mb"] - (mmap["rss_train_start"] - mmap["tensors_train_start"]) / MiB
+    if "rss_dynamic" in record or "peak_mem_training_mb" in (rss.get("row") or {}):  # the harness's measurement
+        out["rss"] = _rss_peak(rss)
+        out["runtime_growth"] = (rss.get("row") or {}).get("mem_cpu_runtime_growth_mb")
+        out["rss_dynamic"] = _rss_peak(record["rss_dynamic"]) if "rss_dynamic" in record else None
+    else:  # a record from before the heap policy, not re-measured yet
+        out["rss_dynamic"] = _rss_peak(rss)
     if "allocator_peak_increment" in prof:
         out["allocator"] = (prof["tensors_train_start"] + prof["allocator_peak_increment"]) / MiB
-    for key in ("rss", "rss_anon", "rss_mmap", "allocator"):
+    for key in ("rss", "rss_dynamic", "allocator"):
         if out["predicted"] is not None and out[key]:
             out[f"err_{key}"] = 100 * (out["predicted"] - out[key]) / out[key]
     return out
@@ -392,9 +399,9 @@ def figures(record: dict[str, Any]) -> dict[str, float | None]:
 def summary_line(record: dict[str, Any]) -> str:
     f = figures(record)
     cells = [f"{record['case']:16s} {record['method']:8s} gc={'on ' if record['checkpointing'] else 'off'}"]
-    for key in ("predicted", "rss", "rss_anon", "rss_mmap", "allocator"):
+    for key in ("predicted", "rss", "rss_dynamic", "allocator", "runtime_growth"):
         cells.append(f"{key} {f[key]:.1f}" if f[key] is not None else f"{key} -")
-    for key in ("err_rss", "err_rss_anon", "err_rss_mmap", "err_allocator"):
+    for key in ("err_rss", "err_rss_dynamic", "err_allocator"):
         cells.append(f"{key} {f[key]:+.1f}%" if f[key] is not None else f"{key} -")
     if "error" in record["predicted"]:
         cells.append(record["predicted"]["error"][:120])
@@ -419,21 +426,23 @@ def write_report(out: Path) -> None:
         shapes = p.get("batch_shapes") or []
         tokens = f"{shapes[-1][1]}x{shapes[-1][2]}, {shapes[-1][3]} targets" if shapes else "–"
         rows.append([r["method"], r["model"], tokens, "on" if r["checkpointing"] else "off", _fmt(f["predicted"]),
-                     _fmt(f["rss"]), _fmt(f["err_rss"], "+.1f"), _fmt(f["rss_mmap"]), _fmt(f["err_rss_mmap"], "+.1f"),
-                     _fmt(f["allocator"]), _fmt(f["err_allocator"], "+.1f"),
+                     _fmt(f["rss"]), _fmt(f["err_rss"], "+.1f"), _fmt(f["runtime_growth"]), _fmt(f["rss_dynamic"]),
+                     _fmt(f["err_rss_dynamic"], "+.1f"), _fmt(f["allocator"]), _fmt(f["err_allocator"], "+.1f"),
                      " / ".join(_fmt(at.get(k, 0) / MiB) for k in PARTS) if at else p.get("error", "–")[:80],
                      phase, _fmt(r.get("prediction_s"), ".1f")])
     from tabulate import tabulate
 
     table = tabulate(rows, headers=["method", "model", "batch (rows x length, targets)", "checkpointing",
-                                    "predicted MiB", "measured MiB (RSS)", "error % (RSS)",
-                                    "measured MiB (RSS, glibc mmap threshold fixed)", "error %",
+                                    "predicted MiB", "measured MiB (RSS: the row's peak_mem_training_mb)",
+                                    "error % (RSS)", "runtime growth MiB (left out)",
+                                    "before: RSS under glibc's dynamic threshold, cold baseline", "error %",
                                     "measured MiB (allocator)", "error % (allocator)",
                                     "at the peak: " + " / ".join(PARTS) + " MiB", "peak in",
                                     "prediction s"], tablefmt="github")
     counts = []
-    for key, what in (("err_rss", "the RSS-measured peak"), ("err_rss_anon", "the RSS less the library pages"),
-                      ("err_rss_mmap", "the RSS with glibc's mmap threshold fixed"),
+    for key, what in (("err_rss", "the RSS-measured peak (the harness's `peak_mem_training_mb`)"),
+                      ("err_rss_dynamic", "the RSS as measured before the heap policy (glibc's dynamic threshold, "
+                                          "cold baseline)"),
                       ("err_allocator", "the allocator-measured peak")):
         errors = [figures(r)[key] for r in records if figures(r)[key] is not None]
         counts.append(f"{sum(abs(e) <= 10 for e in errors)} of {len(errors)} rows within 10 % of {what}")
@@ -452,8 +461,9 @@ def main() -> None:
     parser.add_argument("--checkpointed", action="append", default=[], metavar="CASE=M1,M2",
                         help="measure only these methods with gradient checkpointing on in CASE (repeatable)")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--fixed-mmap", action="store_true", help="measure the recorded trials of --cases again "
-                        "with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_): freed blocks leave RSS")
+    parser.add_argument("--remeasure", action="store_true", help="measure the RSS of the recorded trials of --cases "
+                        "(and --methods) again with the harness as it is, keeping the first measurement as "
+                        "rss_dynamic (glibc's dynamic mmap threshold, cold baseline)")
     parser.add_argument("--repredict", action="store_true", help="recompute the predictions of the records kept "
                         "(after a change to the trace), keeping their measurements")
     parser.add_argument("--measure", nargs=2, type=Path, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -465,8 +475,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.repredict:
         repredict(args.out)
-    elif args.fixed_mmap:
-        fill_fixed_mmap(args.out, args.cases.split(","), args.timeout)
+    elif args.remeasure:
+        remeasure(args.out, args.cases.split(","), args.methods.split(","), args.timeout)
     elif not args.report_only:
         checkpointed = {case: names.split(",") for case, _, names in (c.partition("=") for c in args.checkpointed)}
         run_cases(args.cases.split(","), args.methods.split(","), args.out, args.timeout, checkpointed)

@@ -23,12 +23,14 @@ import os
 import resource
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from memft_bench.harness.core.tensor_bytes import model_bytes
+from memft_bench.harness.measure.step_hooks import Callback
 
 MB = 1024 * 1024
 log = logging.getLogger(__name__)
@@ -81,7 +83,12 @@ def _cpu_storages() -> dict[int, Any]:
     with warnings.catch_warnings():  # isinstance() of some library objects warns of their deprecation
         warnings.simplefilter("ignore")
         objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor) and not isinstance(obj, FakeTensor)]
-    for obj in objects:
+    # A gradient autograd accumulated lives in C++ until Python first reads `.grad`: the garbage collector does not
+    # see it, so it is reached through its parameter (reading `.grad` of a non-leaf would warn: leaves only).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grads = [obj.grad for obj in objects if obj.is_leaf and obj.requires_grad and obj.grad is not None]
+    for obj in objects + grads:
         try:
             if obj.device.type == "cpu" and obj.layout == torch.strided:
                 st = obj.untyped_storage()
@@ -107,27 +114,66 @@ def page_in_cpu_tensors() -> None:
                 torch.tensor([], dtype=torch.uint8).set_(st).sum()
 
 
-class CpuTrainingPeak:
+class CpuTrainingPeak(Callback):
     """The training peak of a CPU trial as the resident set shows it, comparable with a prediction of tensor
-    bytes: the peak RSS less the process's non-tensor resident set when training starts (the Python runtime,
-    the libraries' code and data, the heap's slack then). What is left is the tensors alive at the peak plus
-    what training itself adds that is not a tensor (library code paged in by the first backward, thread
-    stacks, heap slack from freed activations): the growth a user's machine must have room for."""
+    bytes: the peak RSS less the process's non-tensor resident set once its runtime is warm.
 
-    def __init__(self) -> None:
+    That baseline is read twice: when training starts (the Python runtime, the libraries' code and data), and
+    again when the first step has ended, less the tensors alive each time. The first step pages in the code of
+    the kernels it runs and starts the threads and caches of the libraries (oneDNN, OpenMP, autograd's engine):
+    a few MiB a process needs once, whatever the method and the batch, and which are clean library pages the
+    kernel may drop for the most part. That growth (`runtime_growth_mb`) is recorded in its own column and
+    left out of the peak. What remains is the tensors alive at the peak plus whatever else the steps hold at
+    that moment that is not a tensor (a library's workspace outside torch's allocator, heap slack): the growth
+    a user's machine must have room for. With glibc's mmap threshold fixed (`glibc_heap`), heap slack from
+    freed activations no longer counts there.
+    """
+
+    def __init__(self, warm_baseline: bool = True) -> None:
+        # Only with the mmap threshold fixed: under glibc's dynamic threshold, the first step leaves its freed
+        # activations on the heap, later steps' tensors reuse them, and a warm baseline would subtract them.
+        self.warm_baseline = warm_baseline
         self.non_tensor_bytes: int | None = None
+        self.cold_non_tensor_bytes: int | None = None
+        self.warm_non_tensor_bytes: int | None = None
+        self.read_s = 0.0  # spent reading the warm baseline, inside the training loop: not the method's time
 
     def start(self) -> None:
         """Call just before the training phase's meters reset (after `free_memory`)."""
         page_in_cpu_tensors()
-        rss = status_bytes("VmRSS")
-        self.non_tensor_bytes = None if rss is None else rss - live_cpu_tensor_bytes()
+        self.cold_non_tensor_bytes = self.non_tensor_bytes = _non_tensor_rss()
+
+    def on_step_end(self, step: int, batch: Any, result: Any) -> None:
+        if step != 0 or self.non_tensor_bytes is None or not self.warm_baseline:
+            return
+        started = time.perf_counter()
+        self.warm_non_tensor_bytes = _non_tensor_rss()
+        if self.warm_non_tensor_bytes is not None:
+            self.non_tensor_bytes = self.warm_non_tensor_bytes
+        self.read_s += time.perf_counter() - started
+
+    @property
+    def runtime_growth_mb(self) -> float | None:
+        """The non-tensor resident memory the first step added (MiB); None before it ended or without a warm
+        baseline."""
+        if self.cold_non_tensor_bytes is None or self.warm_non_tensor_bytes is None:
+            return None
+        return (self.warm_non_tensor_bytes - self.cold_non_tensor_bytes) / MB
 
     def peak_mb(self, peak_rss_mb: float | None) -> float | None:
         """The training peak (MiB) from the phase's peak RSS; None when either figure is missing."""
         if peak_rss_mb is None or self.non_tensor_bytes is None:
             return None
         return peak_rss_mb - self.non_tensor_bytes / MB
+
+
+def _non_tensor_rss() -> int | None:
+    """The resident set less every CPU tensor alive (bytes), after a garbage collection; None off Linux."""
+    import gc
+
+    gc.collect()
+    rss = status_bytes("VmRSS")
+    return None if rss is None else rss - live_cpu_tensor_bytes()
 
 
 class CudaPeaks:

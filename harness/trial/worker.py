@@ -126,7 +126,7 @@ def training_peaks(peaks: dict[str, float | None]) -> dict[str, float | None]:
 def measured_training_peak(row: dict[str, Any], device: torch.device, cpu_peak: CpuTrainingPeak | None
                            ) -> float | None:
     """The measured training peak a prediction is compared with (MiB): the CUDA allocator's peak on a GPU; on a
-    CPU the peak RSS less the non-tensor resident set at the start of training."""
+    CPU the peak RSS less the non-tensor resident set once the runtime is warm (`CpuTrainingPeak`)."""
     if device.type == "cuda":
         return row["peak_mem_allocated_mb"]
     return None if cpu_peak is None else cpu_peak.peak_mb(row["peak_mem_rss_mb"])
@@ -166,6 +166,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
     from memft_bench.harness.core.precision import Precision, check_supported
     from memft_bench.harness.measure.env import environment
+    from memft_bench.harness.measure.glibc_heap import apply_heap_policy
     from memft_bench.harness.measure.memory import CpuTrainingPeak, exact_breakdown
     from memft_bench.harness.measure.timing import StepTimer
     from memft_bench.harness.sources.prompts import build_prompt
@@ -193,7 +194,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     extras = ExtrasRecorder()
     timer = StepTimer(device)
     method = model = meters = prediction = None
-    cpu_peak = CpuTrainingPeak() if device.type == "cpu" else None
+    cpu_peak = heap_policy = None
     phase = "setup"
     try:
         if (spec.get("tuning") or {}).get("unresolved"):  # the search chose nothing: the row says why
@@ -216,6 +217,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             torch.empty(1, device=device)
             torch.cuda.synchronize(device)
         check_supported(precision, device)
+        if device.type == "cpu":  # before the model exists, so every block of it follows the policy
+            heap_policy = apply_heap_policy()
+            cpu_peak = CpuTrainingPeak(warm_baseline=heap_policy.startswith("glibc mmap threshold fixed"))
         meters = PhaseMeters(device, notes)  # NVML's idle baseline: before the trial's model is on the GPU
 
         tokenizer = build_tokenizer(suite.model)
@@ -263,11 +267,14 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         meters.start(cpu_peak)
         t0 = time.perf_counter()
         try:
-            train(method, batches, budget, [timer, losses, extras, ProgressLog(budget.steps)])
+            train(method, batches, budget, [timer, losses, extras, ProgressLog(budget.steps),
+                                            *([cpu_peak] if cpu_peak is not None else [])])
             row["status"] = "ok"
         except Diverged as exc:
             row.update(status="diverged", reason=str(exc))
-        row["train_time_s"] = time.perf_counter() - t0
+        row["train_time_s"] = time.perf_counter() - t0 - (cpu_peak.read_s if cpu_peak is not None else 0.0)
+        if cpu_peak is not None:
+            row["mem_cpu_runtime_growth_mb"] = cpu_peak.runtime_growth_mb
         row.update(training_peaks(meters.stop()))
         row.update(prediction_columns(prediction, measured_training_peak(row, device, cpu_peak)))
         row.update(exact_breakdown(method.model, method.state_elements(), method.state_bytes()))
@@ -342,6 +349,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         row["meter_notes"] = notes or None
         row["finished_at"] = now()
         row["env"] = environment(str(device))
+        if heap_policy is not None:
+            row["env"]["cpu_heap"] = heap_policy
     return row
 
 

@@ -112,3 +112,51 @@ def test_live_cpu_tensor_bytes_counts_real_storage_once_and_no_fake_tensor():
         fake = torch.empty(1000, 1000)  # 4 MB that do not exist
     assert live_cpu_tensor_bytes() - before == 1_000_000
     del real, view, fake
+
+
+def test_live_cpu_tensor_bytes_counts_a_gradient_python_never_read():
+    """autograd keeps a leaf's gradient in C++ until `.grad` is read: the garbage collector does not see it, and a
+    baseline taken after a backward would count its bytes as non-tensor memory."""
+    import gc
+
+    from memft_bench.harness.measure.memory import live_cpu_tensor_bytes
+
+    weight = torch.nn.Parameter(torch.ones(250_000))  # 1 MB
+    gc.collect()
+    before = live_cpu_tensor_bytes()
+    (weight * 2).sum().backward()  # the gradient exists now; no Python object holds it
+    gc.collect()
+    assert live_cpu_tensor_bytes() - before == 1_000_000
+
+
+def test_cpu_training_peak_takes_its_baseline_once_the_runtime_is_warm(monkeypatch):
+    """The non-tensor resident set is read at the start and again after the first step: what the first step
+    added that is not a tensor is the runtime's growth, reported apart and left out of the peak."""
+    from memft_bench.harness.measure import memory
+
+    rss = iter([500 * MB, 530 * MB])  # VmRSS at the start, then after step 1
+    tensors = iter([100 * MB, 120 * MB])  # tensors alive then: step 1 made 20 MiB of optimizer state
+    monkeypatch.setattr(memory, "status_bytes", lambda field="VmRSS": next(rss))
+    monkeypatch.setattr(memory, "live_cpu_tensor_bytes", lambda: next(tensors))
+    monkeypatch.setattr(memory, "page_in_cpu_tensors", lambda: None)
+    peak = memory.CpuTrainingPeak()
+    peak.start()
+    assert peak.runtime_growth_mb is None and peak.peak_mb(900.0) == 500.0  # before a step: the cold baseline
+    peak.on_step_end(0, None, None)
+    peak.on_step_end(1, None, None)  # read once: a later step is not asked for RSS (the iterators would end)
+    assert peak.runtime_growth_mb == 10.0  # 530 - 120 against 500 - 100
+    assert peak.peak_mb(900.0) == 490.0
+
+
+def test_cpu_training_peak_keeps_the_cold_baseline_under_a_dynamic_heap(monkeypatch):
+    """With glibc's dynamic threshold, step 1's freed activations stay on the heap for later steps to reuse: a
+    baseline read after it would subtract memory the peak holds, so it is not taken."""
+    from memft_bench.harness.measure import memory
+
+    monkeypatch.setattr(memory, "status_bytes", lambda field="VmRSS": 500 * MB)
+    monkeypatch.setattr(memory, "live_cpu_tensor_bytes", lambda: 100 * MB)
+    monkeypatch.setattr(memory, "page_in_cpu_tensors", lambda: None)
+    peak = memory.CpuTrainingPeak(warm_baseline=False)
+    peak.start()
+    peak.on_step_end(0, None, None)
+    assert peak.runtime_growth_mb is None and peak.peak_mb(900.0) == 500.0

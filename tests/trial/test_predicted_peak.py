@@ -101,3 +101,32 @@ def test_an_out_of_memory_row_says_how_far_off_the_prediction_was():
     cpu = predicted_peak.out_of_memory_shortfall(_prediction(100), torch.device("cpu"), None, MemoryError())
     assert cpu == "predicted peak 100.0 MiB; the device ran out before training's peak could be measured"
     assert predicted_peak.out_of_memory_shortfall(None, torch.device("cpu"), None, MemoryError()) is None
+
+
+@pytest.mark.parametrize("setting", ["", "dynamic"])
+def test_a_cpu_trial_records_its_heap_policy_and_its_runtime_growth(tmp_path, setting):
+    """In its own process, as every trial runs: with the default policy the row says glibc's threshold was fixed
+    and reports the first step's non-tensor growth apart; with `dynamic` it says glibc was left alone and keeps the
+    baseline from the start of training (no growth column)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = small_suite_data(steps=3)
+    data["methods"] = {"lora": PARAMS["lora"]}
+    (trial, *_) = plan(suite_from_data(data, "heap"), ["lora"], tmp_path / "run", "cpu").trials
+    spec, result = tmp_path / "spec.json", tmp_path / "row.json"
+    spec.write_text(json.dumps(trial.spec), encoding="utf-8")
+    env = dict(os.environ, BENCH_CPU_MMAP_THRESHOLD=setting, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-m", "memft_bench.harness.trial", str(spec), str(result)], env=env, check=True,
+                   capture_output=True, timeout=600)
+    row = json.loads(result.read_text(encoding="utf-8"))
+    assert row["status"] == "ok", row["reason"]
+    assert row["peak_mem_training_mb"] > 0
+    if setting == "dynamic":
+        assert row["env"]["cpu_heap"] == "glibc default (dynamic mmap threshold)"
+        assert row["mem_cpu_runtime_growth_mb"] is None
+    else:
+        assert row["env"]["cpu_heap"] == "glibc mmap threshold fixed at 128 KiB"
+        assert row["mem_cpu_runtime_growth_mb"] is not None
