@@ -315,21 +315,27 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
     if axis:
         headers.append(f"largest {axis} that fits")
     table = tabulate(rows, headers=headers, tablefmt="github")
-    budget = run_plan.suite.budget
+    shapes = {batch_shape(run_plan.suite_of(m, v).budget) for m, v, _ in run_plan.variants}
+    shape = shapes.pop() if len(shapes) == 1 else \
+        f"each variant's own, its swept setting in its label; the suite's is {batch_shape(run_plan.suite.budget)}"
     lines = [table, "",
              f"memory: {format_size(memory) if memory is not None else 'unknown'} ({where}). "
              f"{len(run_plan.trials)} trials: every task and seed of a method shares its row.",
              "Weights, gradients, optimizer state and workspace are exact from the model's shapes (meta device). The "
-             "predicted peak is the method's own training step traced on fake tensors at the budget's full batch "
-             f"shape ({budget.micro_batch_size} x {budget.cutoff_len} tokens, every token a target"
-             f"{', gradient checkpointing on' if budget.gradient_checkpointing else ''}): activations and transients "
-             "included; batches of shorter records need less."]
+             f"predicted peak is the method's own training step traced on fake tensors at the budget's full batch "
+             f"shape ({shape}): activations and transients included; batches of shorter records need less."]
     if checked.target_bytes is not None and run_plan.suite.model.precision != "fp32" \
             and not run_plan.device.startswith("cuda"):
         lines.append(f"Traced with this machine's CPU kernels: under {run_plan.suite.model.precision} a GPU's "
                      "autocast casts a different list of operations, so its peak can differ by a few percent.")
     lines.append("Nothing was started.")
     return "\n".join(lines)
+
+
+def batch_shape(budget: Any) -> str:
+    """`4 x 256 tokens, every token a target, gradient checkpointing on`: the shape a budget's trace runs at."""
+    return (f"{budget.micro_batch_size} x {budget.cutoff_len} tokens, every token a target"
+            f"{', gradient checkpointing on' if budget.gradient_checkpointing else ''}")
 
 
 def _fits(e: Estimate, memory: int | None) -> str:

@@ -164,3 +164,18 @@ def test_exit_status_says_what_happened(statuses, strict, expected):
     from memft_bench.harness.cli import run_exit_status
 
     assert run_exit_status([{"status": s} for s in statuses], strict) == expected
+
+
+def test_dry_run_footnote_names_the_batch_shape_each_variant_was_traced_at(tmp_path):
+    """A budget sweep gives its variants their own shapes: the footnote must not state the suite's as theirs."""
+    from memft_bench.harness.run import planning
+    from memft_bench.harness.run.preflight import render_estimates
+
+    plain = planning.plan(_suite(), ["lora"], tmp_path / "a", "cpu")
+    text = render_estimates(run_preflight(plain, plain.variants), plain)
+    assert "full batch shape (4 x 96 tokens, every token a target)" in text
+    data = small_suite_data()
+    data["sweeps"] = {"budget": {"cutoff_len": [32, 64]}}
+    swept = planning.plan(suite_from_data(data, "unit"), ["lora"], tmp_path / "b", "cpu")
+    text = render_estimates(run_preflight(swept, swept.variants), swept)
+    assert "full batch shape (each variant's own, its swept setting in its label; the suite's is 4 x 96" in text
