@@ -284,9 +284,11 @@ def prediction(suite: Any, method: str, params: dict[str, Any], spec: dict[str, 
 
 
 def run_cases(cases: list[str], methods: list[str], out: Path, timeout_s: float,
-              checkpointed: dict[str, list[str]] | None = None) -> None:
+              checkpointed: dict[str, list[str]] | None = None, profile: bool = True,
+              checkpointing_settings: tuple[bool, ...] = (False, True)) -> None:
     """Every case x method, checkpointing off then on (on: the methods of `checkpointed[case]`, default every
-    method that runs backward)."""
+    method that runs backward); without `profile`, the RSS only (GaLore's SVDs of a 7B layer take 20 minutes
+    a process on 2 cores)."""
     records_file = out / "records.jsonl"
     done = set()
     if records_file.is_file():
@@ -294,7 +296,7 @@ def run_cases(cases: list[str], methods: list[str], out: Path, timeout_s: float,
             r = json.loads(line)
             done.add((r["case"], r["method"], r["checkpointing"]))
     for case in cases:
-        for checkpointing in (False, True):
+        for checkpointing in checkpointing_settings:
             suite, label, steps = load_case(case, out)
             if checkpointing:
                 from memft_bench.harness.spec.config import apply_overrides
@@ -311,7 +313,8 @@ def run_cases(cases: list[str], methods: list[str], out: Path, timeout_s: float,
                 predicted = prediction(suite, method, spec["method_params"], spec)
                 t1 = time.perf_counter()
                 rss = run_measurement(spec, work, False, timeout_s)
-                profiled = run_measurement(spec, work, True, timeout_s)
+                profiled = run_measurement(spec, work, True, timeout_s) if profile else \
+                    {"skipped": "not profiled (--no-profile)"}
                 record = {"case": case, "model": label, "method": method, "checkpointing": checkpointing,
                           "cutoff_len": suite.budget.cutoff_len, "micro_batch_size": suite.budget.micro_batch_size,
                           "steps": steps, "predicted": predicted, "prediction_s": t1 - t0, "rss": rss,
@@ -461,6 +464,9 @@ def main() -> None:
     parser.add_argument("--checkpointed", action="append", default=[], metavar="CASE=M1,M2",
                         help="measure only these methods with gradient checkpointing on in CASE (repeatable)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--no-profile", action="store_true", help="measure the RSS only, not the allocator's peak "
+                        "(a second process: GaLore on the 7B layer spends 20 minutes in SVDs in each)")
+    parser.add_argument("--checkpointing", choices=["both", "off", "on"], default="both")
     parser.add_argument("--remeasure", action="store_true", help="measure the RSS of the recorded trials of --cases "
                         "(and --methods) again with the harness as it is, keeping the first measurement as "
                         "rss_dynamic (glibc's dynamic mmap threshold, cold baseline)")
@@ -479,7 +485,9 @@ def main() -> None:
         remeasure(args.out, args.cases.split(","), args.methods.split(","), args.timeout)
     elif not args.report_only:
         checkpointed = {case: names.split(",") for case, _, names in (c.partition("=") for c in args.checkpointed)}
-        run_cases(args.cases.split(","), args.methods.split(","), args.out, args.timeout, checkpointed)
+        settings = {"both": (False, True), "off": (False,), "on": (True,)}[args.checkpointing]
+        run_cases(args.cases.split(","), args.methods.split(","), args.out, args.timeout, checkpointed,
+                  profile=not args.no_profile, checkpointing_settings=settings)
     write_report(args.out)
 
 

@@ -157,6 +157,9 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
         extra.append("model.trust_remote_code=true")
     if eval_mode:
         extra.append(f"evaluation.mode={eval_mode}")
+    from memft_bench.harness.measure.glibc_heap import requested_threshold
+
+    requested_threshold()  # a bad BENCH_CPU_MMAP_THRESHOLD stops the run here, not in every CPU trial
     if seeds is not None:
         try:
             seed_list = [int(s) for s in _csv(seeds) or []]

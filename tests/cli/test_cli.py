@@ -131,3 +131,14 @@ def test_end_to_end_run_resume_and_failed_trial(tmp_path):
     assert "accuracy" in regressed.stdout and "optimizer_state_elements" in regressed.stdout
     assert "REGRESSION" in regressed.stdout
     assert bench("compare", str(out), str(tmp_path / "nothing")).returncode == 2
+
+
+def test_a_bad_heap_policy_stops_the_run_in_one_line(tmp_path):
+    """BENCH_CPU_MMAP_THRESHOLD is read by every CPU trial: a bad value is refused once, before any trial."""
+    import os
+
+    result = subprocess.run([*BENCH_CLI, "run", "--methods", "lora", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, BENCH_CPU_MMAP_THRESHOLD="64k"))
+    _one_line_error(result, "BENCH_CPU_MMAP_THRESHOLD='64k'", "'dynamic'")
+    assert not (tmp_path / "run" / "results.jsonl").exists()
