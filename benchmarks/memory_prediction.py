@@ -141,7 +141,50 @@ SMOLLM2_TOKENS = SMOLLM2_SUITE.substitute(name="smollm2-tokens", model=SMOLLM2_S
 # few tokens the targets): the commonsense suite's model with a task that needs no download
 SMOLLM2_KIND = SMOLLM2_SUITE.substitute(name="smollm2-kind", model=SMOLLM2_PRETRAINED, micro_batch_size=4,
                                         task="{name: kind, generator: kind, train_size: 64, test_size: 4}")
-SUITES = {"tiny-tokens": TINY_TOKENS, "smollm2-tokens": SMOLLM2_TOKENS, "smollm2-kind": SMOLLM2_KIND}
+# the layer-7b suite's decoder layer (hidden 4096, MLP 11008, 32 heads) on random tokens cutoff_len long: its own
+# task is about 54 tokens whatever cutoff_len says, so its length axis needs tokens (a vocabulary of 128 ids)
+LAYER_7B_TOKENS = """\
+name: layer-7b-tokens
+description: "One LLaMA-7B-shaped decoder layer, random init, random tokens cutoff_len long"
+model:
+  kind: llama-shape
+  hidden_size: 4096
+  intermediate_size: 11008
+  num_hidden_layers: 1
+  num_attention_heads: 32
+  num_key_value_heads: 32
+  vocab_size: 128
+  max_position_embeddings: 512
+  precision: fp32
+tasks:
+  - {name: tokens, source: tokens, train_size: 16, test_size: 2}
+budget:
+  steps: 4
+  micro_batch_size: 2
+  grad_accum: 1
+  cutoff_len: 256
+  lr_schedule: constant
+  timing_warmup_steps: 1
+evaluation:
+  mode: loglik
+  batch_size: 2
+seeds: [0]
+data_seed: 1234
+default_methods: [full, lora, dora, galore, mezo, sgc, subzero, rso, smt]
+trial_timeout_s: 1800
+methods:
+  full: {lr: 1.0e-4}
+  lora: {lr: 1.0e-3, r: 8, alpha: 16}
+  galore: {lr: 1.0e-3}
+  mezo: {lr: 1.0e-6, eps: 1.0e-3}
+  sgc: {lr: 1.0e-3}
+  dora: {lr: 1.0e-3, r: 8, alpha: 16}
+  subzero: {lr: 1.0e-6, eps: 1.0e-3, rank: 8}
+  rso: {lr: 1.0e-3, rank: 8, inner_steps: 2}
+  smt: {lr: 1.0e-3, block_size: 256, budget_ratio: 0.0084, warmup_steps: 2}
+"""
+SUITES = {"tiny-tokens": TINY_TOKENS, "smollm2-tokens": SMOLLM2_TOKENS, "smollm2-kind": SMOLLM2_KIND,
+          "layer-7b-tokens": LAYER_7B_TOKENS}
 
 #: name -> (suite, --set overrides, model label, steps)
 CASES: dict[str, tuple[str, list[str], str, int]] = {
@@ -151,7 +194,7 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
     "smollm2-kind": ("@smollm2-kind", [], "smollm2-135m, synthetic task (about 50 tokens, 6 targets a row)", 3),
     "smollm2-tokens-256": ("@smollm2-tokens", [], "smollm2-135m shapes, random tokens 256", 3),
     "layer-7b-64": ("layer-7b", [], "layer-7b (B 2, cutoff 64)", 4),
-    "layer-7b-256": ("layer-7b", ["budget.cutoff_len=256"], "layer-7b (B 2, random tokens 256)", 4),
+    "layer-7b-256": ("@layer-7b-tokens", ["budget.cutoff_len=256"], "layer-7b shapes, random tokens 256", 4),
 }
 
 
@@ -227,7 +270,7 @@ def measure(spec_file: Path, out_file: Path, profile: bool) -> None:
     record["row"] = {k: row.get(k) for k in ("status", "reason", "peak_mem_rss_mb", "mem_weights_mb", "mem_grads_mb",
                                               "mem_optimizer_mb", "steps", "gradient_checkpointing", "method_info",
                                               "train_time_s", "meter_notes", "peak_mem_training_mb",
-                                              "mem_cpu_runtime_growth_mb", "mem_predicted_peak_mb",
+                                              "mem_cpu_library_pages_mb", "mem_predicted_peak_mb",
                                               "step_time_ms_median")}
     record["cpu_heap"] = (row.get("env") or {}).get("cpu_heap")
     out_file.write_text(json.dumps(record), encoding="utf-8")
@@ -387,7 +430,7 @@ def figures(record: dict[str, Any]) -> dict[str, float | None]:
         out["predicted"] = p["peak_bytes"] / MiB
     if "rss_dynamic" in record or "peak_mem_training_mb" in (rss.get("row") or {}):  # the harness's measurement
         out["rss"] = _rss_peak(rss)
-        out["runtime_growth"] = (rss.get("row") or {}).get("mem_cpu_runtime_growth_mb")
+        out["runtime_growth"] = (rss.get("row") or {}).get("mem_cpu_library_pages_mb")
         out["rss_dynamic"] = _rss_peak(record["rss_dynamic"]) if "rss_dynamic" in record else None
     else:  # a record from before the heap policy, not re-measured yet
         out["rss_dynamic"] = _rss_peak(rss)

@@ -5,12 +5,15 @@ From then on, blocks under the new threshold come from the heap, and a freed act
 slack until the top of the heap is trimmed. A CPU trial's peak RSS then depends on the order of earlier frees, not
 only on what is alive: on smollm2-135m at 256 tokens it exceeded the tensors alive at the peak by 0.3-0.65 GiB
 (LoRA with checkpointing 48 % above them). With the threshold fixed, every block from 128 KiB up is a mapping of
-its own, returned to the system when freed, and the peak RSS exceeds the tensors by a few MiB (see
-`reports/memory-prediction-cpu/`). The price is a page fault per fresh page of a large block, the same for every
-method of a run; `benchmarks/cpu_heap_cost.py` measures it.
+its own, returned to the system when freed, and the peak RSS follows the tensors alive (see
+`reports/memory-prediction-cpu/`). The price is a page fault per fresh page of a large block, the same policy for every
+method of a run, paid in proportion to the bytes a step allocates in large blocks, so it slows some methods more
+than others: `benchmarks/cpu_heap_cost.py` measures it (`reports/cpu-heap-cost/`).
 
 `BENCH_CPU_MMAP_THRESHOLD` (bytes, or `dynamic` for glibc's own behaviour) overrides the policy; the row's `env`
-records the one in force (`cpu_heap`).
+records the one in force (`cpu_heap`). The runner starts a CPU trial with `MALLOC_MMAP_THRESHOLD_` set
+(`heap_environment`), so the policy holds from the process's first allocation; the trial applies it again with
+`mallopt` (`apply_heap_policy`) for a trial started any other way.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from collections.abc import Mapping
 
 from memft_bench.harness.core.errors import BenchError
 
-#: `mallopt`'s parameter number for the mmap threshold (glibc's malloc.h: M_MMAP_THRESHOLD)
-M_MMAP_THRESHOLD = -3
+#: `mallopt`'s parameter numbers (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: glibc's own starting value, kept fixed: large enough that small Python and autograd objects stay on the heap
 MMAP_THRESHOLD_BYTES = 128 * 1024
-#: glibc's largest mmap threshold (HEAP_MAX / 2 on 64-bit): `mallopt` refuses more
+#: glibc's largest mmap threshold (HEAP_MAX / 2 on 64-bit): `mallopt` refuses more; under a page, every small
+#: object would be a mapping of its own
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+MMAP_THRESHOLD_MIN = 4096
+#: allocators that replace glibc's malloc when preloaded: glibc's mallopt then accepts and changes nothing
+OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 ENV_VAR = "BENCH_CPU_MMAP_THRESHOLD"
 DYNAMIC = "dynamic"
 
@@ -39,10 +46,17 @@ def requested_threshold(environ: Mapping[str, str] = os.environ) -> int | None:
         return MMAP_THRESHOLD_BYTES
     if text == DYNAMIC:
         return None
-    if not text.isdigit() or not 0 < int(text) <= MMAP_THRESHOLD_MAX:
-        raise BenchError(f"{ENV_VAR}={environ[ENV_VAR]!r}: give a number of bytes from 1 to {MMAP_THRESHOLD_MAX} "
-                         f"or {DYNAMIC!r}")
+    if not (text.isascii() and text.isdigit()) or not MMAP_THRESHOLD_MIN <= int(text) <= MMAP_THRESHOLD_MAX:
+        raise BenchError(f"{ENV_VAR}={environ[ENV_VAR]!r}: give a number of bytes from {MMAP_THRESHOLD_MIN} to "
+                         f"{MMAP_THRESHOLD_MAX} or {DYNAMIC!r}")
     return int(text)
+
+
+def heap_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables a CPU trial's process starts with, so glibc follows the policy from its first allocation
+    (`apply_heap_policy` inside the trial then finds it in force): empty for `dynamic`."""
+    threshold = requested_threshold(environ)
+    return {} if threshold is None else {"MALLOC_MMAP_THRESHOLD_": str(threshold)}
 
 
 def apply_heap_policy(environ: Mapping[str, str] = os.environ) -> str:
@@ -51,10 +65,17 @@ def apply_heap_policy(environ: Mapping[str, str] = os.environ) -> str:
     threshold = requested_threshold(environ)
     if threshold is None:
         return "glibc default (dynamic mmap threshold)"
+    preloaded = next((name for name in OTHER_ALLOCATORS if name in environ.get("LD_PRELOAD", "")), None)
+    if preloaded:
+        return f"unchanged: {preloaded} is preloaded in place of glibc's malloc"
     libc_name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(libc_name)
-        applied = libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
+        # Both thresholds: glibc raises the trim threshold with the mmap one, and a raised trim threshold would
+        # keep freed blocks at the heap's top resident; then what the heap already holds free is given back.
+        applied = libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1 and libc.mallopt(M_TRIM_THRESHOLD, threshold) == 1
+        if applied:
+            libc.malloc_trim(0)
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): no mallopt, or a different one
         applied = False
     if not applied:

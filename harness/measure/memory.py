@@ -23,14 +23,12 @@ import os
 import resource
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from memft_bench.harness.core.tensor_bytes import model_bytes
-from memft_bench.harness.measure.step_hooks import Callback
 
 MB = 1024 * 1024
 log = logging.getLogger(__name__)
@@ -114,66 +112,55 @@ def page_in_cpu_tensors() -> None:
                 torch.tensor([], dtype=torch.uint8).set_(st).sum()
 
 
-class CpuTrainingPeak(Callback):
+class CpuTrainingPeak:
     """The training peak of a CPU trial as the resident set shows it, comparable with a prediction of tensor
-    bytes: the peak RSS less the process's non-tensor resident set once its runtime is warm.
+    bytes: the peak RSS above the trial's idle baseline, the non-tensor resident set just before training.
 
-    That baseline is read twice: when training starts (the Python runtime, the libraries' code and data), and
-    again when the first step has ended, less the tensors alive each time. The first step pages in the code of
-    the kernels it runs and starts the threads and caches of the libraries (oneDNN, OpenMP, autograd's engine):
-    a few MiB a process needs once, whatever the method and the batch, and which are clean library pages the
-    kernel may drop for the most part. That growth (`runtime_growth_mb`) is recorded in its own column and
-    left out of the peak. What remains is the tensors alive at the peak plus whatever else the steps hold at
-    that moment that is not a tensor (a library's workspace outside torch's allocator, heap slack): the growth
-    a user's machine must have room for. With glibc's mmap threshold fixed (`glibc_heap`), heap slack from
-    freed activations no longer counts there.
+    Two things make that baseline the process's, not an accident of what ran before: the runtime is warmed first
+    (`warm_up_runtime`: the thread pools started, autograd and the common kernels run once), and the library code
+    training pages in is not counted (`library_pages_mb`, the growth of the file-backed resident set over the
+    phase: clean pages of shared libraries, which the kernel drops and reads again under memory pressure, so they
+    never decide whether a run fits). Everything else counts: the tensors alive at the peak, and whatever anonymous
+    memory the steps hold then or keep (a library's workspace or buffer cache outside torch's allocator, heap
+    slack). With glibc's mmap threshold fixed (`glibc_heap`), freed activations leave the resident set.
     """
 
-    def __init__(self, warm_baseline: bool = True) -> None:
-        # Only with the mmap threshold fixed: under glibc's dynamic threshold, the first step leaves its freed
-        # activations on the heap, later steps' tensors reuse them, and a warm baseline would subtract them.
-        self.warm_baseline = warm_baseline
+    def __init__(self) -> None:
         self.non_tensor_bytes: int | None = None
-        self.cold_non_tensor_bytes: int | None = None
-        self.warm_non_tensor_bytes: int | None = None
-        self.read_s = 0.0  # spent reading the warm baseline, inside the training loop: not the method's time
+        self.file_bytes_at_start: int | None = None
+        self.library_pages_mb: float | None = None
 
     def start(self) -> None:
         """Call just before the training phase's meters reset (after `free_memory`)."""
+        import gc
+
+        warm_up_runtime()
         page_in_cpu_tensors()
-        self.cold_non_tensor_bytes = self.non_tensor_bytes = _non_tensor_rss()
+        gc.collect()
+        rss = status_bytes("VmRSS")
+        self.non_tensor_bytes = None if rss is None else rss - live_cpu_tensor_bytes()
+        self.file_bytes_at_start = status_bytes("RssFile")
 
-    def on_step_end(self, step: int, batch: Any, result: Any) -> None:
-        if step != 0 or self.non_tensor_bytes is None or not self.warm_baseline:
-            return
-        started = time.perf_counter()
-        self.warm_non_tensor_bytes = _non_tensor_rss()
-        if self.warm_non_tensor_bytes is not None:
-            self.non_tensor_bytes = self.warm_non_tensor_bytes
-        self.read_s += time.perf_counter() - started
-
-    @property
-    def runtime_growth_mb(self) -> float | None:
-        """The non-tensor resident memory the first step added (MiB); None before it ended or without a warm
-        baseline."""
-        if self.cold_non_tensor_bytes is None or self.warm_non_tensor_bytes is None:
-            return None
-        return (self.warm_non_tensor_bytes - self.cold_non_tensor_bytes) / MB
+    def stop(self) -> None:
+        """Call when the phase ends: reads the library code it paged in."""
+        now = status_bytes("RssFile")
+        if now is not None and self.file_bytes_at_start is not None:
+            self.library_pages_mb = max(0, now - self.file_bytes_at_start) / MB
 
     def peak_mb(self, peak_rss_mb: float | None) -> float | None:
         """The training peak (MiB) from the phase's peak RSS; None when either figure is missing."""
         if peak_rss_mb is None or self.non_tensor_bytes is None:
             return None
-        return peak_rss_mb - self.non_tensor_bytes / MB
+        return peak_rss_mb - self.non_tensor_bytes / MB - (self.library_pages_mb or 0.0)
 
 
-def _non_tensor_rss() -> int | None:
-    """The resident set less every CPU tensor alive (bytes), after a garbage collection; None off Linux."""
-    import gc
-
-    gc.collect()
-    rss = status_bytes("VmRSS")
-    return None if rss is None else rss - live_cpu_tensor_bytes()
+def warm_up_runtime() -> None:
+    """Run a forward and backward pass of a small matrix product once: it starts the OpenMP and intra-op thread
+    pools (their stacks and arenas) and pages in autograd's engine, so the idle baseline read next is the one of a
+    process that has trained, as every trial's is after its first step. Touches no random generator."""
+    x = torch.ones(128, 128, requires_grad=True)
+    torch.nn.functional.silu(x @ x).sum().backward()
+    del x
 
 
 class CudaPeaks:

@@ -59,7 +59,7 @@ COLUMNS = [
     # the training peak predicted before training (harness/trial/predicted_peak.py) and the measured one it predicts
     "mem_predicted_peak_mb", "peak_mem_training_mb", "mem_prediction_error_pct",
     # CPU: the non-tensor memory the first step brought (library code, threads), left out of peak_mem_training_mb
-    "mem_cpu_runtime_growth_mb",
+    "mem_cpu_library_pages_mb",
     "step_time_ms_median", "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s",
     "method_metrics", "method_info", "meter_notes",
     "started_at", "finished_at", "command", "env",
@@ -78,7 +78,7 @@ NUMBERS = ("seed", "steps", "time_budget_s", "batch_size", "micro_batch_size", "
            "mem_weights_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_other_mb", "peak_mem_rss_mb",
            "peak_mem_rss_eval_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb",
            "peak_mem_nvml_mb", "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb", "mem_predicted_peak_mb",
-           "peak_mem_training_mb", "mem_prediction_error_pct", "mem_cpu_runtime_growth_mb", "step_time_ms_median",
+           "peak_mem_training_mb", "mem_prediction_error_pct", "mem_cpu_library_pages_mb", "step_time_ms_median",
            "step_time_ms_p90", "tokens_per_s", "train_time_s", "eval_time_s", "validation_accuracy",
            "validation_loss", "validation_items")
 TEXTS = ("run_id", "suite", "variant", "model", "device", "precision", "dtype", "reason", "data_source", "task_family",

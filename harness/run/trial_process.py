@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memft_bench.harness.core.records_io import now
+from memft_bench.harness.measure.glibc_heap import heap_environment
 from memft_bench.harness.results.rows import empty_row, method_label
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class TrialProcess:
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         child_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if str(spec.get("device", "")).startswith("cpu"):  # glibc's heap policy from the first allocation
+            child_env.update(heap_environment())
         child_env.update(env or {})
         child_env["BENCH_RUNNER_PID"] = str(os.getpid())  # the trial dies with this process (PR_SET_PDEATHSIG)
         self.started = now()

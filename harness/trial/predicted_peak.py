@@ -10,7 +10,7 @@ it predicts, and `mem_prediction_error_pct`, (predicted - measured) / measured:
   first step (`measure.memory.CpuTrainingPeak`), with glibc's mmap threshold fixed (`measure.glibc_heap`) so that
   freed activations leave the resident set: tensors, plus what else the steps hold at the peak that is not a
   tensor (a library's workspace outside torch's allocator). The first step's own non-tensor growth (library code,
-  threads: a few MiB) is `mem_cpu_runtime_growth_mb`, apart.
+  threads: a few MiB) is `mem_cpu_library_pages_mb`, apart.
 
 The trace runs inside the trial's process before its training phase: its fake tensors hold no memory, and every
 random number generator is restored afterwards, so the trial trains exactly as it would without it. A method

@@ -13,6 +13,7 @@ from memft_bench.harness.measure.glibc_heap import (
     ENV_VAR,
     MMAP_THRESHOLD_BYTES,
     apply_heap_policy,
+    heap_environment,
     requested_threshold,
 )
 
@@ -23,13 +24,45 @@ def test_requested_threshold_reads_the_variable():
     assert requested_threshold({}) == MMAP_THRESHOLD_BYTES
     assert requested_threshold({ENV_VAR: "65536"}) == 65536
     assert requested_threshold({ENV_VAR: " Dynamic "}) is None
-    for bad in ("-1", "0", "64k", str(64 * 2**20)):
+    for bad in ("-1", "0", "100", "64k", "\u00b2", str(64 * 2**20)):
         with pytest.raises(BenchError, match=ENV_VAR):
             requested_threshold({ENV_VAR: bad})
 
 
 def test_dynamic_leaves_glibc_alone():
     assert apply_heap_policy({ENV_VAR: "dynamic"}) == "glibc default (dynamic mmap threshold)"
+    assert heap_environment({ENV_VAR: "dynamic"}) == {}
+    assert heap_environment({}) == {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def test_a_preloaded_allocator_is_not_claimed_as_fixed():
+    """jemalloc or tcmalloc in LD_PRELOAD replace malloc: glibc's mallopt would accept the call and change nothing."""
+    assert apply_heap_policy({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == \
+        "unchanged: jemalloc is preloaded in place of glibc's malloc"
+
+
+def test_a_cpu_trial_process_starts_with_the_policy(tmp_path):
+    """The runner sets MALLOC_MMAP_THRESHOLD_ for a CPU trial's process, so glibc never raises its threshold, not
+    even while Python imports torch; a GPU trial's host process is left as it is."""
+    from memft_bench.harness.run import trial_process
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, command, env, **kwargs):
+            seen[env.get("BENCH_TEST_DEVICE")] = env.get("MALLOC_MMAP_THRESHOLD_")
+
+    spec = {"run_id": "r", "trial_id": "t", "suite": {"name": "s"}, "task": "k", "method": "m", "method_params": {},
+            "seed": 0}
+    original = trial_process.subprocess.Popen
+    trial_process.subprocess.Popen = Recorder
+    try:
+        for device in ("cpu", "cuda:0"):
+            trial_process.TrialProcess({**spec, "device": device}, tmp_path / "spec.json", tmp_path / "row.json",
+                                       tmp_path / "log", env={"BENCH_TEST_DEVICE": device})
+    finally:
+        trial_process.subprocess.Popen = original
+    assert seen == {"cpu": "131072", "cuda:0": None}
 
 
 @glibc
@@ -41,7 +74,8 @@ def test_fixed_threshold_returns_a_freed_block_to_the_system():
         import ctypes, sys
         from memft_bench.harness.measure.glibc_heap import apply_heap_policy
         from memft_bench.harness.measure.memory import status_bytes
-        policy = apply_heap_policy()
+        late = sys.argv[1] == "late"
+        policy = None if late else apply_heap_policy()
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc.restype = ctypes.c_void_p
         libc.free.argtypes = [ctypes.c_void_p]
@@ -50,6 +84,8 @@ def test_fixed_threshold_returns_a_freed_block_to_the_system():
             ctypes.memset(p, 1, n)
             return p
         libc.free(touched(16 << 20))                  # a mapped block freed: glibc raises its threshold
+        if late:                                       # as in a trial: the policy comes after the imports
+            policy = apply_heap_policy()
         blocks = [touched(8 << 20) for _ in range(4)]  # 32 MiB more
         low = libc.malloc(64)                          # a small block above them keeps the heap from shrinking
         before = status_bytes("VmRSS")
@@ -58,8 +94,8 @@ def test_fixed_threshold_returns_a_freed_block_to_the_system():
         print(policy, "|", (before - status_bytes("VmRSS")) >> 20)
     """)
 
-    def freed_mib(env_value: str) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+    def freed_mib(env_value: str, when: str = "early") -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", script, when], capture_output=True, text=True, check=True,
                              env={"PATH": "/usr/bin:/bin", ENV_VAR: env_value, "PYTHONPATH": ":".join(sys.path)})
         policy, freed = out.stdout.strip().rsplit("|", 1)
         return policy.strip(), int(freed)
@@ -67,6 +103,8 @@ def test_fixed_threshold_returns_a_freed_block_to_the_system():
     policy, freed = freed_mib("")
     assert policy == "glibc mmap threshold fixed at 128 KiB"
     assert freed >= 23  # three 8 MiB blocks returned
+    policy, freed = freed_mib("", "late")  # glibc had raised both thresholds already: the policy lowers both
+    assert policy == "glibc mmap threshold fixed at 128 KiB" and freed >= 23
     policy, freed = freed_mib("dynamic")
     assert policy.startswith("glibc default")
     assert freed <= 8  # they stay on the heap: glibc's default, which the policy exists to avoid

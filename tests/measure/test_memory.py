@@ -129,34 +129,29 @@ def test_live_cpu_tensor_bytes_counts_a_gradient_python_never_read():
     assert live_cpu_tensor_bytes() - before == 1_000_000
 
 
-def test_cpu_training_peak_takes_its_baseline_once_the_runtime_is_warm(monkeypatch):
-    """The non-tensor resident set is read at the start and again after the first step: what the first step
-    added that is not a tensor is the runtime's growth, reported apart and left out of the peak."""
+def test_cpu_training_peak_leaves_out_only_the_library_code_training_paged_in(monkeypatch):
+    """The peak counts from the non-tensor resident set of the warmed process; of what training adds, only the
+    file-backed pages (library code) are left out, and anonymous growth (a library's buffers) counts."""
     from memft_bench.harness.measure import memory
 
-    rss = iter([500 * MB, 530 * MB])  # VmRSS at the start, then after step 1
-    tensors = iter([100 * MB, 120 * MB])  # tensors alive then: step 1 made 20 MiB of optimizer state
-    monkeypatch.setattr(memory, "status_bytes", lambda field="VmRSS": next(rss))
-    monkeypatch.setattr(memory, "live_cpu_tensor_bytes", lambda: next(tensors))
+    figures = {"VmRSS": iter([500 * MB]), "RssFile": iter([100 * MB, 107 * MB])}
+    monkeypatch.setattr(memory, "status_bytes", lambda field="VmRSS": next(figures[field]))
+    monkeypatch.setattr(memory, "live_cpu_tensor_bytes", lambda: 120 * MB)
     monkeypatch.setattr(memory, "page_in_cpu_tensors", lambda: None)
+    warmed = []
+    monkeypatch.setattr(memory, "warm_up_runtime", lambda: warmed.append(True))
     peak = memory.CpuTrainingPeak()
     peak.start()
-    assert peak.runtime_growth_mb is None and peak.peak_mb(900.0) == 500.0  # before a step: the cold baseline
-    peak.on_step_end(0, None, None)
-    peak.on_step_end(1, None, None)  # read once: a later step is not asked for RSS (the iterators would end)
-    assert peak.runtime_growth_mb == 10.0  # 530 - 120 against 500 - 100
-    assert peak.peak_mb(900.0) == 490.0
+    assert warmed == [True] and peak.non_tensor_bytes == 380 * MB
+    assert peak.peak_mb(900.0) == 520.0  # before stop(): nothing left out yet
+    peak.stop()
+    assert peak.library_pages_mb == 7.0
+    assert peak.peak_mb(900.0) == 513.0
 
 
-def test_cpu_training_peak_keeps_the_cold_baseline_under_a_dynamic_heap(monkeypatch):
-    """With glibc's dynamic threshold, step 1's freed activations stay on the heap for later steps to reuse: a
-    baseline read after it would subtract memory the peak holds, so it is not taken."""
-    from memft_bench.harness.measure import memory
+def test_warm_up_runtime_draws_no_random_number():
+    state = torch.get_rng_state()
+    from memft_bench.harness.measure.memory import warm_up_runtime
 
-    monkeypatch.setattr(memory, "status_bytes", lambda field="VmRSS": 500 * MB)
-    monkeypatch.setattr(memory, "live_cpu_tensor_bytes", lambda: 100 * MB)
-    monkeypatch.setattr(memory, "page_in_cpu_tensors", lambda: None)
-    peak = memory.CpuTrainingPeak(warm_baseline=False)
-    peak.start()
-    peak.on_step_end(0, None, None)
-    assert peak.runtime_growth_mb is None and peak.peak_mb(900.0) == 500.0
+    warm_up_runtime()
+    assert torch.equal(torch.get_rng_state(), state)

@@ -33,7 +33,7 @@ MEASURED = {
     "tokens_per_s", "train_time_s", "eval_time_s", "mem_other_mb", "peak_mem_rss_mb", "peak_mem_rss_eval_mb",
     "peak_mem_allocated_mb", "peak_mem_reserved_mb", "peak_mem_allocated_eval_mb", "peak_mem_nvml_mb",
     "peak_mem_nvml_process_mb", "peak_mem_nvml_eval_mb", "peak_mem_training_mb", "mem_prediction_error_pct",
-    "mem_cpu_runtime_growth_mb",
+    "mem_cpu_library_pages_mb",
     "meter_notes",
 }
 

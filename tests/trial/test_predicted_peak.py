@@ -104,10 +104,9 @@ def test_an_out_of_memory_row_says_how_far_off_the_prediction_was():
 
 
 @pytest.mark.parametrize("setting", ["", "dynamic"])
-def test_a_cpu_trial_records_its_heap_policy_and_its_runtime_growth(tmp_path, setting):
-    """In its own process, as every trial runs: with the default policy the row says glibc's threshold was fixed
-    and reports the first step's non-tensor growth apart; with `dynamic` it says glibc was left alone and keeps the
-    baseline from the start of training (no growth column)."""
+def test_a_cpu_trial_records_its_heap_policy_and_the_library_code_it_left_out(tmp_path, setting):
+    """In its own process, as every trial runs: the row says which heap policy was in force and how much library
+    code training paged in (left out of its measured peak)."""
     import json
     import os
     import subprocess
@@ -123,10 +122,17 @@ def test_a_cpu_trial_records_its_heap_policy_and_its_runtime_growth(tmp_path, se
                    capture_output=True, timeout=600)
     row = json.loads(result.read_text(encoding="utf-8"))
     assert row["status"] == "ok", row["reason"]
-    assert row["peak_mem_training_mb"] > 0
-    if setting == "dynamic":
-        assert row["env"]["cpu_heap"] == "glibc default (dynamic mmap threshold)"
-        assert row["mem_cpu_runtime_growth_mb"] is None
-    else:
-        assert row["env"]["cpu_heap"] == "glibc mmap threshold fixed at 128 KiB"
-        assert row["mem_cpu_runtime_growth_mb"] is not None
+    assert row["peak_mem_training_mb"] > 0 and row["mem_cpu_library_pages_mb"] >= 0
+    assert row["env"]["cpu_heap"] == ("glibc default (dynamic mmap threshold)" if setting == "dynamic" else
+                                      "glibc mmap threshold fixed at 128 KiB")
+
+
+def test_the_warm_up_forward_changes_nothing_the_trial_computes(tmp_path, monkeypatch):
+    """It runs before the baseline on the trial's model: in evaluation mode, without gradients, restoring every
+    generator; a trial without it trains to the same losses."""
+    from memft_bench.harness.trial import worker
+
+    with_it = _trial(tmp_path, "lora", "a")
+    monkeypatch.setattr(worker, "warm_up_forward", lambda *args: None)
+    without = _trial(tmp_path, "lora", "b")
+    assert with_it["loss_curve"] == without["loss_curve"]
