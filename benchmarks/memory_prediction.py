@@ -304,7 +304,10 @@ def run_measurement(spec: dict[str, Any], work: Path, profile: bool, timeout_s: 
     name = name or ("profiled" if profile else "rss")
     spec_file, out_file = work / "spec.json", work / f"{name}.json"
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env_extra or {}))
+    from memft_bench.harness.measure.glibc_heap import heap_environment
+
+    # as the runner starts a CPU trial (`run/trial_process.py`): glibc's heap policy from the first allocation
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", **heap_environment(), **(env_extra or {}))
     command = [sys.executable, __file__, "--measure", str(spec_file), str(out_file)]
     command += ["--profile"] if profile else []
     with open(work / f"{name}.log", "w", encoding="utf-8") as log:
@@ -374,8 +377,8 @@ def remeasure(out: Path, cases: list[str], methods: list[str], timeout_s: float)
     records_file = out / "records.jsonl"
     records = [json.loads(line) for line in records_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     for r in records:
-        if r["case"] not in cases or r["method"] not in methods or "rss_dynamic" in r:
-            continue
+        if r["case"] not in cases or r["method"] not in methods or "rss_dynamic" in r or r["rss"].get("cpu_heap"):
+            continue  # re-measured already, or measured by the harness as it is
         suite, _, _ = load_case(r["case"], out)
         if r["checkpointing"]:
             from memft_bench.harness.spec.config import apply_overrides

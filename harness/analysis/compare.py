@@ -151,7 +151,17 @@ def stack_notes(baseline: pd.DataFrame, current: pd.DataFrame) -> list[str]:
         mixed = mixed_versions(frame["env"])
         if mixed:
             notes.append(f"note: the {label} run's rows were measured on more than one stack: " + "; ".join(mixed))
+    base_heap, now_heap = (" / ".join(sorted(heap_policies(f["env"]))) or "not recorded" for f in (baseline, current))
+    if base_heap != now_heap:
+        notes.append(f"note: the two runs' CPU trials ran under different heap policies (env.cpu_heap: baseline "
+                     f"{base_heap}; current {now_heap}): their peak RSS and step times are not comparable")
     return notes
+
+
+def heap_policies(envs: pd.Series) -> set[str]:
+    """The glibc heap policies the CPU rows of a run recorded (`harness/measure/glibc_heap.py`); empty when none
+    did (GPU rows, or rows from before the policy)."""
+    return {env["cpu_heap"] for env in envs if isinstance(env, dict) and env.get("cpu_heap")}
 
 
 def _speed(baseline: pd.DataFrame, current: pd.DataFrame, tol: Tolerance) -> list[Finding | None]:

@@ -6,11 +6,11 @@ it predicts, and `mem_prediction_error_pct`, (predicted - measured) / measured:
 
 - on a GPU, the measured peak is the CUDA allocator's (`peak_mem_allocated_mb`): the same thing the trace counts,
   tensor storage, with the allocator's 512-byte rounding;
-- on a CPU, it is the peak RSS less the process's non-tensor resident set once its runtime is warm, after the
-  first step (`measure.memory.CpuTrainingPeak`), with glibc's mmap threshold fixed (`measure.glibc_heap`) so that
-  freed activations leave the resident set: tensors, plus what else the steps hold at the peak that is not a
-  tensor (a library's workspace outside torch's allocator). The first step's own non-tensor growth (library code,
-  threads: a few MiB) is `mem_cpu_library_pages_mb`, apart.
+- on a CPU, it is the peak RSS above the non-tensor resident set of the warmed process just before training,
+  less the library code training paged in (`measure.memory.CpuTrainingPeak`), with glibc's mmap threshold fixed
+  (`measure.glibc_heap`) so that freed activations leave the resident set: the tensors alive at the peak, plus
+  whatever anonymous memory the steps hold that is not a tensor (a library's workspace or buffers outside torch's
+  allocator), which the trace does not see.
 
 The trace runs inside the trial's process before its training phase: its fake tensors hold no memory, and every
 random number generator is restored afterwards, so the trial trains exactly as it would without it. A method

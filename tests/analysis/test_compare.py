@@ -52,3 +52,17 @@ def test_compare_rules():
     assert _verdicts(base, [_row()])[("t/lora/0", "trial")] == "regression"
     failed = [_row(), _row("lora", status="oom", reason="CUDA OOM")]
     assert _verdicts(base, failed)[("t/lora/0", "status")] == "regression"
+
+
+def test_compare_notes_runs_measured_under_different_heap_policies():
+    """The CPU trials' glibc heap policy changes peak RSS and step times: runs under different ones are noted."""
+    def env(heap):
+        return {"packages": {}, **({"cpu_heap": heap} if heap else {})}
+
+    fixed, dynamic = "glibc mmap threshold fixed at 128 KiB", "glibc default (dynamic mmap threshold)"
+    base = pd.DataFrame([_row(env=env(fixed))])
+    assert not any("heap" in n for n in compare(base, pd.DataFrame([_row(env=env(fixed))]), Tolerance()).notes)
+    notes = compare(base, pd.DataFrame([_row(env=env(dynamic))]), Tolerance()).notes
+    assert any(f"baseline {fixed}; current {dynamic}" in n for n in notes)
+    older = compare(pd.DataFrame([_row(env=env(None))]), base, Tolerance()).notes
+    assert any("baseline not recorded" in n for n in older)
