@@ -9,11 +9,11 @@ backward: a zeroth-order method's trial is the same either way). For every (case
 1. the prediction: the method's step traced on fake tensors (`predict_training_peak`) with the batches the
    trial itself trains on (`task_batches`: its first batch and the longest of its steps);
 2. the measured peak of a real trial, run by the harness's own `worker.run_trial` in a fresh process, twice:
-   - RSS: the row's `peak_mem_rss_mb` (VmHWM over the training phase) less the process's non-tensor baseline at
-     the start of training (VmRSS then, less the bytes of every tensor alive then: the weights and what
-     `prepare()` made). What is left is the training peak as the resident set shows it: tensors plus whatever
-     the step adds that is not a tensor (library code paged in by the first backward, thread stacks, glibc's
-     heap slack and cached free chunks).
+   - RSS: the row's own `peak_mem_training_mb`, as the harness measures every CPU trial (its process started
+     with glibc's mmap threshold fixed; the peak RSS of training above the warmed process's non-tensor resident
+     set just before it, less the library code training paged in, `mem_cpu_library_pages_mb`). A record from
+     before that measurement (glibc's dynamic threshold; the non-tensor resident set when training started, cold)
+     keeps it as `rss_dynamic` when `--remeasure` measures it again;
    - the allocator: the same trial under `torch.profiler` with `profile_memory=True`; the peak of the running
      sum of every allocation and free of torch's CPU allocator during training, plus the tensor bytes alive at
      its start. The profiler's own buffers would inflate RSS, so this is a second process.
@@ -425,15 +425,15 @@ def _rss_peak(rss: dict[str, Any]) -> float | None:
 def figures(record: dict[str, Any]) -> dict[str, float | None]:
     """predicted, RSS-measured (as the harness measures it now, and as it did under glibc's dynamic mmap
     threshold with a cold baseline) and allocator-measured training peaks (MiB), the prediction's error against
-    each (%), and the runtime's non-tensor growth in the first step."""
+    each (%), and the library code training paged in (left out of the harness's figure)."""
     p, rss, prof = record["predicted"], record["rss"], record["profiled"]
-    out: dict[str, float | None] = dict.fromkeys(("predicted", "rss", "rss_dynamic", "allocator", "runtime_growth",
+    out: dict[str, float | None] = dict.fromkeys(("predicted", "rss", "rss_dynamic", "allocator", "library_pages",
                                                   "err_rss", "err_rss_dynamic", "err_allocator"))
     if "peak_bytes" in p:
         out["predicted"] = p["peak_bytes"] / MiB
     if "rss_dynamic" in record or "peak_mem_training_mb" in (rss.get("row") or {}):  # the harness's measurement
         out["rss"] = _rss_peak(rss)
-        out["runtime_growth"] = (rss.get("row") or {}).get("mem_cpu_library_pages_mb")
+        out["library_pages"] = (rss.get("row") or {}).get("mem_cpu_library_pages_mb")
         out["rss_dynamic"] = _rss_peak(record["rss_dynamic"]) if "rss_dynamic" in record else None
     else:  # a record from before the heap policy, not re-measured yet
         out["rss_dynamic"] = _rss_peak(rss)
@@ -448,7 +448,7 @@ def figures(record: dict[str, Any]) -> dict[str, float | None]:
 def summary_line(record: dict[str, Any]) -> str:
     f = figures(record)
     cells = [f"{record['case']:16s} {record['method']:8s} gc={'on ' if record['checkpointing'] else 'off'}"]
-    for key in ("predicted", "rss", "rss_dynamic", "allocator", "runtime_growth"):
+    for key in ("predicted", "rss", "rss_dynamic", "allocator", "library_pages"):
         cells.append(f"{key} {f[key]:.1f}" if f[key] is not None else f"{key} -")
     for key in ("err_rss", "err_rss_dynamic", "err_allocator"):
         cells.append(f"{key} {f[key]:+.1f}%" if f[key] is not None else f"{key} -")
@@ -475,7 +475,7 @@ def write_report(out: Path) -> None:
         shapes = p.get("batch_shapes") or []
         tokens = f"{shapes[-1][1]}x{shapes[-1][2]}, {shapes[-1][3]} targets" if shapes else "–"
         rows.append([r["method"], r["model"], tokens, "on" if r["checkpointing"] else "off", _fmt(f["predicted"]),
-                     _fmt(f["rss"]), _fmt(f["err_rss"], "+.1f"), _fmt(f["runtime_growth"]), _fmt(f["rss_dynamic"]),
+                     _fmt(f["rss"]), _fmt(f["err_rss"], "+.1f"), _fmt(f["library_pages"]), _fmt(f["rss_dynamic"]),
                      _fmt(f["err_rss_dynamic"], "+.1f"), _fmt(f["allocator"]), _fmt(f["err_allocator"], "+.1f"),
                      " / ".join(_fmt(at.get(k, 0) / MiB) for k in PARTS) if at else p.get("error", "–")[:80],
                      phase, _fmt(r.get("prediction_s"), ".1f")])
@@ -483,7 +483,7 @@ def write_report(out: Path) -> None:
 
     table = tabulate(rows, headers=["method", "model", "batch (rows x length, targets)", "checkpointing",
                                     "predicted MiB", "measured MiB (RSS: the row's peak_mem_training_mb)",
-                                    "error % (RSS)", "runtime growth MiB (left out)",
+                                    "error % (RSS)", "library code MiB (left out)",
                                     "before: RSS under glibc's dynamic threshold, cold baseline", "error %",
                                     "measured MiB (allocator)", "error % (allocator)",
                                     "at the peak: " + " / ".join(PARTS) + " MiB", "peak in",

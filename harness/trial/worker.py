@@ -71,6 +71,8 @@ class PhaseMeters:
     """Peak RSS, the CUDA allocator's peaks and NVML, reset together at every phase boundary, so that each
     phase (training, evaluation) reports only its own peaks."""
 
+    cpu_peak: CpuTrainingPeak | None = None  # the phase's CPU training peak, when `start` was given one
+
     def __init__(self, device: torch.device, notes: dict[str, str]) -> None:
         from memft_bench.harness.measure.memory import CudaPeaks, NvmlSampler
 
@@ -79,7 +81,6 @@ class PhaseMeters:
         self.cuda = CudaPeaks(device)
         self.nvml = NvmlSampler(device_index=device.index or 0)
         self.nvml_on = device.type == "cuda" and self.nvml.init()
-        self.cpu_peak: CpuTrainingPeak | None = None
         if device.type == "cuda" and not self.nvml_on:
             notes["nvml"] = f"NVML unavailable: {self.nvml.init_error or 'no reason given'}"
 
