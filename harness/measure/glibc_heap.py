@@ -8,7 +8,9 @@ only on what is alive: on smollm2-135m at 256 tokens it exceeded the tensors ali
 its own, returned to the system when freed, and the peak RSS follows the tensors alive (see
 `reports/memory-prediction-cpu/`). The price is a page fault per fresh page of a large block, the same policy for every
 method of a run, paid in proportion to the bytes a step allocates in large blocks, so it slows some methods more
-than others: `benchmarks/cpu_heap_cost.py` measures it (`reports/cpu-heap-cost/`).
+than others: a toy step (eight 256-wide linear layers, batch 1024, one thread) took 36.9 ms against 28.1 ms under
+glibc's default, and `benchmarks/cpu_heap_cost.py` measures it on a suite's own trials (not yet run on an idle
+machine: on a loaded one its step times were noise).
 
 `BENCH_CPU_MMAP_THRESHOLD` (bytes, or `dynamic` for glibc's own behaviour) overrides the policy; the row's `env`
 records the one in force (`cpu_heap`). The runner starts a CPU trial with `MALLOC_MMAP_THRESHOLD_` set
