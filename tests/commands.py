@@ -11,3 +11,12 @@ TRIAL_MODULE = "memft_bench.harness.trial"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository's root, wherever a test module sits under tests/."""
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a command a test interrupts with SIGINT: a process started from a background job of a
+    non-interactive shell inherits SIGINT ignored, and Python then keeps it ignored (no KeyboardInterrupt), so the
+    test would see the command run to its end; the child gets the default disposition back."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

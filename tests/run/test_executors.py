@@ -19,7 +19,7 @@ from memft_bench.harness.results.rows import read_rows
 from memft_bench.harness.run.devices import cpu_slots, device_slots
 from memft_bench.harness.run.slurm import ENDED, SlurmExecutor, parse_scontrol, submitit_parameters
 from memft_bench.harness.spec.slurm_settings import SlurmSpec, slurm_spec
-from tests.commands import BENCH_CLI, REPO_ROOT, TRIAL_MODULE
+from tests.commands import BENCH_CLI, REPO_ROOT, TRIAL_MODULE, default_sigint
 from tests.conftest import small_suite_data
 
 ROOT = REPO_ROOT
@@ -147,7 +147,8 @@ def test_parallel_trials_ctrl_c_kills_all_in_flight_then_resume(tmp_path):
     out = tmp_path / "run"
     args = [*BENCH_CLI, "run", "--suite", str(_suite_file(tmp_path, 12)), "--methods",
             "fault-slow,fault-sigkill", "--plugin", "tests.faults", "--out", str(out), "--jobs", "2"]
-    sweep = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     deadline = time.time() + 300
     log = out / "logs" / "kind__fault-slow__seed0.log"
     while time.time() < deadline and not (log.exists() and "step " in log.read_text()

@@ -22,7 +22,7 @@ import yaml
 
 from memft_bench.harness.results.rows import read_rows
 from tests import slurm_cluster
-from tests.commands import BENCH_CLI, REPO_ROOT
+from tests.commands import BENCH_CLI, REPO_ROOT, default_sigint
 
 ROOT = REPO_ROOT
 pytestmark = pytest.mark.slow
@@ -158,7 +158,7 @@ def test_ctrl_c_cancels_the_jobs_this_run_submitted(cluster, tmp_path):
     args = _slurm_args(_tiny_slice(tmp_path), out, "--methods", "fault-slow,full", "--plugin", "tests.faults",
                        "--set", "budget.steps=60")
     sweep = subprocess.Popen([*BENCH_CLI, "run", *args], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     _wait_for(lambda: len(_ledger(out)) == 2, "two submissions")
     jobs = {e["job_id"] for e in _ledger(out)}
     _wait_for(lambda: jobs & _squeue_ids(), "the jobs to be queued")
