@@ -371,12 +371,13 @@ def test_prepare_prints_the_device_command_and_carry(prepare, capsys, monkeypatc
     command = prepare.device_command(330, prepare.CARRY)
     assert ".ci/gpu --device cuda --budget-s 330" in command
     assert 'BENCH_CACHE_DIR="$PWD/.bench-cache"' in command and "PIP_NO_INDEX=1" in command
-    assert "timeout -s TERM 350 " in command and "$OUT/gpu-report.tgz" in command and len(command) < 2000
+    assert "timeout --preserve-status -k 30 -s TERM 350 " in command and "$OUT/gpu-report.tgz" in command
+    assert len(command) < 2000 and prepare.call_timeout_s(330) == 410
     monkeypatch.setattr(prepare, "write_commit", lambda root: "abc")
     monkeypatch.setattr(prepare, "ROOT", ROOT)
     assert prepare.main(["--no-download", "--no-cache"]) == 0
     out = capsys.readouterr().out
-    assert "device command:" in out and "total" in out and "\ncarry: " in out
+    assert "device command:" in out and "total" in out and "\ncarry: " in out and "timeout_s: 410" in out
     assert prepare.download_command("py-cpuinfo", Path(".whl"))[1:] == [
         "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.12", "--platform",
         "manylinux2014_x86_64", "--no-deps", "-d", ".whl", "py-cpuinfo"]
@@ -416,6 +417,129 @@ def test_reports_go_under_the_cards_short_name_one_folder_per_run(ci):
     import datetime as dt
 
     when = dt.datetime(2026, 12, 6, 3, 30, tzinfo=dt.UTC)
-    assert ci.report_dir("NVIDIA H200", when) == "reports/gpu-h200/acceptance-20261206-0330"
-    assert ci.report_dir("NVIDIA H100 80GB HBM3", when) == "reports/gpu-h100/acceptance-20261206-0330"
-    assert ci.report_dir(None, when) == "reports/gpu-none/acceptance-20261206-0330"
+    assert ci.report_dir("NVIDIA H200", when) == "reports/gpu-h200/acceptance-20261206-033000"
+    assert ci.report_dir("NVIDIA H100 80GB HBM3", when) == "reports/gpu-h100/acceptance-20261206-033000"
+    assert ci.report_dir(None, when) == "reports/gpu-none/acceptance-20261206-033000"
+    # two runs in one minute on a warm machine (a quick rerun) get two folders: the second must not replace the first
+    assert ci.report_dir("NVIDIA H200", when) != ci.report_dir("NVIDIA H200", when.replace(second=41))
+
+
+# Found by reading the scripts against the lent image (KINDS.md, 2026-11-17), before any lease
+
+
+#: top-level modules the lent image holds (KINDS.md's package list) that the GPU test files may import
+IMAGE_MODULES = {"torch", "numpy", "pytest", "sklearn", "yaml", "pandas", "scipy", "transformers", "peft", "cupy",
+                 "pynvml", "click", "tqdm", "psutil", "tabulate", "matplotlib", "hypothesis", "pytest_benchmark",
+                 "safetensors", "memft_bench", "tests"}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_step_2_collects_only_the_files_with_gpu_tests_and_they_import_only_what_the_image_has(ci):
+    """A module-level import of a package the image lacks (tests/sources/ imports `datasets`) stops pytest at
+    collection, before any GPU test runs: step 2 names its files, and those files (and the test helpers they
+    import) import nothing outside the image."""
+    files = ci.gpu_test_files(ROOT)
+    assert "tests/kernels/test_omp.py" in files and "benchmarks/test_omp_bench.py" in files
+    assert "tests/sources/test_user_files.py" not in files
+    assert "benchmarks/test_omp_bench.py" not in ci.gpu_test_files(ROOT, benchmarks=False)
+    stdlib = set(sys.stdlib_module_names)
+    for name in files:
+        imports = _top_level_imports(ROOT / name)
+        helpers = {m for m in imports if m.startswith("tests.")}
+        for helper in helpers:  # one level down: the helpers' own module-level imports
+            imports |= _top_level_imports(ROOT / (helper.replace(".", "/") + ".py"))
+        outside = {m for m in imports if m.split(".")[0] not in IMAGE_MODULES | stdlib}
+        assert not outside, f"{name} imports {outside}, which the lent image lacks"
+
+
+def test_step_2_runs_pytest_on_those_files(acceptance, ci, monkeypatch):
+    run = acceptance("--only", "2")
+    commands = []
+    monkeypatch.setattr(run, "run", lambda step, cmd, timeout, log, env=None: (commands.append(cmd) or (0, "", 1.0)))
+    run.step_tests(next(s for s in run.steps if s.key == "tests"), time.monotonic() + 60)
+    files = ci.gpu_test_files(ROOT, benchmarks=run.pytest_benchmark)
+    assert commands[0][-len(files):] == files and "tests" not in commands[0]
+
+
+def test_the_import_check_finds_the_checkout_through_the_import_shim(ci, tmp_path):
+    """With the shim on PYTHONPATH, `memft_bench.harness.__path__[0]` is the shim's link: the check resolves it,
+    or it would fail step 1 on a machine where only the shim works."""
+    shim = ci.import_shim(ROOT, tmp_path / "shim")
+    code = f"import os, memft_bench.harness as m; print({ci.HARNESS_LOCATION})"
+    env = dict(os.environ, PYTHONPATH=str(shim))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == ROOT
+
+
+def test_the_stack_is_checked_before_bench_list_and_a_slow_bench_list_fails_only_its_check(acceptance, ci,
+                                                                                            monkeypatch):
+    """`bench` exits 2 on a stack outside pyproject's ranges unless BENCH_ALLOW_UNSUPPORTED_STACK is set: the
+    check must come before the first `bench` call; and a `bench list` that times out is a failed check, not an
+    exception that ends step 1 before the methods are chosen."""
+    run = acceptance()
+    run.env = {}
+    order = []
+
+    def py_json(code, timeout=120):
+        if "unsupported()" in code:
+            order.append("stack")
+            return ["transformers 5.17.0 is outside ..."]
+        if "package_check" in code:
+            return {}
+        return {"memft_bench.harness": f"0.1.0 at {ROOT}"}
+
+    def slow_bench(cmd, **kwargs):
+        order.append(("bench", kwargs["env"].get("BENCH_ALLOW_UNSUPPORTED_STACK")))
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+
+    monkeypatch.setattr(run, "py_json", py_json, raising=False)
+    monkeypatch.setattr(run, "bench", lambda: ["bench"], raising=False)
+    monkeypatch.setattr(ci.subprocess, "run", slow_bench)
+    step = ci.Step("install", 1, "install", 60, 10)
+    run.check_imports(step, time.monotonic() + 60)
+    assert order == ["stack", ("bench", "1")]
+    assert any(c[0] == "FAIL" and "bench list methods" in c[1] for c in step.checks)
+
+
+def test_prepare_starts_the_wheel_folder_afresh_and_carries_none_when_none_is_needed(prepare, tmp_path, monkeypatch):
+    """The image holds pytest-benchmark and py-cpuinfo (KINDS.md): nothing to carry. A wheel left from an
+    earlier download would travel and, beside a newer one, make pip refuse both."""
+    stale = tmp_path / ".whl"
+    stale.mkdir()
+    (stale / "pytest_benchmark-5.2.0-py3-none-any.whl").write_bytes(b"old")
+    monkeypatch.setattr(prepare, "WHEELS", {})
+    prepare.download(stale)
+    assert not stale.exists()
+    fetched = []
+    monkeypatch.setattr(prepare, "WHEELS", {"pytest-benchmark==5.3.1": "step 2"})
+    monkeypatch.setattr(prepare.subprocess, "run", lambda cmd, check: fetched.append(cmd))
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "old.whl").write_bytes(b"old")
+    prepare.download(tmp_path / "again")
+    assert [c[-1] for c in fetched] == ["pytest-benchmark==5.3.1"] and not list((tmp_path / "again").iterdir())
+
+
+def test_the_device_command_passes_on_the_scripts_exit_status_when_timeout_stops_it(prepare, tmp_path):
+    """A bare `timeout` exits 124 whatever the script did on SIGTERM; with --preserve-status the call's rc is the
+    script's own 130 (interrupted, report written), which the device tool does not read as its own time-out."""
+    command = prepare.device_command(330, [])
+    timeout_part = command.split("; ")[1].split(" python3 ")[0]
+    script = tmp_path / "stops.py"
+    script.write_text("import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
+                      "time.sleep(30)\n", encoding="utf-8")
+    rc = subprocess.run(timeout_part.replace(" 350", " 1").split() + [sys.executable, str(script)],
+                        timeout=60).returncode
+    assert rc == 130
