@@ -203,9 +203,16 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
                    f"{n_instances} methods/variants x {seeds_of_stage} seeds) on {run_plan.device}"
                    f"{executor.describe()} -> {out_dir}")
         from memft_bench.harness.run.preflight import run_preflight
+        from memft_bench.harness.trial.memory_trace import optimizers_as_on
 
-        checked = run_preflight(run_plan, run_plan.variants if dry_run else
-                                runner.pending_variants(run_plan, retry_failed), progress=not quiet)
+        # the optimizers' kernels of the device the trials will run on: a --gpu or --memory answer is for a GPU
+        # unless --device cpu says otherwise
+        gpu_answer = bool(gpu_name) or (bool(memory_size) and device != "cpu")
+        optimizers_on = "cuda" if gpu_answer or run_plan.device.startswith("cuda") else "cpu"
+        with optimizers_as_on(optimizers_on):
+            checked = run_preflight(run_plan, run_plan.variants if dry_run else
+                                    runner.pending_variants(run_plan, retry_failed), progress=not quiet)
+        checked.optimizers_device = optimizers_on
         for line in checked.notes + [w for c in checked.checks.values() for w in c.warnings]:
             _warn(line)
         if dry_run:
@@ -213,7 +220,8 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
 
             checked.target_bytes, checked.target_label = target
             if largest or checked.target_bytes is not None:
-                find_largest(checked, run_plan, largest or "micro_batch_size", progress=not quiet)
+                with optimizers_as_on(optimizers_on):
+                    find_largest(checked, run_plan, largest or "micro_batch_size", progress=not quiet)
             click.echo(render_estimates(checked, run_plan))
             return None
         # The fit check reads this machine's free memory: meaningless for trials that run on a cluster's nodes.

@@ -106,6 +106,8 @@ class Preflight:
     #: the memory a dry run answers for (--memory, --gpu), and where its figure comes from; None: free_bytes
     target_bytes: int | None = None
     target_label: str | None = None
+    #: whose optimizer kernels the traces followed (`memory_trace.optimizers_as_on`): "cuda" or "cpu"
+    optimizers_device: str = "cpu"
 
     @property
     def memory(self) -> int | None:
@@ -328,6 +330,9 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
             and not run_plan.device.startswith("cuda"):
         lines.append(f"Traced with this machine's CPU kernels: under {run_plan.suite.model.precision} a GPU's "
                      "autocast casts a different list of operations, so its peak can differ by a few percent.")
+    if checked.optimizers_device == "cuda" and not run_plan.device.startswith("cuda"):
+        lines.append("torch's optimizers are traced as they run on a GPU (their multi-tensor `foreach` path, whose "
+                     "temporaries a CPU's per-tensor loop does not make); add --device cpu for a CPU's figure.")
     lines.append("Nothing was started.")
     return "\n".join(lines)
 

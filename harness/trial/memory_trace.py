@@ -41,6 +41,14 @@ What fake tensors cannot do, and how the trace answers it (each is counted in `P
   kernel, which reads only shapes and flags): the fake mode alone would choose the math kernel, which keeps
   the attention matrix for backward where a CPU's flash kernel keeps one number a row.
 - LAPACK-backed kernels copy their input inside the kernel (`KERNEL_COPIES`: SVD, eigh, solve): added.
+- torch's optimizers take their multi-tensor (`foreach`) path by default only when every parameter is a plain
+  tensor on a CUDA device (`torch.optim.optimizer._default_to_fused_or_foreach`); a fake tensor never counts
+  as one, so the trace would run the one-tensor-at-a-time loop (a few temporaries the size of one parameter)
+  where a GPU trial runs `foreach`, whose `_foreach_sqrt` of the second moments holds a temporary the size of
+  every parameter of the group at once (4 bytes a parameter in float32: full fine-tuning's and SMT's warm-up's
+  AdamW over every weight, at scale gigabytes). The trace follows the rule of the
+  device the optimizers will run on (`optimizers_as_on`: the trial's device; a dry run's target), not the
+  fake tensors' type.
 
 What it does not see: memory outside torch's allocator (LAPACK's and MKL's work arrays, oneDNN's scratch,
 CuPy's pool), the allocator's rounding and caching (a GPU's 512-byte blocks and cached segments, glibc's
@@ -508,6 +516,49 @@ def predict_training_peak(suite: SuiteSpec, method: str, params: dict[str, Any] 
         return _trace(suite, method, params, batches, steps, target_tokens, device, seed, started, precision)
 
 
+#: The device type whose optimizer kernels the trace follows (`optimizers_as_on`); None: the traced device's.
+_optimizers_device: str | None = None
+
+
+@contextlib.contextmanager
+def optimizers_as_on(device_type: str | None) -> Iterator[None]:
+    """Trace torch's optimizers as they run on `device_type` ("cuda": their default multi-tensor path; "cpu": the
+    per-tensor loop), whatever device the fake tensors are on: a GPU trial traced on fake CPU tensors, a dry run
+    on a CPU answering for a GPU (`--gpu`, `--memory`)."""
+    global _optimizers_device
+    previous, _optimizers_device = _optimizers_device, device_type
+    try:
+        yield
+    finally:
+        _optimizers_device = previous
+
+
+@contextlib.contextmanager
+def _optimizer_kernels(device_type: str) -> Iterator[None]:
+    """Inside it, torch's optimizers choose `foreach` by `device_type`'s rule rather than by the fake tensors'
+    type (which never qualifies): on CUDA, foreach unless `differentiable`, never fused unless asked for, as
+    `_default_to_fused_or_foreach` decides for plain CUDA parameters. Nothing changes for a CPU."""
+    import sys
+
+    if device_type != "cuda":
+        yield
+        return
+
+    def cuda_rule(params: Any, differentiable: bool, use_fused: bool = False) -> tuple[bool, bool]:
+        return False, not differentiable
+
+    patched = [m for name, m in list(sys.modules.items())
+               if name.startswith("torch.optim") and hasattr(m, "_default_to_fused_or_foreach")]
+    originals = [m._default_to_fused_or_foreach for m in patched]
+    for module in patched:
+        module._default_to_fused_or_foreach = cuda_rule
+    try:
+        yield
+    finally:
+        for module, original in zip(patched, originals, strict=True):
+            module._default_to_fused_or_foreach = original
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise CannotTrace in the main thread after `seconds` (SIGALRM; nothing elsewhere or with None): a trace
@@ -581,8 +632,9 @@ def _trace(suite: SuiteSpec, method: str, params: dict[str, Any] | None, batches
 
     instance.loss_fn = loss_marking_forward
     start_bytes = tracker.current
+    optimizers_device = _optimizers_device or torch.device(device).type
     try:
-        with fake_mode, tracker, _NumpyOfFake(tracker):
+        with fake_mode, tracker, _NumpyOfFake(tracker), _optimizer_kernels(optimizers_device):
             assert instance.model is not None
             instance.model.train()
             for i, batch in enumerate(batches):
@@ -635,4 +687,4 @@ def _age(tracker: LiveBytes) -> None:
 
 
 __all__ = ["CannotTrace", "LiveBytes", "PeakPrediction", "fake_model", "peak_batches", "pick_peak_batches",
-           "predict_training_peak", "synthetic_batches", "task_batches"]
+           "optimizers_as_on", "predict_training_peak", "synthetic_batches", "task_batches"]

@@ -46,11 +46,16 @@ def predict_trial_peak(suite: SuiteSpec, method: str, params: dict[str, Any], ba
                        device: torch.device, seed: int, notes: dict[str, str]) -> PeakPrediction | None:
     """The trial's predicted training peak from its own batch stream (`batches`: a fresh copy of the stream it
     trains on, on the CPU), or None with `notes["memory_prediction"]` saying why."""
-    from memft_bench.harness.trial.memory_trace import CannotTrace, pick_peak_batches, predict_training_peak
+    from memft_bench.harness.trial.memory_trace import (
+        CannotTrace,
+        optimizers_as_on,
+        pick_peak_batches,
+        predict_training_peak,
+    )
 
     trace_devices = ["cuda", "cpu"] if device.type == "cuda" else ["cpu"]
     failures: list[str] = []
-    with preserved_random_state(device):
+    with preserved_random_state(device), optimizers_as_on(device.type):  # the trial's kernels, on either fake device
         steps = pick_peak_batches(islice(batches, max(1, min(suite.budget.steps, SCAN_STEPS))))
         for trace_device in trace_devices:  # on a GPU, the CPU's kernels when fake CUDA tensors fail
             try:
@@ -97,34 +102,37 @@ def prediction_columns(prediction: PeakPrediction | None, measured_mb: float | N
 
 
 def out_of_memory_shortfall(prediction: PeakPrediction | None, device: torch.device,
-                            allocated_peak_mb: float | None, exc: BaseException) -> str | None:
-    """For an `oom` row: how far off the prediction was. On a GPU the trial needed at least the allocator's peak
-    so far plus the allocation that failed (torch's message says how much); the prediction is compared with
-    that lower bound. None without a prediction."""
+                            measured_peak_mb: float | None, exc: BaseException) -> str | None:
+    """For an `oom` row: how far off the prediction was. The trial needed at least the training peak measured
+    so far (`measured_peak_mb`: the allocator's on a GPU, the resident set's above the idle process on a CPU)
+    plus the allocation that failed (torch's message says how much); the prediction is compared with that lower
+    bound. None without a prediction."""
     if prediction is None:
         return None
     predicted = prediction.peak_bytes / MiB
     text = f"predicted peak {_mib(predicted)}"
-    if device.type != "cuda" or allocated_peak_mb is None:
+    if measured_peak_mb is None:
         return f"{text}; the device ran out before training's peak could be measured"
-    needed = allocated_peak_mb + _failed_allocation_mb(str(exc))
+    what = "allocator peak" if device.type == "cuda" else "training's resident peak"
+    needed = measured_peak_mb + _failed_allocation_mb(str(exc))
     if predicted >= needed:
-        return (f"{text}, at least {_mib(needed)} needed when it failed (allocator peak {_mib(allocated_peak_mb)} "
+        return (f"{text}, at least {_mib(needed)} needed when it failed ({what} {_mib(measured_peak_mb)} "
                 f"plus the failed allocation): the device had less than predicted free")
-    return (f"{text}, but at least {_mib(needed)} was needed when it failed (allocator peak "
-            f"{_mib(allocated_peak_mb)} plus the failed allocation): the prediction was at least "
+    return (f"{text}, but at least {_mib(needed)} was needed when it failed ({what} "
+            f"{_mib(measured_peak_mb)} plus the failed allocation): the prediction was at least "
             f"{_mib(needed - predicted)} ({100 * (needed - predicted) / needed:.0f} %) short")
 
 
 def _failed_allocation_mb(message: str) -> float:
-    """The size in torch's CUDA out-of-memory message: 'Tried to allocate 2.00 GiB'; 0 when absent."""
+    """The size in torch's out-of-memory message: CUDA's 'Tried to allocate 2.00 GiB', the CPU allocator's 'you
+    tried to allocate 2147483648 bytes'; 0 when absent."""
     import re
 
-    match = re.search(r"Tried to allocate ([0-9.]+) (B|KiB|MiB|GiB|TiB)", message)
+    match = re.search(r"[Tt]ried to allocate ([0-9.]+) (B|KiB|MiB|GiB|TiB|bytes)", message)
     if not match:
         return 0.0
-    scale = {"B": 1 / MiB, "KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "TiB": 1024.0**2}[match.group(2)]
-    return float(match.group(1)) * scale
+    scale = {"B": 1 / MiB, "bytes": 1 / MiB, "KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "TiB": 1024.0**2}
+    return float(match.group(1)) * scale[match.group(2)]
 
 
 def _mib(mb: float) -> str:

@@ -350,8 +350,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if phase == "training" and meters is not None and row["peak_mem_rss_mb"] is None:
             with contextlib.suppress(Exception):  # what training reached before it failed (an OOM's peak)
                 row.update(training_peaks(meters.stop()))
+        measured_so_far = measured_training_peak(row, device, cpu_peak) if phase == "training" else None
         if status == "oom" and phase == "training" and (shortfall := out_of_memory_shortfall(prediction, device,
-                                                                     row["peak_mem_allocated_mb"], exc)):
+                                                                                             measured_so_far, exc)):
             row["reason"] += f"; {shortfall}"
     finally:
         row["steps"] = len(losses.losses)

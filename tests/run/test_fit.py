@@ -145,6 +145,12 @@ def test_dry_run_answers_for_a_memory_size_and_a_named_gpu(tmp_path):
     assert named.returncode == 0, named.stderr
     assert f"{(GPUS['l4-24gb'] * MiB - CUDA_CONTEXT_BYTES) / 2**30:.2f} GiB" in named.stdout
     assert not (tmp_path / "a" / "results.jsonl").exists() and "Nothing was started" in named.stdout
+    # an answer for a GPU traces torch's optimizers as a GPU runs them (foreach); --device cpu keeps a CPU's figure
+    assert "multi-tensor `foreach` path" in named.stdout and "multi-tensor" in small.stdout
+    on_cpu = _bench("run", "--dry-run", "--methods", "full", "--memory", "20MiB", "--device", "cpu", "-q",
+                    "--out", str(tmp_path / "c"))
+    assert on_cpu.returncode == 0, on_cpu.stderr
+    assert "multi-tensor" not in on_cpu.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -241,3 +241,77 @@ def test_a_kernels_own_copy_of_its_input_is_counted():
         tracker.reset_peak()
         torch.linalg.svd(fake, full_matrices=False)
     assert tracker.peak - a.untyped_storage().nbytes() == pytest.approx(real, rel=0.01)
+
+
+def _adamw_step_peak(params: list[torch.nn.Parameter], foreach: bool | None) -> int:
+    """The real CPU allocator's peak over AdamW's second step (the first makes the moments), above what was live."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=foreach)
+    optimizer.step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        optimizer.step()
+    current = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        current += nbytes
+        peak = max(peak, current)
+    return peak
+
+
+def _traced_adamw_step_peak(shapes: list[tuple[int, ...]], optimizers_device: str) -> int:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memft_bench.harness.trial.memory_trace import LiveBytes, _optimizer_kernels
+
+    tracker = LiveBytes()
+    with FakeTensorMode(), tracker, _optimizer_kernels(optimizers_device):
+        params = [torch.nn.Parameter(torch.empty(shape)) for shape in shapes]
+        for p in params:
+            p.grad = torch.empty(p.shape)
+        optimizer = torch.optim.AdamW(params, lr=1e-3)  # foreach=None: torch's own choice, as every method leaves it
+        optimizer.step()
+        before = tracker.current
+        tracker.reset_peak()
+        optimizer.step()
+        return tracker.peak - before
+
+
+def test_the_optimizers_multi_tensor_path_is_traced_as_a_gpu_runs_it():
+    """On a GPU torch's AdamW takes its foreach path, which holds a temporary the size of every parameter at once
+    (the loop holds a few the size of one); fake tensors alone would take the per-tensor loop. Traced as on
+    "cuda", the step's peak is the real foreach step's (run here on the CPU with foreach=True); as on "cpu", the
+    real loop's."""
+    shapes = [(128, 128)] * 8 + [(300,)]  # many equal weights: foreach's one temporary for all beats the loop's
+
+    def parameters() -> list[torch.nn.Parameter]:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        return params
+
+    real_foreach = _adamw_step_peak(parameters(), foreach=True)
+    real_loop = _adamw_step_peak(parameters(), foreach=False)
+    assert real_foreach >= 4 * (8 * 128 * 128 + 300) > real_loop  # a temporary of every parameter at once
+    assert _traced_adamw_step_peak(shapes, "cuda") == pytest.approx(real_foreach, rel=0.02)
+    assert _traced_adamw_step_peak(shapes, "cpu") == pytest.approx(real_loop, rel=0.02)
+
+
+def test_a_trace_for_a_gpu_trial_follows_the_gpus_optimizer_path():
+    """`optimizers_as_on("cuda")` reaches the trace of a whole method: full fine-tuning's one AdamW over every
+    weight and SMT's warm-up (the same) peak higher by at most the foreach temporary (4 bytes a weight); MeZO has
+    no torch optimizer, unchanged."""
+    from memft_bench.harness.core.tensor_bytes import model_bytes
+    from memft_bench.harness.trial.memory_trace import optimizers_as_on
+    from memft_bench.harness.trial.meta_model import build_meta_model
+
+    s = suite(micro_batch_size=1, cutoff_len=8)  # short: the update, not the activations, sets the peak
+    weights = model_bytes(build_meta_model(s.model))
+    options = {"full": {}, "smt": {"block_size": 8}, "mezo": {}}
+    cpu = {m: predict(s, m, p).peak_bytes for m, p in options.items()}
+    with optimizers_as_on("cuda"):
+        gpu = {m: predict(s, m, p).peak_bytes for m, p in options.items()}
+    for method in ("full", "smt"):
+        assert cpu[method] < gpu[method] <= cpu[method] + weights, method
+    assert gpu["mezo"] == cpu["mezo"]

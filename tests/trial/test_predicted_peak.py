@@ -100,6 +100,13 @@ def test_an_out_of_memory_row_says_how_far_off_the_prediction_was():
     assert "the device had less than predicted free" in enough
     cpu = predicted_peak.out_of_memory_shortfall(_prediction(100), torch.device("cpu"), None, MemoryError())
     assert cpu == "predicted peak 100.0 MiB; the device ran out before training's peak could be measured"
+    # a CPU trial: training's resident peak so far (above the idle process) plus the CPU allocator's failed request
+    cpu_exc = RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 536870912 bytes. Error code 12 (Cannot allocate memory)")
+    cpu_short = predicted_peak.out_of_memory_shortfall(_prediction(1_024), torch.device("cpu"), 1_024.0, cpu_exc)
+    assert cpu_short == ("predicted peak 1.00 GiB, but at least 1.50 GiB was needed when it failed (training's "
+                         "resident peak 1.00 GiB plus the failed allocation): the prediction was at least 512.0 MiB "
+                         "(33 %) short")
     assert predicted_peak.out_of_memory_shortfall(None, torch.device("cpu"), None, MemoryError()) is None
 
 
