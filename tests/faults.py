@@ -64,6 +64,23 @@ class AllocatesTooMuch(FullFineTuning):
         return super().step(batch)
 
 
+@register("fault-balloon")
+class BalloonsThenIsKilled(FullFineTuning):
+    """In its first real step it holds 256 MiB more than any prediction of it, long enough for the runner to see
+    its resident set, then dies by SIGKILL as under the kernel's out-of-memory killer. On fake tensors (the
+    pre-flight's and the trial's own trace) it is plain full fine-tuning."""
+
+    def step(self, batch: Batch) -> StepResult:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        if not isinstance(next(self.model.parameters()), FakeTensor):
+            ballast = torch.ones(256 * 2**20, dtype=torch.uint8)  # ones: every page resident
+            time.sleep(1.5)  # the runner samples the resident set every 0.2 s
+            del ballast
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(batch)
+
+
 @register("fault-slow")
 class Slow(FullFineTuning):
     """Takes a second per step: long enough to interrupt a sweep in the middle."""

@@ -54,6 +54,8 @@ class TrialProcess:
     def __init__(self, spec: dict[str, Any], spec_path: Path, result_path: Path, log_path: Path,
                  timeout_s: float | None = None, env: dict[str, str] | None = None) -> None:
         self.spec, self.result_path, self.log_path, self.timeout_s = spec, result_path, log_path, timeout_s
+        self.rss_max = 0  # the child's resident set, sampled at each poll: all a kernel-killed trial leaves
+        self.killed_here = False
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         child_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -82,8 +84,12 @@ class TrialProcess:
             if self.timeout_s is not None and self.seconds >= self.timeout_s:
                 self.kill()
                 return self._row_or("timeout", f"trial exceeded trial_timeout_s={self.timeout_s:g} and was stopped")
+            self.rss_max = max(self.rss_max, resident_bytes(self.child.pid))
             return None
-        return self._row_or(*signal_reason(returncode))
+        status, reason = signal_reason(returncode)
+        if returncode == -signal.SIGKILL and not self.killed_here and not self.result_path.is_file():
+            status, reason = killed_reason(self.rss_max, memory_limit_bytes(), read_training_started(self.result_path))
+        return self._row_or(status, reason)
 
     def wait(self, on_progress: Show | None = None, interval: float = 0.2) -> dict[str, Any]:
         """Block until the trial ends (its row), reporting progress lines; the child is killed if interrupted."""
@@ -107,6 +113,7 @@ class TrialProcess:
 
     def kill(self) -> None:
         """Kill the trial's whole process group (it runs in its own session) and reap it."""
+        self.killed_here = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.child.pid, signal.SIGKILL)
         self.child.wait()
@@ -114,7 +121,76 @@ class TrialProcess:
     def _row_or(self, status: str, reason: str) -> dict[str, Any]:
         if self.result_path.is_file():
             return json.loads(self.result_path.read_text(encoding="utf-8"))
-        return failure_row(self.spec, status, reason, self.log_path, self.started)
+        started = read_training_started(self.result_path)  # the prediction the trial made before it died
+        extra = {"mem_predicted_peak_mb": started["mem_predicted_peak_mb"]} if started else {}
+        return failure_row(self.spec, status, reason, self.log_path, self.started, **extra)
+
+
+def training_started_path(result_path: Path | str) -> Path:
+    """Where a trial writes, as training starts, what a row it never writes should still carry
+    (`worker.write_training_started`): its predicted peak and its idle baseline."""
+    return Path(f"{result_path}.training")
+
+
+def read_training_started(result_path: Path | str) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(training_started_path(result_path).read_text(encoding="utf-8"))
+    return None
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident set now (0 when it cannot be read: gone, or not Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_limit_bytes() -> int | None:
+    """The memory this process's trials may use before the kernel's out-of-memory killer acts: the machine's
+    MemTotal, or its cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) where that is lower."""
+    limits = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                limits.append(int(line.split()[1]) * 1024)
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text(encoding="utf-8").strip()
+            if text != "max" and int(text) < 2**60:
+                limits.append(int(text))
+    return min(limits) if limits else None
+
+
+#: A SIGKILL nobody here sent, after the trial's resident set came this close to the memory limit, is taken as
+#: the kernel's out-of-memory killer (the set is sampled every 0.2 s, so its last figure is below the real one).
+OOM_KILL_SHARE = 0.8
+
+
+def killed_reason(rss_max: int, limit: int | None, started: dict[str, Any] | None) -> tuple[str, str]:
+    """Status and reason of a trial killed by SIGKILL that this process did not send: `oom` when its sampled
+    resident set reached `OOM_KILL_SHARE` of the memory limit, with how far off its prediction was (what
+    training needed at least: the last sample less its idle baseline); else `error`, saying both causes."""
+    mib = 2**20
+    near_limit = bool(limit) and rss_max >= OOM_KILL_SHARE * limit
+    if near_limit:
+        reason = (f"trial process killed by SIGKILL, by the kernel's out-of-memory killer as far as can be told: its "
+                  f"resident set reached at least {rss_max / mib:.0f} MiB of the {limit / mib:.0f} MiB allowed")
+    else:
+        reason = "trial process killed by SIGKILL (if nobody sent it, the kernel's out-of-memory killer)" + (
+            f"; its resident set reached at least {rss_max / mib:.0f} MiB" if rss_max else "")
+    predicted = (started or {}).get("mem_predicted_peak_mb")
+    idle = (started or {}).get("cpu_idle_non_tensor_mb")
+    if predicted is not None and rss_max and idle is not None:
+        needed = rss_max / mib - idle
+        reason += f"; predicted training peak {predicted:.0f} MiB, at least {needed:.0f} MiB needed when last sampled"
+        if needed > predicted:
+            short = needed - predicted
+            reason += f": the prediction was at least {short:.0f} MiB ({100 * short / needed:.0f} %) short"
+    elif predicted is not None:
+        reason += f"; predicted training peak {predicted:.0f} MiB"
+    return ("oom" if near_limit else "error"), reason
 
 
 def start_local(trial: Any, out_dir: Path, timeout_s: float | None,

@@ -183,6 +183,20 @@ def trial_device(text: str) -> torch.device:
     return device
 
 
+def write_training_started(spec: dict[str, Any], prediction: Any, cpu_peak: CpuTrainingPeak | None) -> None:
+    """As training starts, what the runner must still know if the kernel kills this process (its out-of-memory
+    killer leaves no row): the predicted peak and, on a CPU, the idle baseline its resident set is read against.
+    Next to the row file (`trial_process.training_started_path`); nothing when the spec names none."""
+    path = spec.get("training_started_file")
+    if not path:
+        return
+    idle = None if cpu_peak is None or cpu_peak.non_tensor_bytes is None else cpu_peak.non_tensor_bytes / 2**20
+    data = {"mem_predicted_peak_mb": None if prediction is None else prediction.peak_bytes / 2**20,
+            "cpu_idle_non_tensor_mb": idle}
+    with contextlib.suppress(OSError):
+        write_json_atomic(Path(path), data)
+
+
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Build, train, measure and evaluate one trial; always returns a row.
 
@@ -295,6 +309,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if cpu_peak is not None:
             warm_up_forward(method, next(batch_stream("cpu")), device, notes)
         meters.start(cpu_peak)
+        write_training_started(spec, prediction, cpu_peak)
         t0 = time.perf_counter()
         try:
             train(method, batches, budget, [timer, losses, extras, ProgressLog(budget.steps)])
@@ -541,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m memft_bench.harness.trial SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    spec.setdefault("training_started_file", f"{argv[1]}.training")  # trial_process.training_started_path
     if spec.get("method_module"):
         importlib.import_module(spec["method_module"])  # a method registered outside the built-ins
     row = run_trial(spec)

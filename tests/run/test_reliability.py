@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,37 @@ def test_every_fault_becomes_a_row_and_the_sweep_goes_on(tmp_path):
     strict = _bench("run", "--suite", str(_suite_file(tmp_path)), "--methods", methods, "--plugin", "tests.faults",
                     "--out", str(out), "--quiet", "--strict")
     assert strict.returncode == 1 and "6 of 6 trials already recorded" in strict.stdout
+
+
+@pytest.mark.slow  # the CLI end to end in subprocesses
+def test_a_trial_the_kernel_kills_keeps_its_prediction_and_says_how_far_off_it_was(tmp_path):
+    """The kernel's out-of-memory killer leaves no row: the runner's row carries the prediction the trial wrote as
+    training started, and the resident set it last sampled against it."""
+    out = tmp_path / "run"
+    result = _bench("run", "--suite", str(_suite_file(tmp_path)), "--methods", "fault-balloon", "--plugin",
+                    "tests.faults", "--out", str(out), "--device", "cpu", "--quiet")
+    assert result.returncode == 1, result.stderr
+    row = _rows(out)["fault-balloon"]
+    assert row["status"] == "error" and "SIGKILL" in row["reason"]
+    assert row["mem_predicted_peak_mb"] is not None and row["mem_predicted_peak_mb"] > 0
+    predicted, needed = (float(x) for x in re.search(r"predicted training peak (\d+) MiB, at least (\d+) MiB needed",
+                                                     row["reason"]).groups())
+    assert needed >= 256 > predicted and "the prediction was at least" in row["reason"]
+
+
+def test_a_sigkill_near_the_memory_limit_is_an_out_of_memory_row():
+    from memft_bench.harness.run.trial_process import killed_reason
+
+    mib = 2**20
+    started = {"mem_predicted_peak_mb": 1000.0, "cpu_idle_non_tensor_mb": 500.0}
+    status, reason = killed_reason(3500 * mib, 4000 * mib, started)
+    assert status == "oom" and "out-of-memory killer" in reason and "3500 MiB of the 4000 MiB allowed" in reason
+    assert reason.endswith("predicted training peak 1000 MiB, at least 3000 MiB needed when last sampled: the "
+                           "prediction was at least 2000 MiB (67 %) short")
+    status, reason = killed_reason(1000 * mib, 4000 * mib, started)  # far from the limit: someone else's SIGKILL
+    assert status == "error" and "if nobody sent it" in reason and "short" not in reason
+    assert killed_reason(0, None, None) == ("error", "trial process killed by SIGKILL (if nobody sent it, the "
+                                                     "kernel's out-of-memory killer)")
 
 
 def _start_sweep(tmp_path: Path, out: Path) -> subprocess.Popen:
