@@ -445,9 +445,11 @@ def peak_batches(suite: SuiteSpec, task: str | None = None, seed: int = 0) -> li
 
 
 def pick_peak_batches(batches: Iterable[Batch]) -> list[Batch]:
-    """The first of a trial's batches and the largest of the others: the one whose largest micro-batch has the
-    most tokens (activations are made one micro-batch at a time), then the most tokens in all. Streams: only
-    the two kept are held."""
+    """The first of a trial's batches, the largest of the others (the one whose largest micro-batch has the most
+    tokens, since activations are made one micro-batch at a time, then the most tokens in all) and, when another
+    batch projects more positions onto the vocabulary, that one too (`causal_lm_loss` takes the float32 logits
+    of every position from a micro-batch's first target on: with a large vocabulary a batch with longer
+    answers can set the peak though it holds fewer tokens). Streams: only the batches kept are held."""
     def size(batch: Batch) -> tuple[int, int]:
         counts = [int(mb["input_ids"].numel()) for mb in batch.micro_batches]
         return max(counts), sum(counts)
@@ -455,10 +457,30 @@ def pick_peak_batches(batches: Iterable[Batch]) -> list[Batch]:
     stream = iter(batches)
     first = next(stream)
     largest, largest_size = None, (-1, -1)
+    widest, widest_span = None, logit_positions(first)
     for batch in stream:
         if (batch_size := size(batch)) > largest_size:
             largest, largest_size = batch, batch_size
-    return [first, largest if largest is not None else first]
+        if (span := logit_positions(batch)) > widest_span:
+            widest, widest_span = batch, span
+    picked = [first, largest if largest is not None else first]
+    if widest is not None and widest is not largest and logit_positions(widest) > logit_positions(picked[1]):
+        picked.append(widest)
+    return picked
+
+
+def logit_positions(batch: Batch) -> int:
+    """The most positions one of the batch's micro-batches projects onto the vocabulary in `causal_lm_loss`:
+    rows x the span from its first target position to its end."""
+    most = 0
+    for mb in batch.micro_batches:
+        labels = mb.get("labels")
+        if labels is None:
+            continue
+        targets = (labels[:, 1:] != -100).any(0)
+        span = int(targets.numel() - int(targets.int().argmax())) if bool(targets.any()) else 1
+        most = max(most, int(labels.shape[0]) * span)
+    return most
 
 
 def _describe(batch: Batch) -> list[int]:

@@ -59,7 +59,8 @@ def predict_trial_peak(suite: SuiteSpec, method: str, params: dict[str, Any], ba
         steps = pick_peak_batches(islice(batches, max(1, min(suite.budget.steps, SCAN_STEPS))))
         for trace_device in trace_devices:  # on a GPU, the CPU's kernels when fake CUDA tensors fail
             try:
-                prediction = predict_training_peak(suite, method, params, batches=steps, device=trace_device,
+                prediction = predict_training_peak(suite, method, params, batches=steps, steps=len(steps),
+                                                   device=trace_device,
                                                    seed=seed, time_limit_s=TRACE_TIME_LIMIT_S)
             except Exception as exc:  # never the trial's failure: it goes on without a prediction
                 failures.append(f"{trace_device}: {exc if isinstance(exc, CannotTrace) else describe_exception(exc)}")

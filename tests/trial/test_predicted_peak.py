@@ -47,8 +47,27 @@ def test_the_rows_prediction_is_the_trace_of_the_trials_own_batches(tmp_path):
     data["methods"] = {"full": PARAMS["full"]}
     suite = suite_from_data(data, "predicted")
     batches = pick_peak_batches(task_batches(suite, suite.budget.steps, row["task"], row["seed"]))
-    assert row["mem_predicted_peak_mb"] == predict_training_peak(suite, "full", PARAMS["full"],
-                                                                 batches=batches).peak_bytes / MiB
+    assert row["mem_predicted_peak_mb"] == predict_training_peak(suite, "full", PARAMS["full"], batches=batches,
+                                                                 steps=len(batches)).peak_bytes / MiB
+
+
+def _batch(rows: int, length: int, answer: int):
+    """One micro-batch, left-padded as `collate` makes them: each row's last `answer` positions are targets."""
+    from memft_bench.methods.base import Batch
+
+    labels = torch.full((rows, length), -100)
+    labels[:, length - answer:] = 1
+    return Batch([{"input_ids": torch.ones(rows, length, dtype=torch.long), "labels": labels,
+                   "attention_mask": torch.ones(rows, length, dtype=torch.long)}])
+
+
+def test_the_batch_with_the_most_logit_positions_is_traced_too():
+    """`causal_lm_loss` projects every position from a micro-batch's first target on onto the vocabulary: a
+    batch with fewer tokens but longer answers can set the peak, so it is traced beside the largest one."""
+    first, most_tokens, longest_answers = _batch(4, 40, 2), _batch(4, 60, 3), _batch(4, 50, 30)
+    picked = pick_peak_batches([first, most_tokens, longest_answers, _batch(4, 20, 1)])
+    assert picked == [first, most_tokens, longest_answers]
+    assert pick_peak_batches([first, _batch(4, 60, 30), longest_answers])[2:] == []  # the largest is also the widest
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])  # LoRA's dropout draws random numbers every step
