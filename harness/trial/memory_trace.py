@@ -41,6 +41,9 @@ What fake tensors cannot do, and how the trace answers it (each is counted in `P
   kernel, which reads only shapes and flags): the fake mode alone would choose the math kernel, which keeps
   the attention matrix for backward where a CPU's flash kernel keeps one number a row.
 - LAPACK-backed kernels copy their input inside the kernel (`KERNEL_COPIES`: SVD, eigh, solve): added.
+- A random permutation (`torch.randperm`, `REAL_DRAWS`) is drawn for real, from the method's own generator: its
+  values choose what trains (LISA's active layers), and stand-in zeros would choose one layer many times. It is
+  small (one index per layer or block), and the generator advances as in the trial.
 - torch's optimizers take their multi-tensor (`foreach`) path by default only when every parameter is a plain
   tensor on a CUDA device (`torch.optim.optimizer._default_to_fused_or_foreach`); a fake tensor never counts
   as one, so the trace would run the one-tensor-at-a-time loop (a few temporaries the size of one parameter)
@@ -94,6 +97,8 @@ PHASES = ("weights", "state", "batch", "forward", "backward", "update")
 #: torch 2.13's CPU kernels with torch.profiler (GaLore's and CESGC's SVD, SGC's least squares). LAPACK's own
 #: work arrays (4 min(m, n)^2 floats for an SVD) come from its allocator, not torch's, and are not counted.
 KERNEL_COPIES = {aten._linalg_svd.default: 1.0, aten._linalg_eigh.default: 2.0, aten._linalg_solve_ex.default: 1.0}
+#: Random draws made for real in the trace (see the module docstring): small, and their values decide sizes.
+REAL_DRAWS = {aten.randperm.default, aten.randperm.generator}
 
 
 class CannotTrace(Exception):
@@ -219,8 +224,9 @@ class LiveBytes(TorchDispatchMode):
 
         kwargs = kwargs or {}
         tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
-        if tensors and not any(isinstance(a, FakeTensor) for a in tensors):
-            with _disable_current_modes():  # the real batch: its own (tiny) operations run for real
+        real_draw = func in REAL_DRAWS and torch.device(kwargs.get("device") or "cpu").type == "cpu"
+        if (tensors and not any(isinstance(a, FakeTensor) for a in tensors)) or real_draw:
+            with _disable_current_modes():  # the real batch, a drawn permutation: small, and they run for real
                 out = func(*args, **kwargs)
             self._track(out)
             return out

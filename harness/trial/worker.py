@@ -138,24 +138,37 @@ def measured_training_peak(row: dict[str, Any], device: torch.device, cpu_peak: 
     return None if cpu_peak is None else cpu_peak.peak_mb(row["peak_mem_rss_mb"])
 
 
-def warm_up_forward(method: Any, batch: Any, device: torch.device, notes: dict[str, str]) -> None:
-    """One forward pass of the trial's model on its first micro-batch, in evaluation mode without gradients, before
-    a CPU trial's idle baseline is read. A model's first forward initialises things once per process (the
-    kernels' caches for these shapes, the libraries' lazily built tables): 2.4 MiB of anonymous memory on tiny,
-    which a baseline read before it would count as the first training step's. Nothing it makes survives it: no
-    gradient, no dropout draw (every random generator is restored), no state of the method's."""
+def warm_up_pass(method: Any, batch: Any, device: torch.device, notes: dict[str, str]) -> None:
+    """One training pass of the trial's model on its first micro-batch, before a CPU trial's idle baseline is read:
+    a process's first forward and backward initialise things once (the BLAS library's buffers for these shapes,
+    the libraries' lazily built tables): about 1.5 MiB of anonymous memory on tiny, which a baseline read before
+    it would count as training's. A method that backpropagates gets its backward through
+    `torch.autograd.grad`: the gradients are returned and dropped, never accumulated into `.grad`, so no
+    post-accumulate hook runs (SGC's compression, the fused optimizers' steps) and no state of the method's
+    changes; a forward-only method gets its forward without gradients. Every random generator is restored, so
+    the trial trains exactly as it would without it (tests/trial/test_predicted_peak.py)."""
     import torch
 
     from memft_bench.harness.trial.predicted_peak import preserved_random_state
 
     model = method.model
     was_training = model.training
+    micro = batch.micro_batches[0]
     try:
-        model.eval()
-        with torch.no_grad(), preserved_random_state(device):
-            method.loss_fn(model, batch.micro_batches[0])
+        with preserved_random_state(device):
+            trainable = [p for p in model.parameters() if p.requires_grad] if method.uses_backward else []
+            if trainable:
+                model.train()  # as training runs it: gradient checkpointing applies only in training mode
+                loss = method.loss_fn(model, micro)[0]
+                if loss.requires_grad:
+                    torch.autograd.grad(loss, trainable, allow_unused=True)
+                del loss
+            else:
+                model.eval()
+                with torch.no_grad():
+                    method.loss_fn(model, micro)
     except Exception as exc:  # the baseline is then a little colder; the trial goes on
-        notes["cpu_warm_up"] = f"the warm-up forward failed ({_short(exc)}): the idle baseline was read without it"
+        notes["cpu_warm_up"] = f"the warm-up pass failed ({_short(exc)}): the idle baseline was read without it"
     finally:
         model.train(was_training)
 
@@ -307,7 +320,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         row.update(prediction_columns(prediction, None))  # kept if training fails; measured after it
         phase = "training"
         if cpu_peak is not None:
-            warm_up_forward(method, next(batch_stream("cpu")), device, notes)
+            warm_up_pass(method, next(batch_stream("cpu")), device, notes)
         meters.start(cpu_peak)
         write_training_started(spec, prediction, cpu_peak)
         t0 = time.perf_counter()

@@ -104,7 +104,7 @@ def _real_allocator_peak(s, method: str, batches) -> int:
     return start + peak
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", ["full", "lora", "lisa"])  # LISA: its layers drawn by randperm, for real
 def test_the_prediction_is_the_real_allocators_peak(method):
     from memft_bench.harness.trial.memory_trace import synthetic_batches
 

@@ -18,7 +18,7 @@ from memft_bench.harness.trial.worker import run_trial
 from tests.conftest import small_suite_data
 
 MiB = 2**20
-PARAMS = {"lora": {"lr": 1e-3, "r": 2, "dropout": 0.1}, "full": {"lr": 1e-3}}
+PARAMS = {"lora": {"lr": 1e-3, "r": 2, "dropout": 0.1}, "full": {"lr": 1e-3}, "sgc": {"lr": 1e-3, "k": 16, "s": 4}}
 
 
 def _trial(tmp_path: Path, method: str, run: str) -> dict[str, Any]:
@@ -153,12 +153,37 @@ def test_a_cpu_trial_records_its_heap_policy_and_the_library_code_it_left_out(tm
                                       "glibc mmap threshold fixed at 128 KiB")
 
 
-def test_the_warm_up_forward_changes_nothing_the_trial_computes(tmp_path, monkeypatch):
-    """It runs before the baseline on the trial's model: in evaluation mode, without gradients, restoring every
-    generator; a trial without it trains to the same losses."""
+@pytest.mark.parametrize("method", ["lora", "sgc"])  # LoRA's dropout draws; SGC's hooks compress gradients
+def test_the_warm_up_pass_changes_nothing_the_trial_computes(tmp_path, monkeypatch, method):
+    """It runs before the baseline on the trial's model, forward and backward, restoring every generator and
+    accumulating no gradient (so no post-accumulate hook runs): a trial without it trains to the same losses."""
     from memft_bench.harness.trial import worker
 
-    with_it = _trial(tmp_path, "lora", "a")
-    monkeypatch.setattr(worker, "warm_up_forward", lambda *args: None)
-    without = _trial(tmp_path, "lora", "b")
+    with_it = _trial(tmp_path, method, "a")
+    assert "cpu_warm_up" not in (with_it["meter_notes"] or {})
+    monkeypatch.setattr(worker, "warm_up_pass", lambda *args: None)
+    without = _trial(tmp_path, method, "b")
     assert with_it["loss_curve"] == without["loss_curve"]
+
+
+def test_the_warm_up_pass_leaves_no_gradient_and_runs_no_hook():
+    from memft_bench.harness.core.precision import Precision
+    from memft_bench.harness.trial import worker
+    from memft_bench.harness.trial.memory_trace import synthetic_batches
+    from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
+    from memft_bench.methods.base import create
+
+    suite = suite_from_data(small_suite_data(), "warm")
+    model = build_model(suite.model, build_tokenizer(suite.model), seed=0, device="cpu")
+    method = create("sgc", {"k": 16, "s": 4}, causal_lm_loss, seed=0, precision=Precision("fp32"))
+    method.prepare(model)
+    fired = []
+    for p in method.model.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p: fired.append(p))
+    before = {k: v.clone() for k, v in method.model.state_dict().items()}
+    notes: dict[str, str] = {}
+    worker.warm_up_pass(method, synthetic_batches(suite, 1)[0], torch.device("cpu"), notes)
+    assert not notes and not fired
+    assert all(p.grad is None for p in method.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in method.model.state_dict().items())
