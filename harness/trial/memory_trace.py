@@ -685,6 +685,7 @@ def _trace(suite: SuiteSpec, method: str, params: dict[str, Any] | None, batches
     finally:
         instance.loss_fn = loss_fn
         _release(instance, fake_mode)
+        _forget_compilations()
     phase, step = tracker.peak_where
     result = PeakPrediction(
         method=method, peak_bytes=tracker.peak, at_peak=dict(tracker.peak_by_phase), start_bytes=start_bytes,
@@ -703,6 +704,16 @@ def _release(instance: Method, fake_mode: Any) -> None:
     largest fake storage, SGC's 108 MiB embedding on smollm2's shapes, as real memory), once per trace."""
     with contextlib.suppress(Exception), fake_mode:
         instance.release_training_state()
+
+
+def _forget_compilations() -> None:
+    """Reset torch.compile's caches after a trace: a compile attempted on fake tensors (torchao's optimizers
+    compile their step with fullgraph) fails and leaves its frame marked as skipped, and the trial's real step in
+    the same process would then fail with 'found no compiled frames'. Nothing compiled before a trace is kept."""
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
 
 
 def _age(tracker: LiveBytes) -> None:

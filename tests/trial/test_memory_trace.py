@@ -4,6 +4,8 @@ same steps; and its behaviour in batch, length, gradient checkpointing and for a
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -315,3 +317,24 @@ def test_a_trace_for_a_gpu_trial_follows_the_gpus_optimizer_path():
     for method in ("full", "smt"):
         assert cpu[method] < gpu[method] <= cpu[method] + weights, method
     assert gpu["mezo"] == cpu["mezo"]
+
+
+def test_a_compiled_optimizer_still_compiles_for_real_after_its_trace():
+    """torchao's AdamW8bit compiles its step (fullgraph): on fake tensors the compile fails and the trace says so,
+    and the trial's real step in the same process must still compile and run."""
+    pytest.importorskip("torchao")
+    from memft_bench.harness.core.precision import Precision
+    from memft_bench.harness.trial.memory_trace import CannotTrace, synthetic_batches
+    from memft_bench.harness.trial.models import build_model, build_tokenizer, causal_lm_loss
+    from memft_bench.methods.base import create
+
+    s = suite(micro_batch_size=2, cutoff_len=16)
+    batches = synthetic_batches(s, 2, target_tokens=4)
+    with contextlib.suppress(CannotTrace):
+        predict(s, "ao-adamw8bit", batches=batches)
+    model = build_model(s.model, build_tokenizer(s.model), seed=0, device="cpu")
+    instance = create("ao-adamw8bit", {}, causal_lm_loss, seed=0, precision=Precision(s.model.precision))
+    instance.prepare(model)
+    instance.apply_precision()
+    for batch in batches:
+        instance.step(batch)
