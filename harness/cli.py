@@ -116,11 +116,12 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Check every trial on the meta device and print its predicted memory; start nothing.")
 @click.option("--memory", "memory_size", metavar="SIZE",
-              help="With --dry-run: answer for a device with this much memory (24GiB or 24G: binary; 80GB: decimal; "
-                   "512MiB): which trials fit, by how much, and the largest micro_batch_size that would.")
+              help="With --dry-run: answer for a device with this much memory free for the trial (24GiB or "
+                   "24G: binary; 80GB: decimal; 512MiB; nothing is subtracted): which trials fit, by how much, and "
+                   "the largest micro_batch_size that would.")
 @click.option("--gpu", "gpu_name", metavar="NAME",
-              help="With --dry-run: as --memory, for a common GPU by name (h100-80gb, a100-40gb, l4-24gb, ...; "
-                   "its total memory less a CUDA context).")
+              help="With --dry-run: as --memory, for a common GPU by name (h100-80gb, a100-40gb, l4-24gb, ...: "
+                   "the memory CUDA reports on it less a CUDA context).")
 @click.option("--largest", type=click.Choice(["micro_batch_size", "cutoff_len"]),
               help="With --dry-run: the budget setting to search for the largest value that fits (default "
                    "micro_batch_size when --memory or --gpu is given).")

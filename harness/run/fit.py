@@ -90,20 +90,23 @@ def axis_limit(suite: SuiteSpec, axis: str) -> int:
 
 def largest_fitting(suite: SuiteSpec, method: str, params: dict[str, Any] | None, memory: int, axis: str,
                     peak_at_budget: int | None = None,
-                    peak_of: Callable[[SuiteSpec], int] | None = None) -> Largest:
+                    peak_of: Callable[[SuiteSpec], int] | None = None,
+                    known: dict[int, int] | None = None) -> Largest:
     """The largest `axis` value at which `method`'s predicted peak is at most `memory` bytes, every other budget
     setting as the suite has it. `peak_at_budget`: the peak already traced at the suite's own value.
 
     The search keeps the largest value known to fit and the smallest known not to. Each next value solves the
     parabola (or line) through the traces nearest the boundary (`_model_guess`: exact in one step where the peak
     is affine in the axis, as in the micro-batch, or quadratic, as in the length under an attention kernel that
-    keeps the square matrix); a bisection of the bracket follows two steps that did not halve it."""
+    keeps the square matrix); a bisection of the bracket follows two steps that did not halve it. `known`: the
+    peaks already traced at values of the axis (a search for another memory size), filled in as this one traces."""
     if axis not in AXES:
         raise ValueError(f"axis {axis!r}: expected one of {', '.join(AXES)}")
     measure = peak_of or (lambda s: traced_peak(s, method, params))
     smallest, limit = AXIS_MINIMUM[axis], axis_limit(suite, axis)
     own = getattr(suite.budget, axis)
-    traced: dict[int, int] = {}
+    traced: dict[int, int] = {} if known is None else known
+    spent = len(traced)
 
     def peak(value: int) -> int:
         if value not in traced:
@@ -111,9 +114,15 @@ def largest_fitting(suite: SuiteSpec, method: str, params: dict[str, Any] | None
                 else measure(apply_overrides(suite, [f"budget.{axis}={value}"]))
         return traced[value]
 
-    fits, fails = smallest - 1, limit + 1  # the largest value known to fit, the smallest known not to
+    # the largest value known to fit, the smallest known not to (the peak grows with either axis)
+    fits = max((v for v, p in traced.items() if p <= memory), default=smallest - 1)
+    fails = min((v for v, p in traced.items() if p > memory), default=limit + 1)
     candidate, width, stalls = max(smallest, min(own, limit)), None, 0
+    if traced:
+        candidate = _model_guess(traced, memory, fits, fails, smallest, limit)
     for _ in range(MAX_TRACES):
+        if fails == fits + 1 or fits == limit:
+            break
         if peak(candidate) <= memory:
             fits = max(fits, candidate)
         else:
@@ -127,8 +136,10 @@ def largest_fitting(suite: SuiteSpec, method: str, params: dict[str, Any] | None
             candidate, stalls = (fits + fails) // 2, 0
         width = fails - fits if bracketed else None
     if fits < smallest:
-        return Largest(axis, None, traced.get(smallest, min(traced.values())), fails - 1, False, len(traced))
-    return Largest(axis, fits, traced[fits], fails - 1 if fails <= limit else limit, fits == limit, len(traced))
+        return Largest(axis, None, traced.get(smallest, min(traced.values())), fails - 1, False,
+                       len(traced) - spent)
+    return Largest(axis, fits, traced[fits], fails - 1 if fails <= limit else limit, fits == limit,
+                   len(traced) - spent)
 
 
 def _model_guess(traced: dict[int, int], memory: int, fits: int, fails: int, smallest: int, limit: int) -> int:
@@ -148,9 +159,10 @@ def _model_guess(traced: dict[int, int], memory: int, fits: int, fails: int, sma
             if np.any(coefficients[:-1]) else []
         if roots:  # the root nearest the traces: the parabola's other root lies on its far side
             guess = min(roots, key=lambda r: abs(r - xs[0]))
-    if guess is None:
-        value, p = points[0]
-        guess = value * 2 if p <= memory else value // 2
+    if guess is None and points[0][1] <= memory:  # one trace, or a peak the traces say is flat: double
+        guess = max(fits, smallest) * 2
+    elif guess is None:  # with two traces or more, no positive root: by the line even the least would not fit
+        guess = smallest if len(points) >= 2 else fails // 2
     low, high = max(fits + 1, smallest), min(fails - 1, limit)
     return max(low, min(high, math.floor(guess)))
 

@@ -89,6 +89,20 @@ class VariantCheck:
     note: str | None = None  # why there is no estimate
     warnings: list[str] = field(default_factory=list)
     largest: Largest | None = None  # the largest micro-batch (or length) that fits, when asked
+    #: the largest that fits with TIGHT of the memory to spare (what the fits column calls a plain yes)
+    largest_with_room: Largest | None = None
+
+    def largest_cell(self) -> str:
+        """`13 (28.6 MiB); 12 with 5 % to spare (27.1 MiB)`: the largest value that fits, and the largest the fits
+        column would answer with a plain yes when they differ."""
+        if self.largest is None:
+            return "?"
+        cell = self.largest.describe()
+        room = self.largest_with_room
+        if room is not None and self.largest.value is not None and room.value != self.largest.value:
+            cell += f"; {room.describe()} with {TIGHT:.0%} to spare" if room.value is not None else \
+                f"; none with {TIGHT:.0%} to spare"
+        return cell
 
     @property
     def label(self) -> str:
@@ -200,12 +214,16 @@ def _is_users_concern(warning: warnings.WarningMessage) -> bool:
 
 
 def free_memory_bytes(device: str) -> int | None:
-    """Memory the device has free now: MemAvailable on a CPU, NVML's free figure on a GPU (found by UUID, as
-    the meters find it; no CUDA context is created here). None when it cannot be read."""
+    """Memory a trial will have free on the device: MemAvailable on a CPU less what a trial's process holds
+    before its model (`CPU_TRIAL_PROCESS_BYTES`), NVML's free figure on a GPU (found by UUID, as the meters find
+    it; no CUDA context is created here) less the context the trial will create (`CUDA_CONTEXT_BYTES`): the
+    prediction counts the trial's tensors, not those. None when it cannot be read."""
+    from memft_bench.harness.spec.memory_sizes import CPU_TRIAL_PROCESS_BYTES, CUDA_CONTEXT_BYTES
+
     if device == "cpu":
         import psutil
 
-        return int(psutil.virtual_memory().available)
+        return max(0, int(psutil.virtual_memory().available) - CPU_TRIAL_PROCESS_BYTES)
     try:
         import pynvml
 
@@ -214,11 +232,20 @@ def free_memory_bytes(device: str) -> int | None:
         pynvml.nvmlInit()
         try:
             handle, _ = nvml_handle(pynvml, int(device.partition(":")[2] or 0))
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+            return max(0, int(pynvml.nvmlDeviceGetMemoryInfo(handle).free) - CUDA_CONTEXT_BYTES)
         finally:
             pynvml.nvmlShutdown()
     except Exception:
         return None
+
+
+def free_label(device: str) -> str:
+    """Where the default answer's figure comes from, and what was taken off it."""
+    from memft_bench.harness.spec.memory_sizes import CPU_TRIAL_PROCESS_BYTES, CUDA_CONTEXT_BYTES
+
+    if device == "cpu":
+        return f"MemAvailable on cpu less {CPU_TRIAL_PROCESS_BYTES // MiB} MiB for the trial's own process"
+    return f"NVML's free memory on {device} less {CUDA_CONTEXT_BYTES // MiB} MiB for the trial's CUDA context"
 
 
 def run_preflight(run_plan: RunPlan, variants: Iterable[tuple[str, str, dict[str, Any]]],
@@ -273,8 +300,12 @@ def find_largest(checked: Preflight, run_plan: RunPlan, axis: str, progress: boo
         if check.estimate is None or check.estimate.peak is None:
             continue
         suite = run_plan.suite_of(*key)
+        traced: dict[int, int] = {}  # both searches share their traces
         with contextlib.suppress(CannotTrace):
-            check.largest = largest_fitting(suite, key[0], params_of.get(key), memory, axis, check.estimate.peak)
+            check.largest = largest_fitting(suite, key[0], params_of.get(key), memory, axis, check.estimate.peak,
+                                            known=traced)
+            check.largest_with_room = largest_fitting(suite, key[0], params_of.get(key), int(memory * (1 - TIGHT)),
+                                                      axis, check.estimate.peak, known=traced)
 
 
 def _bar(items: list, what: str, progress: bool) -> Any:
@@ -294,7 +325,7 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
     from tabulate import tabulate
 
     memory = checked.memory
-    where = checked.target_label or f"free on {checked.device}"
+    where = checked.target_label or free_label(checked.device)
     axis = next((c.largest.axis for c in checked.checks.values() if c.largest), None)
     rows = []
     for method, variant, _ in run_plan.variants:
@@ -310,7 +341,7 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
         row = [label, *(format_size(n) for n in (e.weights, e.gradients, e.optimizer, e.workspace, e.exact)),
                format_size(e.peak) if e.peak is not None else f"? ({e.peak_note})", fits]
         if axis:
-            row.append(check.largest.describe() if check.largest else "?")
+            row.append(check.largest_cell())
         rows.append(row)
     headers = ["method", "weights", "gradients", "optimizer", "workspace", "exact parts", "predicted peak",
                f"fits in {format_size(memory)}" if memory is not None else "fits"]

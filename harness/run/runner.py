@@ -31,6 +31,7 @@ from memft_bench.harness.results.rows import (
     trial_label,
 )
 from memft_bench.harness.run.planning import RunPlan, Trial
+from memft_bench.harness.run.trial_process import planned_columns
 
 if TYPE_CHECKING:
     from memft_bench.harness.trackers.sweep import SweepTrackers
@@ -175,7 +176,7 @@ def refused_row(trial: Trial, reason: str) -> dict[str, Any]:
         run_id=trial.spec["run_id"], trial_id=trial.trial_id, suite=trial.spec["suite"]["name"], task=trial.task,
         method=trial.method, variant=trial.variant or None, method_params=trial.spec["method_params"],
         seed=trial.seed, device=trial.spec["device"], command=trial.spec.get("command"),
-        precision=trial.spec["suite"]["model"]["precision"], status="oom", reason=reason,
+        **planned_columns(trial.spec), status="oom", reason=reason,
         started_at=now(), finished_at=now(),
     )
 

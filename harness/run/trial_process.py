@@ -33,13 +33,35 @@ Show = Callable[[str], None]
 PROGRESS_EVERY_S = 2.0
 
 
+def planned_columns(spec: dict[str, Any]) -> dict[str, Any]:
+    """The model and budget columns of a trial, from its spec, as the trial's own row records them: a row the
+    trial never wrote (refused by the pre-flight, killed, timed out) still sits on its sweep's axes (batch,
+    length, checkpointing), which is where out-of-memory rows matter. Checkpointing is None where it does not
+    apply (a method that never runs a backward pass), as in the trial's own row."""
+    from memft_bench.harness.spec.config import suite_from_data
+    from memft_bench.methods.base import get_method_class
+
+    try:
+        suite = suite_from_data(spec["suite"], "trial spec")
+    except Exception:  # the trial's own row says what is wrong with its spec
+        return {}
+    budget = suite.budget
+    checkpointing: bool | None = budget.gradient_checkpointing
+    with contextlib.suppress(Exception):  # an unknown method: the row's reason says so
+        if checkpointing and not get_method_class(spec["method"]).uses_backward:
+            checkpointing = None
+    return {"model": suite.model.label, "precision": suite.model.precision, "batch_size": budget.batch_size,
+            "time_budget_s": budget.time_s or None, "micro_batch_size": budget.micro_batch_size,
+            "cutoff_len": budget.cutoff_len, "gradient_checkpointing": checkpointing}
+
+
 def failure_row(spec: dict[str, Any], status: str, reason: str, log_path: Path | str, started: str,
                 **extra: Any) -> dict[str, Any]:
     """The row of a trial that ended without writing its own (killed, timed out, ended by Slurm)."""
     return empty_row(
         run_id=spec["run_id"], trial_id=spec["trial_id"], suite=spec["suite"]["name"], task=spec["task"],
         method=spec["method"], variant=spec.get("variant") or None, method_params=spec["method_params"],
-        seed=spec["seed"], device=spec["device"], command=spec.get("command"),
+        seed=spec["seed"], device=spec["device"], command=spec.get("command"), **planned_columns(spec),
         status=status, reason=f"{reason}; log: {log_path}", started_at=started, finished_at=now(), **extra,
     )
 

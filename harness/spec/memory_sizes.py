@@ -1,9 +1,12 @@
 """Memory sizes a user names: `24GiB`, `80GB`, `512MiB`, or a common GPU by name (`--gpu h100-80gb`).
 
 `bench run --dry-run --memory 24GiB` (or `--gpu NAME`) answers "will it fit?" for a device the user does not
-have here. A GPU's figure is the total memory its driver reports (`nvidia-smi`'s "Total", in MiB) less the CUDA
-context every process pays before its first tensor (`CUDA_CONTEXT_BYTES`, a typical figure for recent drivers: it
-varies by a few hundred MiB with the driver, the GPU and the loaded libraries). No torch here.
+have here. A GPU's figure is the memory CUDA itself reports (`torch.cuda.mem_get_info()`'s total, the "total
+capacity" of torch's out-of-memory message), which is a few hundred MiB below `nvidia-smi`'s "Total" (the driver
+keeps that part), less the CUDA context every process pays before its first tensor (`CUDA_CONTEXT_BYTES`, a
+typical figure for recent drivers with lazy module loading: it varies by a few hundred MiB with the driver, the
+GPU and the libraries loaded). `--memory SIZE` is taken as the memory free for the trial: nothing is subtracted.
+No torch here.
 """
 
 from __future__ import annotations
@@ -17,24 +20,34 @@ GiB = 2**30
 
 #: What a CUDA context and the CUDA libraries take on the device before the first tensor (a typical figure).
 CUDA_CONTEXT_BYTES = 512 * MiB
+#: What a trial's own process holds resident on a CPU before its model (Python, torch, transformers, peft and
+#: the harness imported: 444 MiB measured on this project's CPU machine), the CPU's counterpart of the context.
+CPU_TRIAL_PROCESS_BYTES = 448 * MiB
 
-#: name -> total device memory as the driver reports it (MiB).
-GPUS: dict[str, int] = {
-    "h200-141gb": 143_771,
-    "h100-80gb": 81_559,
-    "h100-94gb": 95_830,
-    "a100-80gb": 81_920,
-    "a100-40gb": 40_960,
-    "l40s-48gb": 46_068,
-    "a6000-48gb": 49_140,
-    "l4-24gb": 23_034,
-    "rtx4090-24gb": 24_564,
-    "rtx3090-24gb": 24_576,
-    "a10-24gb": 23_028,
-    "v100-32gb": 32_510,
-    "v100-16gb": 16_160,
-    "t4-16gb": 15_360,
+#: name -> the total memory CUDA reports on that card (GiB, as torch's out-of-memory message prints it: the
+#: lowest figure commonly reported, since it moves by a few hundredths with the driver and the ECC setting).
+GPUS_GIB: dict[str, float] = {
+    "b200-180gb": 178.35,
+    "h200-141gb": 139.80,
+    "h100-94gb": 93.09,
+    "h100-80gb": 79.11,
+    "a100-80gb": 79.15,
+    "a100-40gb": 39.39,
+    "l40s-48gb": 44.39,
+    "a40-48gb": 44.34,
+    "a6000-48gb": 47.53,
+    "rtx6000ada-48gb": 47.40,
+    "v100-32gb": 31.74,
+    "rtx4090-24gb": 23.64,
+    "rtx3090-24gb": 23.56,
+    "a10-24gb": 22.05,
+    "l4-24gb": 22.03,
+    "v100-16gb": 15.77,
+    "t4-16gb": 14.75,
 }
+
+#: name -> the same in whole MiB
+GPUS: dict[str, int] = {name: round(gib * 1024) for name, gib in GPUS_GIB.items()}
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -59,12 +72,29 @@ def parse_size(text: str, option: str = "--memory") -> int:
     return size
 
 
+def _squeezed(name: str) -> str:
+    """A GPU name without case, spaces, dashes or underscores: `RTX 4090 24GB`, `rtx4090-24gb` and `RTX_4090`
+    compare alike."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def gpu_key(name: str) -> str:
+    """The `GPUS` key a user's GPU name means: its exact name in any spelling, or the only card it begins
+    (`t4`, `h200`); one clear error naming the candidates when it is unknown or means several (`h100`)."""
+    wanted = _squeezed(name)
+    exact = [key for key in GPUS if _squeezed(key) == wanted]
+    matches = exact or ([key for key in GPUS if _squeezed(key).startswith(wanted)] if wanted else [])
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise BenchError(f"--gpu {name!r} means several GPUs: {', '.join(matches)}; name one")
+    raise BenchError(f"--gpu {name!r}: unknown GPU; known: {', '.join(GPUS)} (or give --memory SIZE)")
+
+
 def gpu_memory(name: str) -> tuple[int, str]:
     """(bytes usable by a trial, a line saying where the figure comes from) of a GPU named as in `GPUS`."""
-    key = "-".join(name.strip().lower().replace("_", " ").replace("-", " ").split())  # "H100 80GB" too
-    if key not in GPUS:
-        raise BenchError(f"--gpu {name!r}: unknown GPU; known: {', '.join(GPUS)} (or give --memory SIZE)")
+    key = gpu_key(name)
     total = GPUS[key] * MiB
     usable = total - CUDA_CONTEXT_BYTES
-    return usable, (f"{key}: {GPUS[key]:,} MiB as its driver reports, less {CUDA_CONTEXT_BYTES // MiB} MiB for the "
-                    f"CUDA context = {usable / GiB:.2f} GiB for the trial")
+    return usable, (f"{key}: {GPUS_GIB[key]:.2f} GiB as CUDA reports it, less {CUDA_CONTEXT_BYTES // MiB} MiB for "
+                    f"the CUDA context = {usable / GiB:.2f} GiB for the trial")

@@ -201,3 +201,21 @@ def test_jobs_on_gpus_means_one_trial_per_gpu(monkeypatch, small_suite):
         Execution(jobs=2).build(small_suite, "cuda:1", None)
     executor, device = Execution(jobs=2).build(small_suite, "cpu", None)
     assert device == "cpu" and "OMP_NUM_THREADS" in executor.slots[0].env
+
+
+def test_rows_the_trial_never_wrote_still_sit_on_the_sweeps_axes(tmp_path, small_suite):
+    """A refused, killed or timed-out trial's row records the batch, length and checkpointing it was planned at
+    (an out-of-memory sweep's rows are read along those axes); a forward-only method's checkpointing is None."""
+    from memft_bench.harness.run.planning import plan
+    from memft_bench.harness.run.runner import refused_row
+    from memft_bench.harness.run.trial_process import failure_row
+
+    trials = plan(small_suite, ["full", "mezo"], tmp_path, "cpu",
+                  sweeps={"budget": {"gradient_checkpointing": ["true"], "micro_batch_size": ["3"]}}).trials
+    budget = small_suite.budget
+    for trial in trials:
+        for row in (refused_row(trial, "predicted 9 GiB"), failure_row(trial.spec, "oom", "killed", "log", "t0")):
+            assert row["micro_batch_size"] == 3 and row["cutoff_len"] == budget.cutoff_len
+            assert row["batch_size"] == 3 * budget.grad_accum and row["precision"] == small_suite.model.precision
+            assert row["model"] == small_suite.model.label
+            assert row["gradient_checkpointing"] is (None if trial.method == "mezo" else True), trial.method

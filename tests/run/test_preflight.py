@@ -102,7 +102,8 @@ def test_dry_run_prints_each_trials_memory_and_starts_nothing(tmp_path):
     out = tmp_path / "run"
     result = _bench("run", "--dry-run", "--methods", "full,lora,mezo", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    for label in ("| full ", "| lora ", "| mezo ", "free on cpu", "predicted peak", "6 trials"):
+    for label in ("| full ", "| lora ", "| mezo ", "MemAvailable on cpu less 448 MiB for the trial's own process",
+                  "predicted peak", "6 trials"):
         assert label in result.stdout
     assert "Nothing was started" in result.stdout
     assert not (out / "results.jsonl").exists()
@@ -179,3 +180,21 @@ def test_dry_run_footnote_names_the_batch_shape_each_variant_was_traced_at(tmp_p
     swept = planning.plan(suite_from_data(data, "unit"), ["lora"], tmp_path / "b", "cpu")
     text = render_estimates(run_preflight(swept, swept.variants), swept)
     assert "full batch shape (each variant's own, its swept setting in its label; the suite's is 4 x 96" in text
+
+
+def test_the_free_memory_a_trial_has_leaves_out_its_own_process(monkeypatch):
+    """A trial's process holds Python, torch and the libraries before its first tensor (a GPU trial: its CUDA
+    context); the prediction counts tensors only, so the free figure it is compared with leaves those out."""
+    import psutil
+
+    from memft_bench.harness.run import preflight
+    from memft_bench.harness.spec.memory_sizes import CPU_TRIAL_PROCESS_BYTES
+
+    class Memory:
+        available = 8 * 2**30
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    assert preflight.free_memory_bytes("cpu") == 8 * 2**30 - CPU_TRIAL_PROCESS_BYTES
+    Memory.available = 2**20
+    assert preflight.free_memory_bytes("cpu") == 0
+    assert "448 MiB for the trial's own process" in preflight.free_label("cpu")
