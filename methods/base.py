@@ -196,6 +196,14 @@ class Method(abc.ABC):
         if optimizer is not None:
             optimizer.state.clear()
 
+    def warm_up_kernels(self) -> None:
+        """Run, once and on throwaway data, the kernels of this method's update that a forward and backward do
+        not run, before a CPU trial reads its idle baseline: a library's first call of a kernel sets up buffers
+        it keeps (MKL's for SGC's triangular solves and batched products: about 3 MiB), which would otherwise
+        count as the first step's memory. Must leave the method's state, the weights and every generator as they
+        were. Default: nothing (an optimizer's update runs the same element-wise kernels as the backward)."""
+        return None
+
     def predicted_state_bytes(self, grad_accum: int = 1) -> dict[str, int] | None:
         """What `state_bytes()` will report after training, predicted from shapes alone: the pre-flight calls
         it after `prepare()` and `apply_precision()` on a model whose parameters live on the `meta` device

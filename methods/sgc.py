@@ -309,29 +309,11 @@ class Sgc(Method):
         diagnostics.total = sum(b.param.numel() for b in self.blocks)
         bc1, bc2 = 1 - o.beta1**self.t, 1 - o.beta2**self.t
         op = self.operator
-        if op.n_blocks == 1:  # the dense kernels (CuPy on a GPU) take one A: A's first `length` columns
-            groups = [[b for b in self.blocks if b.length == length] for length in dict.fromkeys(
-                b.length for b in self.blocks)]
-        else:  # the streamed kernel restricts each run of rows to its own length: one call for all
-            groups = [sorted(self.blocks, key=lambda b: b.length)]  # rows of one length together
-        for blocks in groups:
+        for blocks in self._groups():
             for pieces in _pack(blocks, self._problems_per_call(op)):
                 p_hat = torch.cat([b.exp_avg[r0:r1] for b, r0, r1 in pieces]) / bc1
                 q_hat = torch.cat([b.exp_avg_sq[r0:r1] for b, r0, r1 in pieces]) / bc2
-                device = p_hat.device
-                with diagnostics.omp_timer(device):
-                    if op.n_blocks == 1:
-                        A = op.base[:, : blocks[0].length]
-                        _, support = self.omp(A, p_hat, o.s, return_support=True)
-                    else:
-                        lengths = [b.length for b, r0, r1 in pieces for _ in range(r1 - r0)]
-                        _, support = streamed_omp(op, p_hat, o.s, lengths)
-                atoms = op.columns(support.clamp_min(0)) * (support >= 0).unsqueeze(-1)  # (b, n, k)
-                m_coef = least_squares(atoms, p_hat)
-                v_coef = least_squares(atoms, q_hat)
-                valid = (support >= 0) & (v_coef > 0)
-                step = torch.where(valid, m_coef / (v_coef.clamp_min(0).sqrt() + o.eps), torch.zeros_like(m_coef))
-                diagnostics.add(atoms, p_hat, m_coef, valid)
+                support, step = self._recover(pieces, p_hat, q_hat, diagnostics)
                 row = 0
                 for block, r0, r1 in pieces:
                     self.apply_update(block, r0, support[row: row + r1 - r0], step[row: row + r1 - r0], lr)
@@ -339,6 +321,55 @@ class Sgc(Method):
         if not self.options.store_projection:
             op.release()
         return diagnostics
+
+    def _groups(self) -> list[list[_Block]]:
+        """The blocks each kernel call may mix: the dense kernels (CuPy on a GPU) take one A, so one length a
+        call; the streamed kernel restricts each run of rows to its own length, so every block at once."""
+        if self.operator.n_blocks == 1:
+            return [[b for b in self.blocks if b.length == length]
+                    for length in dict.fromkeys(b.length for b in self.blocks)]
+        return [sorted(self.blocks, key=lambda b: b.length)]  # rows of one length together
+
+    def _recover(self, pieces: list[tuple[_Block, int, int]], p_hat: torch.Tensor, q_hat: torch.Tensor,
+                 diagnostics: _Diagnostics | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """OMP's support of each row of p^, the least-squares m^ and v^ on it, and the Adam step there."""
+        o, op = self.options, self.operator
+        with diagnostics.omp_timer(p_hat.device) if diagnostics else contextlib.nullcontext():
+            if op.n_blocks == 1:
+                A = op.base[:, : pieces[0][0].length]
+                _, support = self.omp(A, p_hat, o.s, return_support=True)
+            else:
+                lengths = [b.length for b, r0, r1 in pieces for _ in range(r1 - r0)]
+                _, support = streamed_omp(op, p_hat, o.s, lengths)
+        atoms = op.columns(support.clamp_min(0)) * (support >= 0).unsqueeze(-1)  # (b, n, k)
+        m_coef = least_squares(atoms, p_hat)
+        v_coef = least_squares(atoms, q_hat)
+        valid = (support >= 0) & (v_coef > 0)
+        step = torch.where(valid, m_coef / (v_coef.clamp_min(0).sqrt() + o.eps), torch.zeros_like(m_coef))
+        if diagnostics is not None:
+            diagnostics.add(atoms, p_hat, m_coef, valid)
+        return support, step
+
+    def warm_up_kernels(self) -> None:
+        """The compression and the recovery once, on random rows of each kernel call's first shape (from a
+        generator of their own), results dropped: OMP's triangular solve, the least squares' solve and the
+        batched products set up MKL's buffers on their first call (about 3 MiB on tiny), before the idle
+        baseline is read. Nothing of the method's state, the weights or the projection's seed changes."""
+        o, op = self.options, self.operator
+        generator = torch.Generator(device=self.blocks[0].param.device).manual_seed(0)
+        device = self.blocks[0].param.device
+        with torch.no_grad():
+            for blocks in self._groups():
+                pieces = next(_pack(blocks, self._problems_per_call(op)))
+                rows = sum(r1 - r0 for _, r0, r1 in pieces)
+                block = pieces[0][0]
+                g = torch.randn(min(rows, block.chunks), block.length, generator=generator, device=device)
+                values, index = top_s(g, o.s, self.top_s_piece)
+                torch.stack([values, values * values], dim=1) @ op.columns(index)
+                p_hat = torch.randn(rows, o.k, generator=generator, device=device)
+                self._recover(pieces, p_hat, p_hat.square(), None)
+        if not o.store_projection:
+            op.release()
 
     def apply_update(self, block: _Block, first_row: int, support: torch.Tensor, step: torch.Tensor,
                      lr: float) -> None:

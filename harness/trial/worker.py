@@ -145,7 +145,9 @@ def warm_up_pass(method: Any, batch: Any, device: torch.device, notes: dict[str,
     it would count as training's. A method that backpropagates gets its backward through
     `torch.autograd.grad`: the gradients are returned and dropped, never accumulated into `.grad`, so no
     post-accumulate hook runs (SGC's compression, the fused optimizers' steps) and no state of the method's
-    changes; a forward-only method gets its forward without gradients. Every random generator is restored, so
+    changes; a forward-only method gets its forward without gradients. Then the method runs its update's own
+    kernels once on throwaway data (`Method.warm_up_kernels`: SGC's triangular solves and batched products set
+    up about 3 MiB of MKL's buffers on their first call). Every random generator is restored, so
     the trial trains exactly as it would without it (tests/trial/test_predicted_peak.py)."""
     import torch
 
@@ -167,6 +169,7 @@ def warm_up_pass(method: Any, batch: Any, device: torch.device, notes: dict[str,
                 model.eval()
                 with torch.no_grad():
                     method.loss_fn(model, micro)
+            method.warm_up_kernels()  # the update's own kernels (SGC's solves), on throwaway data
     except Exception as exc:  # the baseline is then a little colder; the trial goes on
         notes["cpu_warm_up"] = f"the warm-up pass failed ({_short(exc)}): the idle baseline was read without it"
     finally:

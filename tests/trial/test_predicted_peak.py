@@ -18,7 +18,8 @@ from memft_bench.harness.trial.worker import run_trial
 from tests.conftest import small_suite_data
 
 MiB = 2**20
-PARAMS = {"lora": {"lr": 1e-3, "r": 2, "dropout": 0.1}, "full": {"lr": 1e-3}, "sgc": {"lr": 1e-3, "k": 16, "s": 4}}
+PARAMS = {"lora": {"lr": 1e-3, "r": 2, "dropout": 0.1}, "full": {"lr": 1e-3}, "sgc": {"lr": 1e-3, "k": 16, "s": 4},
+          "mesgc": {"lr": 1e-3, "k": 16, "s": 4, "chunk_size": 256}, "cesgc": {"lr": 1e-3, "k": 16, "s": 4, "rank": 2}}
 
 
 def _trial(tmp_path: Path, method: str, run: str) -> dict[str, Any]:
@@ -153,7 +154,8 @@ def test_a_cpu_trial_records_its_heap_policy_and_the_library_code_it_left_out(tm
                                       "glibc mmap threshold fixed at 128 KiB")
 
 
-@pytest.mark.parametrize("method", ["lora", "sgc"])  # LoRA's dropout draws; SGC's hooks compress gradients
+# LoRA's dropout draws; SGC's hooks compress gradients, and the SGC family's update kernels run on throwaway data
+@pytest.mark.parametrize("method", ["lora", "sgc", "mesgc", "cesgc"])
 def test_the_warm_up_pass_changes_nothing_the_trial_computes(tmp_path, monkeypatch, method):
     """It runs before the baseline on the trial's model, forward and backward, restoring every generator and
     accumulating no gradient (so no post-accumulate hook runs): a trial without it trains to the same losses."""
@@ -182,8 +184,14 @@ def test_the_warm_up_pass_leaves_no_gradient_and_runs_no_hook():
         if p.requires_grad:
             p.register_post_accumulate_grad_hook(lambda p: fired.append(p))
     before = {k: v.clone() for k, v in method.model.state_dict().items()}
+    moments = [(b.exp_avg.clone(), b.exp_avg_sq.clone()) for b in method.blocks]
+    warmed = []
+    original = method.warm_up_kernels
+    method.warm_up_kernels = lambda: (warmed.append(True), original())
     notes: dict[str, str] = {}
     worker.warm_up_pass(method, synthetic_batches(suite, 1)[0], torch.device("cpu"), notes)
-    assert not notes and not fired
+    assert not notes and not fired and warmed == [True]  # the update's kernels ran, on throwaway data
     assert all(p.grad is None for p in method.model.parameters())
     assert all(torch.equal(before[k], v) for k, v in method.model.state_dict().items())
+    assert method.t == 0 and all(torch.equal(b.exp_avg, m) and torch.equal(b.exp_avg_sq, v)
+                                 for b, (m, v) in zip(method.blocks, moments, strict=True))
