@@ -40,7 +40,8 @@ What fake tensors cannot do, and how the trace answers it (each is counted in `P
 - Which fused attention kernel runs is chosen by the device's own rule (`_fused_sdp_choice` of the CPU or CUDA
   kernel, which reads only shapes and flags): the fake mode alone would choose the math kernel, which keeps
   the attention matrix for backward where a CPU's flash kernel keeps one number a row.
-- LAPACK-backed kernels copy their input inside the kernel (`KERNEL_COPIES`: SVD, eigh, solve): added.
+- LAPACK-backed kernels copy their input inside the kernel (`KERNEL_COPIES`: SVD, eigh, solve; on a GPU
+  `CUDA_KERNEL_COPIES`, cuSOLVER's SVD and solve): added.
 - A random permutation (`torch.randperm`, `REAL_DRAWS`) is drawn for real, from the method's own generator: its
   values choose what trains (LISA's active layers), and stand-in zeros would choose one layer many times. It is
   small (one index per layer or block), and the generator advances as in the trial.
@@ -97,6 +98,10 @@ PHASES = ("weights", "state", "batch", "forward", "backward", "update")
 #: torch 2.13's CPU kernels with torch.profiler (GaLore's and CESGC's SVD, SGC's least squares). LAPACK's own
 #: work arrays (4 min(m, n)^2 floats for an SVD) come from its allocator, not torch's, and are not counted.
 KERNEL_COPIES = {aten._linalg_svd.default: 1.0, aten._linalg_eigh.default: 2.0, aten._linalg_solve_ex.default: 1.0}
+#: The same on a GPU, from torch's CUDA linear algebra: the input is cloned (column-major) before cuSOLVER
+#: factorises it, through the caching allocator, so the allocated peak holds it; eigh's vectors are its output.
+#: cuSOLVER's work arrays come from the caching allocator too and are not counted. Not yet checked on a GPU.
+CUDA_KERNEL_COPIES = {aten._linalg_svd.default: 1.0, aten._linalg_solve_ex.default: 1.0}
 #: Random draws made for real in the trace (see the module docstring): small, and their values decide sizes.
 REAL_DRAWS = {aten.randperm.default, aten.randperm.generator}
 
@@ -243,8 +248,10 @@ class LiveBytes(TorchDispatchMode):
                 raise
             out = self._largest_output(func, args, kwargs, exc)
         self._track(out)
-        copies = KERNEL_COPIES.get(func)
-        if copies and args[0].device.type == "cpu":  # the kernel's own copy of its input, made and freed inside it
+        copies = None
+        if func in KERNEL_COPIES:
+            copies = (KERNEL_COPIES if args[0].device.type == "cpu" else CUDA_KERNEL_COPIES).get(func)
+        if copies:  # the kernel's own copy of its input, made and freed inside it
             self._transient(int(copies * args[0].untyped_storage().nbytes()))
         return out
 

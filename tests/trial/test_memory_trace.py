@@ -338,3 +338,19 @@ def test_a_compiled_optimizer_still_compiles_for_real_after_its_trace():
     instance.apply_precision()
     for batch in batches:
         instance.step(batch)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_factorisation_holds_a_copy_of_its_input_on_either_device(device):
+    """LAPACK and cuSOLVER overwrite the matrix they factorise, so torch's SVD copies its input inside the
+    kernel, where no dispatched operation shows it: the peak holds the input, its outputs and that copy."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memft_bench.harness.trial.memory_trace import LiveBytes
+
+    tracker = LiveBytes()
+    with FakeTensorMode(), tracker:
+        g = torch.empty(256, 128, device=device)
+        u, s, vh = torch.linalg.svd(g, full_matrices=False)
+        outputs = sum(t.untyped_storage().nbytes() for t in (u, s, vh))
+    assert tracker.peak == 2 * 256 * 128 * 4 + outputs
