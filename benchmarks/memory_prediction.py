@@ -371,13 +371,16 @@ def run_cases(cases: list[str], methods: list[str], out: Path, timeout_s: float,
                 write_report(out)
 
 
-def remeasure(out: Path, cases: list[str], methods: list[str], timeout_s: float) -> None:
+def remeasure(out: Path, cases: list[str], methods: list[str], timeout_s: float, again: bool = False) -> None:
     """Measure the RSS of the recorded trials of `cases` again with the harness as it is now (its heap policy and
-    warm baseline), keeping the first measurement, taken under glibc's dynamic mmap threshold, as `rss_dynamic`."""
+    warm baseline), keeping the first measurement, taken under glibc's dynamic mmap threshold, as `rss_dynamic`.
+    `again`: also the trials measured under the heap policy already (after a change to the warm-up), replacing
+    their RSS measurement."""
     records_file = out / "records.jsonl"
     records = [json.loads(line) for line in records_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     for r in records:
-        if r["case"] not in cases or r["method"] not in methods or "rss_dynamic" in r or r["rss"].get("cpu_heap"):
+        measured_now = "rss_dynamic" in r or r["rss"].get("cpu_heap")
+        if r["case"] not in cases or r["method"] not in methods or (measured_now and not again):
             continue  # re-measured already, or measured by the harness as it is
         suite, _, _ = load_case(r["case"], out)
         if r["checkpointing"]:
@@ -386,7 +389,10 @@ def remeasure(out: Path, cases: list[str], methods: list[str], timeout_s: float)
             suite = apply_overrides(suite, ["budget.gradient_checkpointing=true"])
         work = WORK / r["case"] / f"{r['method']}-{'gc' if r['checkpointing'] else 'nogc'}"
         spec = trial_spec(suite, r["method"], work / "run")
-        r["rss_dynamic"], r["rss"] = r["rss"], run_measurement(spec, work, False, timeout_s)
+        if measured_now:
+            r["rss"] = run_measurement(spec, work, False, timeout_s)
+        else:
+            r["rss_dynamic"], r["rss"] = r["rss"], run_measurement(spec, work, False, timeout_s)
         print(summary_line(r), flush=True)
         records_file.write_text("".join(json.dumps(x) + "\n" for x in records), encoding="utf-8")
         write_report(out)
@@ -516,6 +522,8 @@ def main() -> None:
     parser.add_argument("--remeasure", action="store_true", help="measure the RSS of the recorded trials of --cases "
                         "(and --methods) again with the harness as it is, keeping the first measurement as "
                         "rss_dynamic (glibc's dynamic mmap threshold, cold baseline)")
+    parser.add_argument("--again", action="store_true", help="with --remeasure: also the trials already measured "
+                        "under the heap policy, replacing that measurement (after a change to the warm-up)")
     parser.add_argument("--repredict", action="store_true", help="recompute the predictions of the records kept "
                         "(after a change to the trace), keeping their measurements")
     parser.add_argument("--measure", nargs=2, type=Path, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -528,7 +536,7 @@ def main() -> None:
     if args.repredict:
         repredict(args.out)
     elif args.remeasure:
-        remeasure(args.out, args.cases.split(","), args.methods.split(","), args.timeout)
+        remeasure(args.out, args.cases.split(","), args.methods.split(","), args.timeout, args.again)
     elif not args.report_only:
         checkpointed = {case: names.split(",") for case, _, names in (c.partition("=") for c in args.checkpointed)}
         settings = {"both": (False, True), "off": (False,), "on": (True,)}[args.checkpointing]

@@ -331,6 +331,8 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
     for method, variant, _ in run_plan.variants:
         check = checked.checks.get((method, variant))
         label = check.label if check else method_label(method, variant)
+        if run_plan.suite_of(method, variant).budget.gradient_checkpointing and not _backpropagates(method):
+            label += " (checkpointing does not apply: forward passes only)"
         e = check.estimate if check else None
         if e is None:
             rows.append([label, *["?"] * 7, (check.note if check else None) or "not checked"])
@@ -366,6 +368,16 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
                      "temporaries a CPU's per-tensor loop does not make); add --device cpu for a CPU's figure.")
     lines.append("Nothing was started.")
     return "\n".join(lines)
+
+
+def _backpropagates(method: str) -> bool:
+    """Whether gradient checkpointing applies to `method` (a zeroth-order method runs no backward)."""
+    from memft_bench.methods.base import get_method_class
+
+    try:
+        return get_method_class(method).uses_backward
+    except Exception:  # the plan already refused an unknown method; say nothing here
+        return True
 
 
 def batch_shape(budget: Any) -> str:

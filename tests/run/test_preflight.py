@@ -198,3 +198,15 @@ def test_the_free_memory_a_trial_has_leaves_out_its_own_process(monkeypatch):
     Memory.available = 2**20
     assert preflight.free_memory_bytes("cpu") == 0
     assert "448 MiB for the trial's own process" in preflight.free_label("cpu")
+
+
+def test_the_dry_run_says_checkpointing_does_not_apply_to_a_forward_only_method(tmp_path):
+    from memft_bench.harness.run import planning
+    from memft_bench.harness.run.preflight import render_estimates
+
+    data = small_suite_data()
+    data["budget"]["gradient_checkpointing"] = True
+    run_plan = planning.plan(suite_from_data(data, "unit"), ["lora", "mezo"], tmp_path, "cpu")
+    text = render_estimates(run_preflight(run_plan, run_plan.variants), run_plan)
+    assert "| mezo (checkpointing does not apply: forward passes only) " in text
+    assert "| lora " in text and "lora (checkpointing" not in text
