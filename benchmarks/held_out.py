@@ -44,11 +44,12 @@ def render(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         label = r["method"]
         predicted, measured = r.get("mem_predicted_peak_mb"), r.get("peak_mem_training_mb")
-        batch = f"{r.get('micro_batch_size')} x {r['batch_size'] // r['micro_batch_size']} x {r.get('cutoff_len')}"
         if r.get("status") != "ok" or not predicted or not measured:
             reason = r.get("reason") or (r.get("notes") or {}).get("memory_prediction") or "no prediction"
             unpredicted.append(f"- {r.get('suite')} {label} ({_checkpointing(r)}): {r.get('status')}, {reason}")
             continue
+        micro, rows = r.get("micro_batch_size"), r.get("batch_size")
+        batch = f"{micro} x {rows // micro if micro and rows else '?'} x {r.get('cutoff_len')}"
         error = (predicted - measured) / measured
         judged += 1
         within += abs(error) <= TOLERANCE

@@ -232,8 +232,10 @@ def run(suite: str, methods: str | None, model: str | None, steps: int | None, s
                 _warn(warning)
         slots = getattr(executor, "slots", None) or []
         if fit_check and len(slots) > 1 and checked.free_bytes is not None:
-            if run_plan.device == "cpu":  # N trials at once share this machine's memory
-                checked.free_bytes //= len(slots)
+            if run_plan.device == "cpu":  # N trials at once share this machine's memory, each its own process
+                from memft_bench.harness.run.preflight import free_per_cpu_trial
+
+                checked.free_bytes = free_per_cpu_trial(checked.free_bytes, len(slots))
             else:  # one trial per GPU: each must fit on the GPU with the least free memory
                 from memft_bench.harness.run.preflight import free_memory_bytes
 

@@ -239,6 +239,15 @@ def free_memory_bytes(device: str) -> int | None:
         return None
 
 
+def free_per_cpu_trial(free_bytes: int, trials: int) -> int:
+    """What each of `trials` CPU trials running at once has free, from `free_memory_bytes("cpu")` (which left
+    out one trial's own process): each trial is a process of its own."""
+    from memft_bench.harness.spec.memory_sizes import CPU_TRIAL_PROCESS_BYTES
+
+    own = CPU_TRIAL_PROCESS_BYTES
+    return max(0, (free_bytes + own) // trials - own)
+
+
 def free_label(device: str) -> str:
     """Where the default answer's figure comes from, and what was taken off it."""
     from memft_bench.harness.spec.memory_sizes import CPU_TRIAL_PROCESS_BYTES, CUDA_CONTEXT_BYTES
@@ -302,10 +311,13 @@ def find_largest(checked: Preflight, run_plan: RunPlan, axis: str, progress: boo
         suite = run_plan.suite_of(*key)
         traced: dict[int, int] = {}  # both searches share their traces
         with contextlib.suppress(CannotTrace):
-            check.largest = largest_fitting(suite, key[0], params_of.get(key), memory, axis, check.estimate.peak,
-                                            known=traced)
-            check.largest_with_room = largest_fitting(suite, key[0], params_of.get(key), int(memory * (1 - TIGHT)),
-                                                      axis, check.estimate.peak, known=traced)
+            check.largest = largest = largest_fitting(suite, key[0], params_of.get(key), memory, axis,
+                                                      check.estimate.peak, known=traced)
+            room = int(memory * (1 - TIGHT))
+            if largest.value is None or (largest.peak_bytes or 0) <= room:  # nothing to add, or the same answer
+                continue
+            check.largest_with_room = largest_fitting(suite, key[0], params_of.get(key), room, axis,
+                                                      check.estimate.peak, known=traced)
 
 
 def _bar(items: list, what: str, progress: bool) -> Any:

@@ -20,9 +20,10 @@ GiB = 2**30
 
 #: What a CUDA context and the CUDA libraries take on the device before the first tensor (a typical figure).
 CUDA_CONTEXT_BYTES = 512 * MiB
-#: What a trial's own process holds resident on a CPU before its model (Python, torch, transformers, peft and
-#: the harness imported: 444 MiB measured on this project's CPU machine), the CPU's counterpart of the context.
-CPU_TRIAL_PROCESS_BYTES = 448 * MiB
+#: What a trial's own process holds on a CPU before its model (Python, torch, transformers, peft and the harness
+#: imported), the CPU's counterpart of the context: its anonymous resident set, 337 MiB measured on this
+#: project's CPU machine (the 107 MiB of library code it maps besides is shared and reclaimable).
+CPU_TRIAL_PROCESS_BYTES = 340 * MiB
 
 #: name -> the total memory CUDA reports on that card (GiB, as torch's out-of-memory message prints it: the
 #: lowest figure commonly reported, since it moves by a few hundredths with the driver and the ECC setting).
@@ -34,6 +35,7 @@ GPUS_GIB: dict[str, float] = {
     "a100-80gb": 79.15,
     "a100-40gb": 39.39,
     "l40s-48gb": 44.39,
+    "l40-48gb": 44.39,
     "a40-48gb": 44.34,
     "a6000-48gb": 47.53,
     "rtx6000ada-48gb": 47.40,
@@ -79,11 +81,13 @@ def _squeezed(name: str) -> str:
 
 
 def gpu_key(name: str) -> str:
-    """The `GPUS` key a user's GPU name means: its exact name in any spelling, or the only card it begins
-    (`t4`, `h200`); one clear error naming the candidates when it is unknown or means several (`h100`)."""
+    """The `GPUS` key a user's GPU name means: its whole name in any spelling (`RTX 4090 24GB`), or its model
+    without the size (`t4`, `L4`, `h200`) where one card has that model; one clear error naming the candidates
+    when the model has several sizes (`h100`) or the name is unknown. No prefix matching: `RTX 6000` is not the
+    RTX 6000 Ada, and `L4` is not the L40S."""
     wanted = _squeezed(name)
     exact = [key for key in GPUS if _squeezed(key) == wanted]
-    matches = exact or ([key for key in GPUS if _squeezed(key).startswith(wanted)] if wanted else [])
+    matches = exact or [key for key in GPUS if _squeezed(key.rsplit("-", 1)[0]) == wanted]
     if len(matches) == 1:
         return matches[0]
     if matches:

@@ -41,7 +41,7 @@ What fake tensors cannot do, and how the trace answers it (each is counted in `P
   kernel, which reads only shapes and flags): the fake mode alone would choose the math kernel, which keeps
   the attention matrix for backward where a CPU's flash kernel keeps one number a row.
 - LAPACK-backed kernels copy their input inside the kernel (`KERNEL_COPIES`: SVD, eigh, solve; on a GPU
-  `CUDA_KERNEL_COPIES`, cuSOLVER's SVD and solve): added.
+  `CUDA_KERNEL_COPIES`, cuSOLVER's SVD): added.
 - A random permutation (`torch.randperm`, `REAL_DRAWS`) is drawn for real, from the method's own generator: its
   values choose what trains (LISA's active layers), and stand-in zeros would choose one layer many times. It is
   small (one index per layer or block), and the generator advances as in the trial.
@@ -98,10 +98,11 @@ PHASES = ("weights", "state", "batch", "forward", "backward", "update")
 #: torch 2.13's CPU kernels with torch.profiler (GaLore's and CESGC's SVD, SGC's least squares). LAPACK's own
 #: work arrays (4 min(m, n)^2 floats for an SVD) come from its allocator, not torch's, and are not counted.
 KERNEL_COPIES = {aten._linalg_svd.default: 1.0, aten._linalg_eigh.default: 2.0, aten._linalg_solve_ex.default: 1.0}
-#: The same on a GPU, from torch's CUDA linear algebra: the input is cloned (column-major) before cuSOLVER
-#: factorises it, through the caching allocator, so the allocated peak holds it; eigh's vectors are its output.
-#: cuSOLVER's work arrays come from the caching allocator too and are not counted. Not yet checked on a GPU.
-CUDA_KERNEL_COPIES = {aten._linalg_svd.default: 1.0, aten._linalg_solve_ex.default: 1.0}
+#: The same on a GPU, from torch's CUDA linear algebra: the SVD's input is cloned (column-major) before cuSOLVER
+#: factorises it, through the caching allocator, so the allocated peak holds it; a solve's LU factor and eigh's
+#: vectors are outputs, already counted. cuSOLVER's work arrays come from the caching allocator too and are not
+#: counted. Not yet checked on a GPU.
+CUDA_KERNEL_COPIES = {aten._linalg_svd.default: 1.0}
 #: Random draws made for real in the trace (see the module docstring): small, and their values decide sizes.
 REAL_DRAWS = {aten.randperm.default, aten.randperm.generator}
 
@@ -691,8 +692,10 @@ def _trace(suite: SuiteSpec, method: str, params: dict[str, Any] | None, batches
         raise CannotTrace(f"{method}'s step does not run on fake tensors: {describe_exception(exc)}") from exc
     finally:
         instance.loss_fn = loss_fn
-        _release(instance, fake_mode)
-        _forget_compilations()
+        try:
+            _release(instance, fake_mode)
+        finally:
+            _forget_compilations()
     phase, step = tracker.peak_where
     result = PeakPrediction(
         method=method, peak_bytes=tracker.peak, at_peak=dict(tracker.peak_by_phase), start_bytes=start_bytes,

@@ -169,11 +169,16 @@ def warm_up_pass(method: Any, batch: Any, device: torch.device, notes: dict[str,
                 model.eval()
                 with torch.no_grad():
                     method.loss_fn(model, micro)
-            method.warm_up_kernels()  # the update's own kernels (SGC's solves), on throwaway data
     except Exception as exc:  # the baseline is then a little colder; the trial goes on
         notes["cpu_warm_up"] = f"the warm-up pass failed ({_short(exc)}): the idle baseline was read without it"
     finally:
         model.train(was_training)
+    try:
+        with preserved_random_state(device):
+            method.warm_up_kernels()  # the update's own kernels (SGC's solves), on throwaway data
+    except Exception as exc:
+        notes["cpu_warm_up_kernels"] = (f"the method's kernel warm-up failed ({_short(exc)}): the idle baseline was "
+                                        "read without it")
 
 
 def parameter_dtypes(model: torch.nn.Module) -> str:

@@ -155,7 +155,10 @@ def test_a_named_gpu_is_the_memory_cuda_reports_less_a_cuda_context():
     assert usable == GPUS["h100-80gb"] * MiB - CUDA_CONTEXT_BYTES == round(79.11 * 1024) * MiB - 512 * MiB
     assert "h100-80gb" in line and "CUDA context" in line and "78.61 GiB" in line
     assert gpu_memory("RTX 4090 24GB") == gpu_memory("rtx4090-24gb") == gpu_memory("rtx_4090")
-    assert gpu_memory("T4")[0] == GPUS["t4-16gb"] * MiB - CUDA_CONTEXT_BYTES  # the only card it begins
+    assert gpu_memory("T4")[0] == GPUS["t4-16gb"] * MiB - CUDA_CONTEXT_BYTES  # the model alone, one size
+    assert gpu_memory("L4")[1].startswith("l4-24gb") and gpu_memory("a10")[1].startswith("a10-24gb")
+    with pytest.raises(BenchError, match="unknown GPU"):
+        gpu_memory("RTX 6000")  # the Quadro RTX 6000 (24 GB) is not the RTX 6000 Ada (48 GB)
     with pytest.raises(BenchError, match="means several GPUs: h100-94gb, h100-80gb"):
         gpu_memory("h100")
     with pytest.raises(BenchError, match="unknown GPU; known: b200-180gb"):

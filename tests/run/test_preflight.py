@@ -102,7 +102,7 @@ def test_dry_run_prints_each_trials_memory_and_starts_nothing(tmp_path):
     out = tmp_path / "run"
     result = _bench("run", "--dry-run", "--methods", "full,lora,mezo", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    for label in ("| full ", "| lora ", "| mezo ", "MemAvailable on cpu less 448 MiB for the trial's own process",
+    for label in ("| full ", "| lora ", "| mezo ", "MemAvailable on cpu less 340 MiB for the trial's own process",
                   "predicted peak", "6 trials"):
         assert label in result.stdout
     assert "Nothing was started" in result.stdout
@@ -197,7 +197,7 @@ def test_the_free_memory_a_trial_has_leaves_out_its_own_process(monkeypatch):
     assert preflight.free_memory_bytes("cpu") == 8 * 2**30 - CPU_TRIAL_PROCESS_BYTES
     Memory.available = 2**20
     assert preflight.free_memory_bytes("cpu") == 0
-    assert "448 MiB for the trial's own process" in preflight.free_label("cpu")
+    assert "340 MiB for the trial's own process" in preflight.free_label("cpu")
 
 
 def test_the_dry_run_says_checkpointing_does_not_apply_to_a_forward_only_method(tmp_path):
@@ -210,3 +210,13 @@ def test_the_dry_run_says_checkpointing_does_not_apply_to_a_forward_only_method(
     text = render_estimates(run_preflight(run_plan, run_plan.variants), run_plan)
     assert "| mezo (checkpointing does not apply: forward passes only) " in text
     assert "| lora " in text and "lora (checkpointing" not in text
+
+
+def test_trials_running_at_once_on_a_cpu_each_pay_their_own_process():
+    from memft_bench.harness.run.preflight import free_per_cpu_trial
+    from memft_bench.harness.spec.memory_sizes import CPU_TRIAL_PROCESS_BYTES as own
+
+    available = 8 * 2**30
+    assert free_per_cpu_trial(available - own, 1) == available - own
+    assert free_per_cpu_trial(available - own, 4) == available // 4 - own
+    assert free_per_cpu_trial(0, 2) == 0
