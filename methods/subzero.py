@@ -64,7 +64,9 @@ class Subzero(Mezo):
 
     def z(self, index: int, name: str, p: torch.Tensor, seed: int) -> torch.Tensor:
         """c U Z0 V^T for a 2-D weight with a subspace (Z0 r x r drawn from the parameter's own seed), else
-        MeZO's Gaussian z."""
+        MeZO's Gaussian z. Computed in float32 with autocast off: the probes draw z inside the forward (a
+        module's pre-hook, under the precision policy's autocast) and the update draws it again outside, and
+        both must be the same z, as SPSA assumes; under bf16 autocast the product would be rounded in one only."""
         if name not in self.factors:
             return super().z(index, name, p, seed)
         u, v = self.factors[name]
@@ -72,7 +74,8 @@ class Subzero(Mezo):
         generator = torch.Generator(device=u.device).manual_seed(parameter_seed(seed, index))
         z0 = torch.randn(r, r, generator=generator, device=u.device, dtype=u.dtype)
         scale = math.sqrt(p.shape[0] * p.shape[1]) / r
-        return (scale * (u @ z0 @ v.T)).to(p.dtype)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            return (scale * (u @ z0 @ v.T)).to(p.dtype)
 
     def step(self, batch: Batch) -> StepResult:
         if self.steps_done % self.options.update_subspace_gap == 0:

@@ -55,6 +55,20 @@ def test_subzero_keeps_no_gradients_and_counts_its_factors():
     assert state["gradients"] == 0 and state["subspace_factors"] == 2 * (8 + 6)
 
 
+def test_subzero_probes_and_updates_with_the_same_z_under_bf16_autocast():
+    """The probes draw z in a module's forward pre-hook, inside the precision policy's autocast; the update draws
+    it again outside. SPSA needs the same z in both: under bf16 autocast U Z0 V^T must not be rounded to bf16."""
+    model = Toy(n_in=64, n_out=48)
+    method = create("subzero", {"rank": 4}, quadratic_loss)
+    method.prepare(model)
+    method.refresh_subspaces()
+    index, (name, p) = next((i, np) for i, np in enumerate(method.parameters) if np[0] == "q_proj.weight")
+    outside = method.z(index, name, p, seed=7)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        inside = method.z(index, name, p, seed=7)
+    assert inside.dtype == torch.float32 and torch.equal(inside, outside)
+
+
 # -- RSO ---------------------------------------------------------------------------------------
 def _rso(model, **options):
     method = create("rso", {"rank": 2, "lr": 0.05, "target_modules": ["q_proj"], **options}, quadratic_loss)
