@@ -570,7 +570,7 @@ def optimizers_as_on(device_type: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _optimizer_kernels(device_type: str) -> Iterator[None]:
+def optimizer_kernels_as_on(device_type: str) -> Iterator[None]:
     """Inside it, torch's optimizers choose `foreach` by `device_type`'s rule rather than by the fake tensors'
     type (which never qualifies): on CUDA, foreach unless `differentiable`, never fused unless asked for, as
     `_default_to_fused_or_foreach` decides for plain CUDA parameters. Nothing changes for a CPU."""
@@ -670,7 +670,7 @@ def _trace(suite: SuiteSpec, method: str, params: dict[str, Any] | None, batches
     start_bytes = tracker.current
     optimizers_device = _optimizers_device or torch.device(device).type
     try:
-        with fake_mode, tracker, _NumpyOfFake(tracker), _optimizer_kernels(optimizers_device):
+        with fake_mode, tracker, _NumpyOfFake(tracker), optimizer_kernels_as_on(optimizers_device):
             assert instance.model is not None
             instance.model.train()
             for i, batch in enumerate(batches):
@@ -736,4 +736,4 @@ def _age(tracker: LiveBytes) -> None:
 
 
 __all__ = ["CannotTrace", "LiveBytes", "PeakPrediction", "fake_model", "peak_batches", "pick_peak_batches",
-           "optimizers_as_on", "predict_training_peak", "synthetic_batches", "task_batches"]
+           "optimizer_kernels_as_on", "optimizers_as_on", "predict_training_peak", "synthetic_batches", "task_batches"]

@@ -264,10 +264,10 @@ def _adamw_step_peak(params: list[torch.nn.Parameter], foreach: bool | None) -> 
 def _traced_adamw_step_peak(shapes: list[tuple[int, ...]], optimizers_device: str) -> int:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from memft_bench.harness.trial.memory_trace import LiveBytes, _optimizer_kernels
+    from memft_bench.harness.trial.memory_trace import LiveBytes, optimizer_kernels_as_on
 
     tracker = LiveBytes()
-    with FakeTensorMode(), tracker, _optimizer_kernels(optimizers_device):
+    with FakeTensorMode(), tracker, optimizer_kernels_as_on(optimizers_device):
         params = [torch.nn.Parameter(torch.empty(shape)) for shape in shapes]
         for p in params:
             p.grad = torch.empty(p.shape)
