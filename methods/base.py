@@ -336,6 +336,15 @@ def available_methods() -> dict[str, str]:
     return names
 
 
+def backpropagates(name: str) -> bool:
+    """Whether method `name` runs a backward pass, so that gradient checkpointing applies to it (a zeroth-order
+    method runs forward passes only). True for a name no registry knows: the plan refuses it with its own error."""
+    try:
+        return get_method_class(name).uses_backward
+    except Exception:
+        return True
+
+
 def get_method_class(name: str) -> type[Method]:
     """The class registered under `name`, importing its module on first use."""
     if name in _REGISTRY:

@@ -356,8 +356,8 @@ class Sgc(Method):
         batched products set up MKL's buffers on their first call (about 3 MiB on tiny), before the idle
         baseline is read. Nothing of the method's state, the weights or the projection's seed changes."""
         o, op = self.options, self.operator
-        generator = torch.Generator(device=self.blocks[0].param.device).manual_seed(0)
         device = self.blocks[0].param.device
+        generator = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
             for blocks in self._groups():
                 pieces = next(_pack(blocks, self._problems_per_call(op)))

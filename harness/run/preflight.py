@@ -31,6 +31,7 @@ from memft_bench.harness.core.errors import BenchError, ConfigError, describe_ex
 from memft_bench.harness.results.rows import method_label
 from memft_bench.harness.spec.memory_sizes import format_size
 from memft_bench.harness.trial.meta_model import CannotBuildOnMeta, build_meta_model
+from memft_bench.methods.base import backpropagates
 
 if TYPE_CHECKING:
     import torch
@@ -343,7 +344,7 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
     for method, variant, _ in run_plan.variants:
         check = checked.checks.get((method, variant))
         label = check.label if check else method_label(method, variant)
-        if run_plan.suite_of(method, variant).budget.gradient_checkpointing and not _backpropagates(method):
+        if run_plan.suite_of(method, variant).budget.gradient_checkpointing and not backpropagates(method):
             label += " (checkpointing does not apply: forward passes only)"
         e = check.estimate if check else None
         if e is None:
@@ -380,16 +381,6 @@ def render_estimates(checked: Preflight, run_plan: RunPlan) -> str:
                      "temporaries a CPU's per-tensor loop does not make); add --device cpu for a CPU's figure.")
     lines.append("Nothing was started.")
     return "\n".join(lines)
-
-
-def _backpropagates(method: str) -> bool:
-    """Whether gradient checkpointing applies to `method` (a zeroth-order method runs no backward)."""
-    from memft_bench.methods.base import get_method_class
-
-    try:
-        return get_method_class(method).uses_backward
-    except Exception:  # the plan already refused an unknown method; say nothing here
-        return True
 
 
 def batch_shape(budget: Any) -> str:

@@ -39,7 +39,7 @@ def planned_columns(spec: dict[str, Any]) -> dict[str, Any]:
     length, checkpointing), which is where out-of-memory rows matter. Checkpointing is None where it does not
     apply (a method that never runs a backward pass), as in the trial's own row."""
     from memft_bench.harness.spec.config import suite_from_data
-    from memft_bench.methods.base import get_method_class
+    from memft_bench.methods.base import backpropagates
 
     try:
         suite = suite_from_data(spec["suite"], "trial spec")
@@ -47,9 +47,8 @@ def planned_columns(spec: dict[str, Any]) -> dict[str, Any]:
         return {}
     budget = suite.budget
     checkpointing: bool | None = budget.gradient_checkpointing
-    with contextlib.suppress(Exception):  # an unknown method: the row's reason says so
-        if checkpointing and not get_method_class(spec["method"]).uses_backward:
-            checkpointing = None
+    if checkpointing and not backpropagates(spec["method"]):
+        checkpointing = None
     return {"model": suite.model.label, "precision": suite.model.precision, "batch_size": budget.batch_size,
             "time_budget_s": budget.time_s or None, "micro_batch_size": budget.micro_batch_size,
             "cutoff_len": budget.cutoff_len, "gradient_checkpointing": checkpointing}
@@ -161,28 +160,26 @@ def read_training_started(result_path: Path | str) -> dict[str, Any] | None:
 
 
 def resident_bytes(pid: int) -> int:
-    """A process's resident set now (0 when it cannot be read: gone, or not Linux)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+    """A process's resident set now (0 when it cannot be read: the process is gone)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return int(psutil.Process(pid).memory_info().rss)
     return 0
 
 
-def memory_limit_bytes() -> int | None:
+def memory_limit_bytes() -> int:
     """The memory this process's trials may use before the kernel's out-of-memory killer acts: the machine's
     MemTotal, or its cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) where that is lower."""
-    limits = []
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemTotal:"):
-                limits.append(int(line.split()[1]) * 1024)
+    import psutil
+
+    limits = [int(psutil.virtual_memory().total)]
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         with contextlib.suppress(OSError, ValueError):
             text = Path(path).read_text(encoding="utf-8").strip()
             if text != "max" and int(text) < 2**60:
                 limits.append(int(text))
-    return min(limits) if limits else None
+    return min(limits)
 
 
 #: A SIGKILL nobody here sent, after the trial's resident set came this close to the memory limit, is taken as
