@@ -22,10 +22,12 @@ from typing import Any
 TOLERANCE = 0.10
 
 
-def load_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
+def load_rows(runs: list[Path]) -> list[dict[str, Any]]:
+    """The rows of each run folder's results.jsonl, or of a rows file itself (the committed `*.jsonl`)."""
     rows = []
-    for run in run_dirs:
-        for line in (run / "results.jsonl").read_text(encoding="utf-8").splitlines():
+    for run in runs:
+        path = run if run.is_file() else run / "results.jsonl"
+        for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 rows.append(json.loads(line))
     return rows
@@ -64,7 +66,8 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="bench run output folders (each holds results.jsonl)")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="bench run output folders (each holds results.jsonl), or rows files")
     args = parser.parse_args()
     print(render(load_rows(args.runs)))
 

@@ -1,16 +1,24 @@
-"""glibc's heap policy in a CPU trial: its mmap threshold fixed, so the resident set follows the tensors alive.
+"""glibc's heap policy in a CPU trial: the mmap threshold fixed at one page, so the resident set follows the tensors.
 
 By default glibc raises its mmap threshold (from 128 KiB up to 32 MiB) each time a block it had mapped is freed.
 From then on, blocks under the new threshold come from the heap, and a freed activation stays resident as heap
 slack until the top of the heap is trimmed. A CPU trial's peak RSS then depends on the order of earlier frees, not
 only on what is alive: on smollm2-135m at 256 tokens it exceeded the tensors alive at the peak by 0.3-0.65 GiB
-(LoRA with checkpointing 48 % above them). With the threshold fixed, every block from 128 KiB up is a mapping of
-its own, returned to the system when freed, and the peak RSS follows the tensors alive (see
-`reports/memory-prediction-cpu/`). The price is a page fault per fresh page of a large block, the same policy for every
-method of a run, paid in proportion to the bytes a step allocates in large blocks, so it slows some methods more
-than others: a toy step (eight 256-wide linear layers, batch 1024, one thread) took 36.9 ms against 28.1 ms under
-glibc's default, and `benchmarks/cpu_heap_cost.py` measures it on a suite's own trials (not yet run on an idle
-machine: on a loaded one its step times were noise).
+(LoRA with checkpointing 48 % above them). With the threshold fixed, every block from the threshold up is a
+mapping of its own, returned to the system when freed, and the peak RSS follows the tensors alive (see
+`reports/memory-prediction-cpu/`).
+
+Why one page (4 KiB) and not glibc's starting 128 KiB: at 128 KiB, a small model's weights, gradients and
+activations (tiny's 128 x 128 weights are 64 KiB) still came from the heap, whose freed chunks stay resident in
+an order that varies with each batch's shape: the resident set between two steps of the same trial wandered by
+1.5 MiB, and the default suite's peaks came out 7 to 14 % above the tensors alive (full fine-tuning and GaLore at
+8 x 128 tokens, 60 steps: -9.3 % and -9.0 %; -14 % at 40 steps on another draw). At one page the same trials are
+within 3 % (benchmarks/README.md, "The heap policy"). Only objects under a page (Python's, norms' weights) stay in
+the heap. The price is a system call and page faults per block of a page or more, the same policy for every method
+of a run, paid in proportion to the blocks a step allocates, so it slows some methods more than others
+(`benchmarks/cpu_heap_cost.py` measures it on a suite's own trials against glibc's dynamic default:
+`reports/cpu-heap-cost/`). glibc keeps at most 65536 mappings and falls back to its heap beyond them, so a process
+with more live blocks still runs.
 
 `BENCH_CPU_MMAP_THRESHOLD` (bytes, or `dynamic` for glibc's own behaviour) overrides the policy; the row's `env`
 records the one in force (`cpu_heap`). The runner starts a CPU trial with `MALLOC_MMAP_THRESHOLD_` set
@@ -29,8 +37,9 @@ from memft_bench.harness.core.errors import BenchError
 
 #: `mallopt`'s parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: glibc's own starting value, kept fixed: large enough that small Python and autograd objects stay on the heap
-MMAP_THRESHOLD_BYTES = 128 * 1024
+#: one page: every block of a page or more (any tensor but the smallest) is a mapping of its own; Python's and
+#: autograd's small objects stay on the heap
+MMAP_THRESHOLD_BYTES = 4096
 #: glibc's largest mmap threshold (HEAP_MAX / 2 on 64-bit): `mallopt` refuses more; under a page, every small
 #: object would be a mapping of its own
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024

@@ -185,7 +185,7 @@ def test_ci_runs_the_readme_test_command_verbatim_and_both_commands_install_the_
     printed = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--print-test-command"], capture_output=True,
                              text=True, timeout=60, check=True).stdout.strip()
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert printed.endswith("python -m pytest -q") and f"\n{printed}\n" in readme
+    assert printed.endswith("python -m pytest -q -n 2 --dist loadfile") and f"\n{printed}\n" in readme
     run_command = next(line for line in readme.splitlines() if line.endswith("&& bench run"))
     for command in (printed, run_command):
         assert command.startswith("pip install -c requirements-lock.txt -e ")

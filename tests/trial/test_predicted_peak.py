@@ -151,7 +151,7 @@ def test_a_cpu_trial_records_its_heap_policy_and_the_library_code_it_left_out(tm
     assert row["status"] == "ok", row["reason"]
     assert row["peak_mem_training_mb"] > 0 and row["mem_cpu_library_pages_mb"] >= 0
     assert row["env"]["cpu_heap"] == ("glibc default (dynamic mmap threshold)" if setting == "dynamic" else
-                                      "glibc mmap threshold fixed at 128 KiB")
+                                      "glibc mmap threshold fixed at 4 KiB")
 
 
 # LoRA's dropout draws; SGC's hooks compress gradients, and the SGC family's update kernels run on throwaway data
