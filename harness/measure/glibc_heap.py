@@ -9,16 +9,26 @@ mapping of its own, returned to the system when freed, and the peak RSS follows 
 `reports/memory-prediction-cpu/`).
 
 Why one page (4 KiB) and not glibc's starting 128 KiB: at 128 KiB, a small model's weights, gradients and
-activations (tiny's 128 x 128 weights are 64 KiB) still came from the heap, whose freed chunks stay resident in
-an order that varies with each batch's shape: the resident set between two steps of the same trial wandered by
-1.5 MiB, and the default suite's peaks came out 7 to 14 % above the tensors alive (full fine-tuning and GaLore at
-8 x 128 tokens, 60 steps: -9.3 % and -9.0 %; -14 % at 40 steps on another draw). At one page the same trials are
-within 3 % (benchmarks/README.md, "The heap policy"). Only objects under a page (Python's, norms' weights) stay in
-the heap. The price is a system call and page faults per block of a page or more, the same policy for every method
-of a run, paid in proportion to the blocks a step allocates, so it slows some methods more than others
+activations (tiny's 128 x 128 weights are 64 KiB) still came from the heap, whose freed chunks stay resident in an
+order that varies with each batch's shape: the resident set between two steps of the same trial wandered by 1.5 MiB,
+and the default suite's peaks came out 7 to 14 % above the tensors alive (full fine-tuning and GaLore at 8 x 128
+tokens, 60 steps: -9.3 % and -9.0 %; -14 % at 40 steps on another draw). At one page the same trials are within 3 %
+(`reports/memory-prediction-cpu/held-out/`). Only objects under a page (Python's, norms' weights) stay in the heap.
+A mapping is whole pages: a 64 KiB tensor holds 68 KiB (torch's 64-byte alignment and glibc's header need part of
+one more page) and a 4 KiB one 8 KiB, bytes the prediction, which counts tensors, leaves out: within 3 % on tiny,
+nothing on larger models. (4096 is the page on x86-64; on a kernel with larger pages the threshold still maps every
+block from 4 KiB up, each rounded to that larger page.)
+
+The price is a system call and page faults per block of a page or more, the same policy for every method of a run,
+paid in proportion to the blocks a step allocates, so it slows some methods more than others
 (`benchmarks/cpu_heap_cost.py` measures it on a suite's own trials against glibc's dynamic default:
-`reports/cpu-heap-cost/`). glibc keeps at most 65536 mappings and falls back to its heap beyond them, so a process
-with more live blocks still runs.
+`reports/cpu-heap-cost/`).
+
+glibc makes at most 65536 mappings (`M_MMAP_MAX`) and the kernel allows a process 65530 by default
+(`vm.max_map_count`, thread stacks and libraries included); past either, blocks come from the heap again and the
+peak may carry slack, though the run goes on. A trial holds far fewer live blocks of a page or more: a few per
+weight (weight, gradient, moments) plus a step's activations, about 1,500 for a 7B model's 291 weights. The variable
+is inherited by processes a trial starts (torch.compile's workers).
 
 `BENCH_CPU_MMAP_THRESHOLD` (bytes, or `dynamic` for glibc's own behaviour) overrides the policy; the row's `env`
 records the one in force (`cpu_heap`). The runner starts a CPU trial with `MALLOC_MMAP_THRESHOLD_` set
