@@ -335,15 +335,15 @@ def fit_target(memory_size: str | None, gpu_name: str | None, largest: str | Non
     from memft_bench.harness.spec.memory_sizes import gpu_memory, parse_size
 
     given = [name for name, value in (("--memory", memory_size), ("--gpu", gpu_name), ("--largest", largest))
-             if value]
+             if value is not None]  # an empty value is an error below, not a silent answer for this machine
     if given and not dry_run:
         raise BenchError(f"{', '.join(given)} go(es) with --dry-run: add --dry-run (a real run checks the memory "
                          "its device has free)")
-    if memory_size and gpu_name:
+    if memory_size is not None and gpu_name is not None:
         raise BenchError("give --memory or --gpu, not both")
-    if gpu_name:
+    if gpu_name is not None:
         return gpu_memory(gpu_name)
-    if memory_size:
+    if memory_size is not None:
         size = parse_size(memory_size)
         return size, f"--memory {memory_size}"
     return None, None

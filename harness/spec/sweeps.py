@@ -27,6 +27,20 @@ def _is_list_option(method: str, option: str) -> bool:
     return typing.get_origin(hints[option]) in (list, tuple)
 
 
+def sweep_values(value: str, text: str) -> list[str]:
+    """The values of a comma-separated sweep, each once: a value given twice (`64,64`, `true,True`) would plan two
+    trials with one trial id, and both would run and write a row."""
+    values = [v.strip() for v in value.split(",")]
+    if any(not v for v in values):
+        raise ConfigError(f"--set {text!r}: a sweep lists values separated by commas, with none empty")
+    seen: set[str] = set()
+    for v in values:
+        if v.lower() in seen:
+            raise ConfigError(f"--set {text!r}: {v!r} is given twice; list each value of a sweep once")
+        seen.add(v.lower())
+    return values
+
+
 def split_overrides(overrides: list[str]) -> tuple[list[str], Sweeps]:
     """(plain overrides, sweeps) from `--set` texts: `lora.r=4,8,16` is a sweep, `lora.r=8` is not."""
     plain: list[str] = []
@@ -36,15 +50,9 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], Sweeps]:
         check_override_section(section, text)
         if section == BUDGET and "," in value:  # a budget field: one variant of the whole suite per value
             check_budget_field(field, text)
-            values = [v.strip() for v in value.split(",")]
-            if any(not v for v in values):
-                raise ConfigError(f"--set {text!r}: a sweep lists values separated by commas, with none empty")
-            sweeps.setdefault(BUDGET, {})[field] = values
+            sweeps.setdefault(BUDGET, {})[field] = sweep_values(value, text)
         elif section not in SUITE_SECTIONS and "," in value and not _is_list_option(section, field):
-            values = [v.strip() for v in value.split(",")]
-            if any(not v for v in values):
-                raise ConfigError(f"--set {text!r}: a sweep lists values separated by commas, with none empty")
-            sweeps.setdefault(section, {})[field] = values
+            sweeps.setdefault(section, {})[field] = sweep_values(value, text)
         else:
             plain.append(text)
     return plain, sweeps

@@ -23,6 +23,14 @@ def test_scalar_options_sweep_and_list_options_keep_commas():
         split_overrides(["lora.r=4,,8"])
 
 
+@pytest.mark.parametrize("text", ["budget.cutoff_len=64,128,64", "budget.gradient_checkpointing=true,True",
+                                  "lora.r=8,8"])
+def test_a_value_given_twice_in_a_sweep_is_one_clear_error(text):
+    """Each value would be a trial with the same id: both would run and write a row."""
+    with pytest.raises(ConfigError, match="given twice"):
+        split_overrides([text])
+
+
 def test_plan_expands_suite_sweeps_and_validates_every_variant(tmp_path):
     data = small_suite_data()
     data["sweeps"] = {"lora": {"r": [2, 4]}}
