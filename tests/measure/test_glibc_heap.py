@@ -65,6 +65,13 @@ def test_a_cpu_trial_process_starts_with_the_policy(tmp_path):
     assert seen == {"cpu": "4096", "cuda:0": None}
 
 
+def _run_fresh(script: str, env_value: str, *args: str) -> str:
+    """What `script` prints, run in a fresh Python process with only the policy's variable set to `env_value`."""
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", ENV_VAR: env_value, "PYTHONPATH": ":".join(sys.path)})
+    return out.stdout.strip()
+
+
 @glibc
 def test_fixed_threshold_returns_a_freed_block_to_the_system():
     """The policy's point, in a fresh process: under glibc's default, freeing a 32 MiB block raises the threshold,
@@ -95,9 +102,7 @@ def test_fixed_threshold_returns_a_freed_block_to_the_system():
     """)
 
     def freed_mib(env_value: str, when: str = "early") -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", script, when], capture_output=True, text=True, check=True,
-                             env={"PATH": "/usr/bin:/bin", ENV_VAR: env_value, "PYTHONPATH": ":".join(sys.path)})
-        policy, freed = out.stdout.strip().rsplit("|", 1)
+        policy, freed = _run_fresh(script, env_value, when).rsplit("|", 1)
         return policy.strip(), int(freed)
 
     policy, freed = freed_mib("")
@@ -134,10 +139,5 @@ def test_a_small_models_blocks_leave_the_resident_set_when_freed():
         print((before - status_bytes("VmRSS")) >> 20)
     """)
 
-    def freed_mib(env_value: str) -> int:
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                             env={"PATH": "/usr/bin:/bin", ENV_VAR: env_value, "PYTHONPATH": ":".join(sys.path)})
-        return int(out.stdout.strip())
-
-    assert freed_mib("") >= 7  # the default policy: each 64 KiB block was a mapping, given back when freed
-    assert freed_mib(str(128 << 10)) <= 1  # glibc's starting threshold: they stayed resident as heap slack
+    assert int(_run_fresh(script, "")) >= 7  # the default policy: each 64 KiB block was a mapping, given back
+    assert int(_run_fresh(script, str(128 << 10))) <= 1  # glibc's starting threshold: they stayed as heap slack

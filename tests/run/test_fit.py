@@ -181,7 +181,6 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*BENCH_CLI, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
 
 
-@pytest.mark.slow  # the CLI end to end in subprocesses
 def test_an_empty_memory_or_gpu_is_an_error_not_this_machines_answer():
     from memft_bench.harness.cli import fit_target
     from memft_bench.harness.core.errors import BenchError
@@ -193,6 +192,7 @@ def test_an_empty_memory_or_gpu_is_an_error_not_this_machines_answer():
     assert fit_target(None, None, None, dry_run=True) == (None, None)
 
 
+@pytest.mark.slow  # the CLI end to end in subprocesses
 def test_dry_run_answers_for_a_memory_size_and_a_named_gpu(tmp_path):
     small = _bench("run", "--dry-run", "--methods", "full,mezo", "--memory", "20MiB", "--out", str(tmp_path / "a"))
     assert small.returncode == 0, small.stderr
